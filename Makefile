@@ -1,0 +1,62 @@
+# Entrain — every entry point. `make help` lists them.
+# Set-up is automatic: targets that need the virtualenv or the broker create/start them.
+
+SHELL := /bin/bash
+PYTHON_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYTHONPATH := $(CURDIR)/services
+export PYTHONDONTWRITEBYTECODE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help venv up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v java >/dev/null && command -v mvn >/dev/null || deploy/local/install-system-packages.sh
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP) ## create the virtualenv and install the pinned dependencies
+
+kafka-up: venv ## start the local single-node Kafka (KRaft) unless one answers or KAFKA_BOOTSTRAP_SERVERS is set
+	$(PY) deploy/local/kafka.py up
+
+kafka-down: venv ## stop the local Kafka (data is kept in .state/kafka)
+	$(PY) deploy/local/kafka.py down
+
+kafka-status: venv ## does the configured Kafka answer?
+	$(PY) deploy/local/kafka.py status
+
+topics: kafka-up ## create every topic and DLQ from schemas/ (idempotent)
+	$(PY) -m kit.topics
+
+up: topics ## start the infrastructure (services join as they are built)
+
+down: kafka-down ## stop everything `make up` started
+
+test: topics ## install what is missing, start Kafka, run unit, contract and integration tests
+	$(PY) -m pytest -q
+
+test-unit: venv ## tests that need no broker
+	$(PY) -m pytest -q -m "not integration"
+
+lint: venv ## ruff and mypy
+	$(VENV)/bin/ruff check services tests bench deploy/local
+	$(VENV)/bin/mypy
+
+bench-kafka: topics ## producer/consumer throughput: raw confluent-kafka vs the kit
+	$(PY) bench/bench_kafka.py
+
+demo: ## the end-to-end demo (arrives with the services; see README)
+	@echo "make demo arrives with the services (issue 8); today: make up && make test"; exit 1
+
+clean: ## stop the broker and delete local state (topics, data, logs)
+	-$(PY) deploy/local/kafka.py down
+	rm -rf .state

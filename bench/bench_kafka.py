@@ -1,0 +1,146 @@
+"""Producer and consumer throughput against the local broker, kit vs raw confluent-kafka.
+
+In one run, interleaved (raw, kit, raw, kit, ...):
+  raw_produce  confluent_kafka.Producer.produce() of pre-encoded ~200-byte telemetry
+               records (the bytes the kit would write), same producer settings as the kit
+  kit_produce  kit.producer.Producer.produce() of the equivalent telemetry dicts:
+               Avro encoding, delivery-report callbacks and metrics included
+  consume      kit.consumer.ConsumerLoop over the kit's records: poll, decode key and
+               value, no-op handler, metrics, commits; timed from the first record
+               handled to the last (the group join is excluded)
+Each figure is the best of the rounds. Last line: RESULT {json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from confluent_kafka import Consumer
+from confluent_kafka import Producer as RawProducer
+
+from kit.consumer import ConsumerLoop, Record
+from kit.contracts import contract
+from kit.producer import DEFAULT_CONFIG, Producer
+from kit.serde import TopicSerde
+from kit.settings import KafkaSettings
+from kit.topics import ensure_topics
+
+TOPIC = "listener.telemetry.v1"
+
+
+def records(n: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    base = contract(TOPIC).examples()[0][1]["value"]
+    return [
+        ({"listener_id": f"{i % 5000:064x}"},
+         {**base, "listener_id": f"{i % 5000:064x}", "event_id": str(uuid.UUID(int=i)),
+          "event_time": base["event_time"] + i, "heart_rate_bpm": 60 + i % 120, "cadence_spm": 150 + i % 40,
+          "device": "bench-watch-7-series-ultra"})
+        for i in range(n)
+    ]
+
+
+def raw_produce(settings: KafkaSettings, topic: str, encoded: list[tuple[bytes, bytes]]) -> float:
+    producer = RawProducer({**settings.client_config(), **DEFAULT_CONFIG})
+    start = time.perf_counter()
+    for key, value in encoded:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    return len(encoded) / (time.perf_counter() - start)
+
+
+def kit_produce(settings: KafkaSettings, recs: list[tuple[dict[str, Any], dict[str, Any]]]) -> float:
+    producer = Producer(settings, "bench")
+    serde = TopicSerde.for_topic(TOPIC, settings)
+    start = time.perf_counter()
+    for key, value in recs:
+        producer.produce(serde, key, value)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    return len(recs) / (time.perf_counter() - start)
+
+
+def kit_consume(settings: KafkaSettings, n: int) -> float:
+    times: list[float] = []
+
+    def handler(record: Record) -> None:
+        if not times:
+            times.append(time.perf_counter())
+
+    loop = ConsumerLoop(settings, "bench", f"bench-{uuid.uuid4().hex}", [TOPIC], handler, Producer(settings, "bench"),
+                        consumer_config={"fetch.min.bytes": 65536})
+    stats = loop.run(max_records=n, idle_timeout_s=30)
+    end = time.perf_counter()
+    assert stats.handled == n, f"consumed {stats.handled} of {n}"
+    return (n - 1) / (end - times[0])
+
+
+def raw_consume(settings: KafkaSettings, topic: str, n: int) -> float:
+    consumer = Consumer({**settings.client_config(), "group.id": f"bench-raw-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False, "fetch.min.bytes": 65536})
+    consumer.subscribe([topic])
+    got, start = 0, None
+    while got < n:
+        for msg in consumer.consume(1000, 1.0):
+            if msg.error() is None:
+                start = start or time.perf_counter()
+                got += 1
+    end = time.perf_counter()
+    consumer.close()
+    return (got - 1) / (end - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    base = KafkaSettings.from_env()
+    recs = records(args.records)
+    serde = TopicSerde.for_topic(TOPIC, base)
+    encoded = [(serde.encode_key(k), serde.encode_value(v)) for k, v in recs]
+    size = sum(len(v) for _, v in encoded) / len(encoded)
+    print(f"{args.records} telemetry records, {size:.0f} bytes per value on average, {args.rounds} rounds")
+
+    best: dict[str, float] = {}
+    for r in range(args.rounds):
+        raw_s = replace(base, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.")
+        kit_s = replace(base, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.")
+        ensure_topics(raw_s)
+        ensure_topics(kit_s)
+        figures = {
+            "raw_produce_msgs_s": raw_produce(raw_s, raw_s.topic(TOPIC), encoded),
+            "kit_produce_msgs_s": kit_produce(kit_s, recs),
+            "raw_consume_msgs_s": raw_consume(raw_s, raw_s.topic(TOPIC), args.records),
+            "consume_msgs_s": kit_consume(kit_s, args.records),
+        }
+        print(f"round {r + 1}: " + ", ".join(f"{k}={v:,.0f}" for k, v in figures.items()), flush=True)
+        for k, v in figures.items():
+            best[k] = max(best.get(k, 0.0), v)
+
+    result = {
+        "records": args.records,
+        "value_bytes": round(size),
+        "raw_produce_msgs_s": round(best["raw_produce_msgs_s"]),
+        "kit_produce_msgs_s": round(best["kit_produce_msgs_s"]),
+        "kit_vs_raw_ratio": round(best["kit_produce_msgs_s"] / best["raw_produce_msgs_s"], 3),
+        "consume_msgs_s": round(best["consume_msgs_s"]),
+        "raw_consume_msgs_s": round(best["raw_consume_msgs_s"]),
+        "consume_vs_raw_ratio": round(best["consume_msgs_s"] / best["raw_consume_msgs_s"], 3),
+    }
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

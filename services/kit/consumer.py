@@ -1,0 +1,244 @@
+"""The consumer loop every plain-Kafka service runs.
+
+poll -> decode -> handle -> (periodically) flush the producer, then commit.
+
+* A record whose bytes do not decode, or that the handler rejects by raising
+  ``InvalidRecord``, goes to ``<topic>.dlq`` with its original key and value bytes
+  and headers naming the reason, the source topic/partition/offset and the
+  service. The partition keeps moving.
+* Any other exception is a bug: the loop stops without committing the failed
+  record, so it is consumed again after the fix.
+* Offsets are committed only for records that were handled, and only after the
+  producer flushed everything the handler (or the DLQ) produced for them, so no
+  output is lost on a crash (at-least-once; handlers are idempotent).
+* SIGTERM/SIGINT stop the loop after the current record; it commits and closes.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import structlog
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from kit.observability import CONSUMER_LAG, PROCESSING_SECONDS, RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
+from kit.producer import Headers, Producer
+from kit.serde import DecodeError, TopicSerde
+from kit.settings import KafkaSettings
+
+log = structlog.get_logger()
+
+
+class InvalidRecord(ValueError):
+    """The record decoded but its content is unacceptable; it goes to the DLQ with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Record:
+    """A decoded record with where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: dict[str, Any]
+    value: dict[str, Any] | None
+    headers: tuple[tuple[str, str | bytes | None], ...] = ()
+
+
+Handler = Callable[[Record], None]
+
+
+@dataclass
+class LoopStats:
+    handled: int = 0
+    dead_lettered: int = 0
+    commits: int = 0
+
+
+@dataclass
+class ConsumerLoop:
+    """Consumes logical topics with one handler, DLQ routing and safe commits."""
+
+    settings: KafkaSettings
+    service: str
+    group_id: str
+    topics: list[str]
+    handler: Handler
+    producer: Producer
+    consumer_config: dict[str, Any] = field(default_factory=dict)
+    commit_interval_s: float = 1.0
+    batch_size: int = 500
+    lag_interval_s: float = 5.0
+    stats: LoopStats = field(default_factory=LoopStats)
+
+    def __post_init__(self) -> None:
+        self._serdes = {s.topic: s for s in (TopicSerde.for_topic(t, self.settings) for t in self.topics)}
+        self._dlq = {s.topic: self.settings.topic(s.contract.dlq_name) for s in self._serdes.values() if s.contract.dlq}
+        self._metrics = {t: (RECORDS_CONSUMED.labels(self.service, t), PROCESSING_SECONDS.labels(self.service, t))
+                         for t in self._serdes}
+        self._pending: dict[tuple[str, int], int] = {}
+        self._stopping = False
+        self._assigned: list[TopicPartition] = []
+        self._consumer = Consumer({
+            **self.settings.client_config(),
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+            **self.consumer_config,
+        })
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to finish after the current record (safe from a signal handler)."""
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self, max_records: int | None = None, idle_timeout_s: float | None = None) -> LoopStats:
+        """Consume until stopped (or ``max_records`` handled, or idle for ``idle_timeout_s``)."""
+        self._consumer.subscribe(list(self._serdes), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_revoke)
+        last_commit = last_lag = last_record = time.monotonic()
+        try:
+            while not self._stopping:
+                batch = self._consumer.consume(self.batch_size, 0.2)
+                now = time.monotonic()
+                for msg in batch:
+                    self._consume_one(msg)
+                    if self._stopping or (max_records is not None and self.stats.handled >= max_records):
+                        self._stopping = True
+                        break
+                if batch:
+                    last_record = now
+                elif idle_timeout_s is not None and now - last_record > idle_timeout_s:
+                    break
+                self.producer.poll(0)
+                if now - last_commit >= self.commit_interval_s:
+                    self._commit()
+                    last_commit = now
+                if now - last_lag >= self.lag_interval_s:
+                    self._report_lag()
+                    last_lag = now
+        finally:
+            self._commit()
+            self._consumer.close()
+        return self.stats
+
+    # -- one record ---------------------------------------------------------------
+
+    def _consume_one(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                return
+            if err.fatal():
+                raise KafkaException(err)
+            log.warning("consumer_error", error=str(err))
+            return
+        topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
+        headers = _headers(msg)
+        serde = self._serdes[topic]
+        started = time.perf_counter()
+        structlog.contextvars.bind_contextvars(topic=topic, partition=partition, offset=offset)
+        try:
+            record = Record(
+                topic=topic, partition=partition, offset=offset, timestamp_ms=msg.timestamp()[1],
+                key=serde.decode_key(msg.key()), value=serde.decode_value(msg.value()),
+                headers=tuple(headers),
+            )
+            self.handler(record)
+        except DecodeError as exc:
+            self._dead_letter(msg, "undecodable", str(exc))
+        except InvalidRecord as exc:
+            self._dead_letter(msg, "invalid", exc.reason)
+        else:
+            self.stats.handled += 1
+        finally:
+            structlog.contextvars.unbind_contextvars("topic", "partition", "offset")
+        consumed, seconds = self._metrics[topic]
+        consumed.inc()
+        seconds.observe(time.perf_counter() - started)
+        self._pending[(topic, partition)] = offset + 1
+
+    def _dead_letter(self, msg: Message, reason_class: str, reason: str) -> None:
+        topic = cast(str, msg.topic())
+        dlq = self._dlq.get(topic)
+        if dlq is None:
+            raise RuntimeError(f"{topic} has no DLQ but a record could not be handled: {reason}")
+        headers: Headers = [
+            ("dlq.reason", reason.encode()),
+            ("dlq.reason_class", reason_class.encode()),
+            ("dlq.source.topic", topic.encode()),
+            ("dlq.source.partition", str(msg.partition()).encode()),
+            ("dlq.source.offset", str(msg.offset()).encode()),
+            ("dlq.service", self.service.encode()),
+            ("dlq.failed_at_ms", str(int(time.time() * 1000)).encode()),
+        ]
+        self.producer.produce_raw(dlq, msg.key(), msg.value(), headers=headers + _headers(msg))
+        self.stats.dead_lettered += 1
+        RECORDS_DEAD_LETTERED.labels(self.service, topic, reason_class).inc()
+        log.warning("dead_lettered", reason_class=reason_class, reason=reason)
+
+    # -- commits, rebalances, lag ---------------------------------------------------
+
+    def _commit(self, only: list[TopicPartition] | None = None) -> None:
+        if not self._pending:
+            return
+        remaining = self.producer.flush(30.0)
+        if remaining:
+            raise RuntimeError(f"{remaining} produced records were not acknowledged; not committing")
+        wanted = None if only is None else {(tp.topic, tp.partition) for tp in only}
+        keys = [k for k in self._pending if wanted is None or k in wanted]
+        if not keys:
+            return
+        offsets = [TopicPartition(t, p, self._pending.pop((t, p))) for t, p in keys]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self.stats.commits += 1
+        except KafkaException as exc:
+            # A commit can fail after the partitions moved to another member; the records
+            # are then consumed again there, which handlers tolerate (idempotent effects).
+            log.warning("commit_failed", error=str(exc))
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned = sorted(set(self._assigned) | set(partitions), key=lambda tp: (tp.topic, tp.partition))
+        log.info("partitions_assigned", partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit(only=partitions)
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned = [tp for tp in self._assigned if (tp.topic, tp.partition) not in revoked]
+        log.info("partitions_revoked", partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])
+
+    def _report_lag(self) -> None:
+        if not self._assigned:
+            return
+        for tp in self._consumer.position(self._assigned):
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if tp.offset == OFFSET_INVALID or high < 0:
+                continue
+            CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+
+def _headers(msg: Message) -> Headers:
+    raw = msg.headers()
+    if not raw:
+        return []
+    return list(raw.items()) if isinstance(raw, dict) else list(raw)

@@ -1,0 +1,113 @@
+"""The idempotent Kafka producer every service uses.
+
+``enable.idempotence`` (acks=all, in-order, no duplicates from retries) is always
+on. Every record gets a delivery report: the broker's acknowledgement (or its
+failure) is counted in metrics and handed to the caller's callback, so callers
+such as ingest can answer only after the broker acknowledged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, Message
+from confluent_kafka import Producer as _RawProducer
+
+from kit.observability import PRODUCE_ERRORS, RECORDS_PRODUCED
+from kit.serde import TopicSerde
+from kit.settings import KafkaSettings
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+Headers = list[tuple[str, str | bytes | None]]
+
+DEFAULT_CONFIG = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+    "compression.type": "lz4",
+    "queue.buffering.max.messages": 200_000,
+    "message.timeout.ms": 30_000,
+}
+
+
+class QueueFull(RuntimeError):
+    """The local producer queue stayed full for the whole wait: the broker is slow or away."""
+
+
+class Producer:
+    """Produces Avro-encoded records (or raw bytes, for DLQs) with delivery reports."""
+
+    def __init__(self, settings: KafkaSettings, service: str, config: dict[str, Any] | None = None) -> None:
+        self.service = service
+        self._producer = _RawProducer({**settings.client_config(), **DEFAULT_CONFIG, **(config or {})})
+        self._counted: dict[str, DeliveryCallback] = {}
+
+    def produce(
+        self,
+        serde: TopicSerde,
+        key: dict[str, Any],
+        value: dict[str, Any] | None,
+        *,
+        headers: Headers | None = None,
+        on_delivery: DeliveryCallback | None = None,
+        block_s: float = 5.0,
+    ) -> None:
+        """Encode and enqueue one record. Raises EncodeError (a bug) or QueueFull."""
+        self.produce_raw(serde.topic, serde.encode_key(key), serde.encode_value(value),
+                         headers=headers, on_delivery=on_delivery, block_s=block_s)
+
+    def produce_raw(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        headers: Headers | None = None,
+        on_delivery: DeliveryCallback | None = None,
+        block_s: float = 5.0,
+    ) -> None:
+        """Enqueue bytes as they are. When the local queue is full, serve delivery
+        reports for up to ``block_s`` (backpressure), then raise QueueFull."""
+        callback = self._callback(topic, on_delivery)
+        deadline = time.monotonic() + block_s
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
+                return
+            except BufferError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise QueueFull(f"producer queue full for {block_s}s while producing to {topic}") from None
+                self._producer.poll(min(0.05, remaining))
+
+    def _callback(self, topic: str, user: DeliveryCallback | None) -> DeliveryCallback:
+        counted = self._counted.get(topic)
+        if counted is None:
+            produced = RECORDS_PRODUCED.labels(self.service, topic)
+            failed = PRODUCE_ERRORS.labels(self.service, topic)
+
+            def count(err: KafkaError | None, msg: Message) -> None:
+                (failed if err is not None else produced).inc()
+
+            counted = self._counted[topic] = count
+        if user is None:
+            return counted
+
+        def count_and_report(err: KafkaError | None, msg: Message) -> None:
+            counted(err, msg)
+            user(err, msg)
+
+        return count_and_report
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Serve delivery reports; returns how many were served."""
+        return int(self._producer.poll(timeout_s))
+
+    def flush(self, timeout_s: float = 30.0) -> int:
+        """Wait for every queued record's delivery report; returns how many are still queued."""
+        return int(self._producer.flush(timeout_s))
+
+    def __len__(self) -> int:
+        return len(self._producer)

@@ -1,0 +1,121 @@
+"""Configuration shared by every service, read once from the environment.
+
+Every value has a default that works against the local broker started by
+``make up`` (127.0.0.1:$ENTRAIN_KAFKA_PORT). Pointing at another cluster is a
+matter of setting ``KAFKA_BOOTSTRAP_SERVERS`` (and the security variables).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS_DIR = REPO_ROOT / "schemas"
+STATE_DIR = Path(os.environ.get("ENTRAIN_STATE_DIR", REPO_ROOT / ".state"))
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+
+class SettingsError(ValueError):
+    """A setting from the environment is missing or malformed."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How to reach Kafka.
+
+    ``local_kafka`` says whether the broker is the one ``make up`` manages
+    (nothing was configured), so tooling knows whether it may start it.
+    """
+
+    bootstrap_servers: str
+    topic_prefix: str = ""
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_ca_location: str | None = None
+    local_kafka: bool = True
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
+        env = os.environ if env is None else env
+        kafka_port = _int(env, "ENTRAIN_KAFKA_PORT", 9092)
+        bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "")
+        protocol = env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+        if protocol not in SECURITY_PROTOCOLS:
+            raise SettingsError(
+                f"KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, got {protocol!r}"
+            )
+        settings = cls(
+            bootstrap_servers=bootstrap or f"127.0.0.1:{kafka_port}",
+            topic_prefix=env.get("ENTRAIN_TOPIC_PREFIX", ""),
+            security_protocol=protocol,
+            sasl_mechanism=env.get("KAFKA_SASL_MECHANISM") or None,
+            sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
+            sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,
+            ssl_ca_location=env.get("KAFKA_SSL_CA_LOCATION") or None,
+            local_kafka=not bootstrap,
+            kafka_port=kafka_port,
+            kafka_controller_port=_int(env, "ENTRAIN_KAFKA_CONTROLLER_PORT", kafka_port + 1),
+        )
+        if protocol.startswith("SASL") and not (settings.sasl_username and settings.sasl_password):
+            raise SettingsError(f"{protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        return settings
+
+    def topic(self, logical_name: str) -> str:
+        """The physical topic name for a logical one (environment prefix applied)."""
+        return f"{self.topic_prefix}{logical_name}"
+
+    def client_config(self) -> dict[str, str | int | float | bool]:
+        """librdkafka settings common to producers, consumers and admin clients."""
+        config: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        elif self.security_protocol.startswith("SASL"):
+            config["sasl.mechanism"] = "SCRAM-SHA-512"
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            config["sasl.password"] = self.sasl_password
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = self.ssl_ca_location
+        return config
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Per-process settings of a service: its name and where it serves /metrics."""
+
+    name: str
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, name: str, default_port: int = 0, env: Mapping[str, str] | None = None) -> ServiceSettings:
+        env = os.environ if env is None else env
+        return cls(
+            name=name,
+            metrics_host=env.get("ENTRAIN_METRICS_HOST", "127.0.0.1"),
+            metrics_port=_int(env, f"ENTRAIN_{name.upper()}_METRICS_PORT", default_port),
+            log_level=env.get("ENTRAIN_LOG_LEVEL", "INFO").upper(),
+        )

@@ -1,0 +1,110 @@
+"""Create every topic in schemas/ (and its DLQ) on the configured cluster.
+
+Idempotent: existing topics are left alone when they match; their retention and
+cleanup policy are brought in line with the manifest. A partition count that
+differs from the manifest is refused, loudly: changing it re-maps keys to
+partitions and breaks per-key ordering, so it must be a deliberate migration.
+
+Usage: python -m kit.topics [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported from the C module
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
+
+from kit.contracts import TopicContract, load_contracts
+from kit.settings import KafkaSettings
+
+DLQ_RETENTION_MS = 14 * 86_400_000
+
+
+class PartitionMismatch(RuntimeError):
+    """An existing topic's partition count differs from its manifest."""
+
+
+TopicPlan = dict[str, tuple[int, dict[str, str]]]
+
+
+def desired_topics(settings: KafkaSettings, contracts: dict[str, TopicContract]) -> TopicPlan:
+    """Physical topic name -> (partitions, config) for every topic and DLQ."""
+    wanted: dict[str, tuple[int, dict[str, str]]] = {}
+    for c in contracts.values():
+        wanted[settings.topic(c.name)] = (c.partitions, c.topic_config())
+        if c.dlq:
+            wanted[settings.topic(c.dlq_name)] = (
+                1, {"retention.ms": str(DLQ_RETENTION_MS), "cleanup.policy": "delete"})
+    return wanted
+
+
+def ensure_topics(settings: KafkaSettings, check_only: bool = False, timeout_s: float = 30.0) -> list[str]:
+    """Create missing topics; return the names created. Raises PartitionMismatch."""
+    admin = AdminClient(settings.client_config())
+    wanted = desired_topics(settings, load_contracts())
+    existing = admin.list_topics(timeout=timeout_s).topics
+    mismatched = [
+        f"{name}: has {len(existing[name].partitions)} partitions, manifest says {parts}"
+        for name, (parts, _) in wanted.items()
+        if name in existing and len(existing[name].partitions) != parts
+    ]
+    if mismatched:
+        raise PartitionMismatch(
+            "refusing to change partition counts (re-keys every record):\n  " + "\n  ".join(mismatched))
+    missing = [name for name in wanted if name not in existing]
+    if check_only:
+        return missing
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=wanted[name][0], replication_factor=-1, config=wanted[name][1])
+             for name in missing],
+            operation_timeout=timeout_s,
+        )
+        for future in futures.values():
+            try:
+                future.result()
+            except Exception as exc:  # a concurrent creator may have won the race
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+    present = [name for name in wanted if name in existing]
+    if present:
+        resources = [
+            ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+                ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+                for key, value in wanted[name][1].items()])
+            for name in present
+        ]
+        for future in admin.incremental_alter_configs(resources).values():
+            future.result()
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only report missing or mismatched topics")
+    args = parser.parse_args(argv)
+    settings = KafkaSettings.from_env()
+    try:
+        missing = ensure_topics(settings, check_only=args.check)
+    except PartitionMismatch as exc:
+        print(f"topics: {exc}", file=sys.stderr)
+        return 2
+    total = len(desired_topics(settings, load_contracts()))
+    if args.check:
+        print(f"topics: {total - len(missing)}/{total} present"
+              + (f"; missing: {', '.join(missing)}" if missing else ""))
+        return 1 if missing else 0
+    print(f"topics: {total} topics on {settings.bootstrap_servers}; created {len(missing)}" +
+          (f": {', '.join(missing)}" if missing else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+import pytest
+
+from kit.settings import KafkaSettings
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka() -> KafkaSettings:
+    """Settings for the real broker `make test` started; fails (never skips) when it is away."""
+    from confluent_kafka.admin import AdminClient
+
+    settings = KafkaSettings.from_env()
+    try:
+        AdminClient(settings.client_config()).list_topics(timeout=10)
+    except Exception as exc:
+        pytest.fail(f"Kafka at {settings.bootstrap_servers} does not answer ({exc}); run `make up` first")
+    return settings
+
+
+@pytest.fixture
+def isolated(kafka: KafkaSettings) -> KafkaSettings:
+    """The same cluster with a topic prefix unique to this test, every topic created."""
+    from kit.topics import ensure_topics
+
+    settings = replace(kafka, topic_prefix=f"test-{uuid.uuid4().hex[:8]}.")
+    ensure_topics(settings)
+    return settings

@@ -1,0 +1,236 @@
+"""The service kit against the real local broker: serde round trip, DLQ routing,
+commits, graceful shutdown, topic management and the health endpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from kit.consumer import ConsumerLoop, InvalidRecord, Record
+from kit.contracts import load_contracts
+from kit.observability import HealthServer
+from kit.producer import Producer
+from kit.serde import TopicSerde
+from kit.settings import KafkaSettings
+from kit.topics import PartitionMismatch, ensure_topics
+
+TELEMETRY = "listener.telemetry.v1"
+
+
+def telemetry_value(n: int, heart_rate: int = 120) -> dict[str, Any]:
+    example = load_contracts()[TELEMETRY].examples()[0][1]["value"]
+    return {**example, "event_id": f"evt-{n}-{uuid.uuid4().hex[:6]}", "heart_rate_bpm": heart_rate}
+
+
+def read_all(settings: KafkaSettings, topic: str, expected: int, timeout_s: float = 20.0) -> list[Any]:
+    """Every raw message on a topic (read_committed), waiting until ``expected`` arrived."""
+    consumer = Consumer({**settings.client_config(), "group.id": f"reader-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    consumer.subscribe([topic])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < expected and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is not None and msg.error() is None:
+            out.append(msg)
+    consumer.close()
+    return out
+
+
+def committed(settings: KafkaSettings, group: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({**settings.client_config(), "group.id": group})
+    offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    consumer.close()
+    return {tp.partition: tp.offset for tp in offsets if tp.offset >= 0}
+
+
+def test_every_example_round_trips_through_the_broker(isolated: KafkaSettings) -> None:
+    producer = Producer(isolated, "test")
+    sent: dict[str, list[tuple[dict, dict]]] = {}
+    for name, contract in load_contracts().items():
+        serde = TopicSerde.for_topic(name, isolated)
+        for _, example in contract.examples():
+            producer.produce(serde, example["key"], example["value"])
+            sent.setdefault(serde.topic, []).append((example["key"], example["value"]))
+    assert producer.flush(30) == 0
+
+    received: dict[str, list[tuple[dict, dict | None]]] = {}
+    loop = ConsumerLoop(isolated, "test", f"rt-{uuid.uuid4().hex}", list(load_contracts()),
+                        lambda r: received.setdefault(r.topic, []).append((r.key, r.value)), producer)
+    loop.run(max_records=sum(map(len, sent.values())), idle_timeout_s=20)
+    assert {t: sorted(map(repr, v)) for t, v in received.items()} == {t: sorted(map(repr, v)) for t, v in sent.items()}
+
+
+def test_poison_records_go_to_the_dlq_with_reasons_and_good_records_keep_flowing(isolated: KafkaSettings) -> None:
+    producer = Producer(isolated, "test")
+    serde = TopicSerde.for_topic(TELEMETRY, isolated)
+    key = {"listener_id": f"poison-{uuid.uuid4().hex}"}  # one key: one partition, order kept
+    garbage = b"\x00not avro at all"
+    out_of_range = telemetry_value(2, heart_rate=999)
+    producer.produce(serde, key, telemetry_value(1))
+    producer.produce_raw(serde.topic, serde.encode_key(key), garbage)
+    producer.produce(serde, key, out_of_range)
+    producer.produce(serde, key, telemetry_value(3))
+    assert producer.flush(30) == 0
+
+    handled: list[Record] = []
+
+    def handler(record: Record) -> None:
+        assert record.value is not None
+        if record.value["heart_rate_bpm"] > 250:
+            raise InvalidRecord(f"heart_rate_bpm {record.value['heart_rate_bpm']} outside 25-250")
+        handled.append(record)
+
+    group = f"poison-{uuid.uuid4().hex}"
+    loop = ConsumerLoop(isolated, "test", group, [TELEMETRY], handler, producer)
+    stats = loop.run(max_records=2, idle_timeout_s=20)
+    mine = [r for r in handled if r.key == key]
+    assert [r.value["heart_rate_bpm"] for r in mine if r.value] == [120, 120]
+    assert stats.dead_lettered == 2
+
+    dlq = [m for m in read_all(isolated, isolated.topic(TELEMETRY + ".dlq"), 2)
+           if m.key() == serde.encode_key(key)]
+    assert len(dlq) == 2
+    by_class = {dict(m.headers())["dlq.reason_class"]: m for m in dlq}
+    undecodable, invalid = by_class[b"undecodable"], by_class[b"invalid"]
+    assert undecodable.value() == garbage
+    assert b"not Avro single-object encoded" in dict(undecodable.headers())["dlq.reason"]
+    assert invalid.value() == serde.encode_value(out_of_range)
+    assert dict(invalid.headers())["dlq.reason"] == b"heart_rate_bpm 999 outside 25-250"
+    partition = mine[0].partition
+    for m in dlq:
+        h = dict(m.headers())
+        assert h["dlq.source.topic"] == serde.topic.encode()
+        assert h["dlq.source.partition"] == str(partition).encode()
+        assert h["dlq.service"] == b"test"
+    offsets = sorted(int(dict(m.headers())["dlq.source.offset"]) for m in dlq)
+    assert offsets == [mine[0].offset + 1, mine[0].offset + 2]
+    assert committed(isolated, group, serde.topic, 6)[partition] == mine[1].offset + 1
+
+
+def test_a_bug_stops_the_loop_and_the_failed_record_is_not_committed(isolated: KafkaSettings) -> None:
+    settings = isolated
+    producer = Producer(settings, "test")
+    serde = TopicSerde.for_topic(TELEMETRY, settings)
+    key = {"listener_id": "bug"}
+    for n in range(5):
+        producer.produce(serde, key, telemetry_value(n, heart_rate=60 + n))
+    assert producer.flush(30) == 0
+    group = f"bug-{uuid.uuid4().hex}"
+    seen: list[int] = []
+
+    def buggy(record: Record) -> None:
+        assert record.value is not None
+        if record.value["heart_rate_bpm"] == 62:
+            raise ZeroDivisionError("a bug")
+        seen.append(record.value["heart_rate_bpm"])
+
+    with pytest.raises(ZeroDivisionError):
+        ConsumerLoop(settings, "test", group, [TELEMETRY], buggy, producer).run(idle_timeout_s=20)
+    assert seen == [60, 61]
+
+    again: list[int] = []
+    ConsumerLoop(settings, "test", group, [TELEMETRY],
+                 lambda r: again.append(r.value["heart_rate_bpm"]), producer).run(max_records=3, idle_timeout_s=20)
+    assert again == [62, 63, 64]
+
+
+CONSUMER_PROCESS = """
+import sys
+from kit.consumer import ConsumerLoop
+from kit.logs import configure_logging
+from kit.producer import Producer
+from kit.settings import KafkaSettings
+configure_logging("sigterm-test")
+settings = KafkaSettings.from_env()
+count = 0
+def handle(record):
+    global count
+    count += 1
+    if count == 3:
+        print("handled 3", flush=True)
+loop = ConsumerLoop(settings, "sigterm-test", sys.argv[1], ["listener.telemetry.v1"], handle, Producer(settings, "t"))
+loop.install_signal_handlers()
+stats = loop.run()
+print(f"stopped after {stats.handled}", flush=True)
+"""
+
+
+def test_sigterm_stops_the_consumer_gracefully_and_commits(isolated: KafkaSettings) -> None:
+    settings = isolated
+    producer = Producer(settings, "test")
+    serde = TopicSerde.for_topic(TELEMETRY, settings)
+    for n in range(3):
+        producer.produce(serde, {"listener_id": "sig"}, telemetry_value(n))
+    assert producer.flush(30) == 0
+    group = f"sig-{uuid.uuid4().hex}"
+    env = {**os.environ, "ENTRAIN_TOPIC_PREFIX": settings.topic_prefix,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "services")}
+    proc = subprocess.Popen([sys.executable, "-c", CONSUMER_PROCESS, group], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "handled 3"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert out.strip() == "stopped after 3"
+    assert sum(committed(settings, group, serde.topic, 6).values()) == 3
+
+
+def test_topic_creation_is_idempotent_and_refuses_partition_changes(kafka: KafkaSettings) -> None:
+    settings = replace(kafka, topic_prefix=f"test-topics-{uuid.uuid4().hex[:8]}.")
+    created = ensure_topics(settings)
+    assert settings.topic(TELEMETRY) in created
+    assert settings.topic(TELEMETRY + ".dlq") in created
+    assert "royalty.events.v1.dlq" not in {t.removeprefix(settings.topic_prefix) for t in created}
+    assert ensure_topics(settings) == []
+
+    admin = AdminClient(kafka.client_config())
+    meta = admin.list_topics(timeout=10).topics
+    assert len(meta[settings.topic(TELEMETRY)].partitions) == 6
+
+    wrong = replace(kafka, topic_prefix=f"test-wrong-{uuid.uuid4().hex[:8]}.")
+    admin.create_topics([NewTopic(wrong.topic("listener.plays.v1"), num_partitions=2)])[
+        wrong.topic("listener.plays.v1")].result()
+    with pytest.raises(PartitionMismatch, match="has 2 partitions, manifest says 6"):
+        ensure_topics(wrong)
+
+
+def test_health_server_serves_metrics_liveness_and_readiness(isolated: KafkaSettings) -> None:
+    server = HealthServer("127.0.0.1", 0).start()
+    ready = {"consumer": False}
+    server.add_ready_check("consumer", lambda: ready["consumer"])
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        producer = Producer(isolated, "health-test")
+        serde = TopicSerde.for_topic(TELEMETRY, isolated)
+        producer.produce(serde, {"listener_id": "h"}, telemetry_value(0))
+        assert producer.flush(30) == 0
+        metrics = urllib.request.urlopen(f"{base}/metrics").read().decode()
+        assert f'entrain_records_produced_total{{service="health-test",topic="{serde.topic}"}} 1.0' in metrics
+        assert urllib.request.urlopen(f"{base}/healthz").status == 200
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(f"{base}/readyz")
+        assert not_ready.value.code == 503
+        assert b'"failing":["consumer"]' in not_ready.value.read()
+        ready["consumer"] = True
+        assert urllib.request.urlopen(f"{base}/readyz").status == 200
+    finally:
+        server.stop()

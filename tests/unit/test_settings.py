@@ -1,0 +1,48 @@
+import pytest
+
+from kit.settings import KafkaSettings, SettingsError
+
+
+def test_defaults_point_at_the_local_stack() -> None:
+    s = KafkaSettings.from_env({})
+    assert s.bootstrap_servers == "127.0.0.1:9092"
+    assert s.local_kafka
+    assert s.client_config() == {"bootstrap.servers": "127.0.0.1:9092", "security.protocol": "PLAINTEXT"}
+    assert s.topic("listener.plays.v1") == "listener.plays.v1"
+
+
+def test_port_and_prefix_are_configurable() -> None:
+    s = KafkaSettings.from_env({"ENTRAIN_KAFKA_PORT": "19092", "ENTRAIN_TOPIC_PREFIX": "staging."})
+    assert s.bootstrap_servers == "127.0.0.1:19092"
+    assert s.kafka_controller_port == 19093
+    assert s.topic("listener.plays.v1") == "staging.listener.plays.v1"
+
+
+def test_another_cluster_is_used_as_configured_and_never_started() -> None:
+    s = KafkaSettings.from_env({
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka-0.kafka:9093", "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+        "KAFKA_SASL_USERNAME": "royalty", "KAFKA_SASL_PASSWORD": "s3cret", "KAFKA_SSL_CA_LOCATION": "/ca.pem",
+    })
+    assert not s.local_kafka
+    cfg = s.client_config()
+    assert cfg["bootstrap.servers"] == "kafka-0.kafka:9093"
+    assert cfg["security.protocol"] == "SASL_SSL"
+    assert cfg["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert cfg["ssl.ca.location"] == "/ca.pem"
+    assert "s3cret" not in repr(s)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"ENTRAIN_KAFKA_PORT": "ninety"}, "ENTRAIN_KAFKA_PORT must be an integer"),
+    ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL must be one of"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "needs KAFKA_SASL_USERNAME"),
+])
+def test_bad_settings_fail_with_the_variable_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        KafkaSettings.from_env(env)
+
+
+def test_settings_are_frozen() -> None:
+    s = KafkaSettings.from_env({})
+    with pytest.raises(AttributeError):
+        s.bootstrap_servers = "elsewhere:9092"  # type: ignore[misc]
