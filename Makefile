@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/services
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
+.PHONY: help venv dev-secrets bench-ingest up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -37,11 +37,17 @@ kafka-status: venv ## does the configured Kafka answer?
 topics: kafka-up ## create every topic and DLQ from schemas/ (idempotent)
 	$(PY) -m kit.topics
 
-up: topics ## start the infrastructure (services join as they are built)
+dev-secrets: venv ## create local API keys and the pseudonymisation secret in .state/ingest (once)
+	$(PY) deploy/local/dev_secrets.py
 
-down: kafka-down ## stop everything `make up` started
+up: topics dev-secrets ## start Kafka, create topics, start the services (ingest on :8080)
+	$(PY) deploy/local/services.py up
 
-test: topics ## install what is missing, start Kafka, run unit, contract and integration tests
+down: venv ## stop the services and the local Kafka
+	$(PY) deploy/local/services.py down
+	$(PY) deploy/local/kafka.py down
+
+test: topics dev-secrets ## install what is missing, start Kafka, run unit, contract and integration tests
 	$(PY) -m pytest -q
 
 test-unit: venv ## tests that need no broker
@@ -53,6 +59,9 @@ lint: venv ## ruff and mypy
 
 bench-kafka: topics ## producer/consumer throughput: raw confluent-kafka vs the kit
 	$(PY) bench/bench_kafka.py
+
+bench-ingest: topics dev-secrets ## ingest HTTP throughput and latency vs the raw producer
+	$(PY) bench/bench_ingest.py
 
 demo: ## the end-to-end demo (arrives with the services; see README)
 	@echo "make demo arrives with the services (issue 8); today: make up && make test"; exit 1

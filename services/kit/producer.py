@@ -109,5 +109,13 @@ class Producer:
         """Wait for every queued record's delivery report; returns how many are still queued."""
         return int(self._producer.flush(timeout_s))
 
+    def reachable(self, timeout_s: float = 2.0) -> bool:
+        """True when the cluster answers a metadata request within ``timeout_s``."""
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+            return True
+        except Exception:
+            return False
+
     def __len__(self) -> int:
         return len(self._producer)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kit.consumer import ConsumerLoop, InvalidRecord, Record
@@ -26,6 +24,7 @@ from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
 from kit.topics import PartitionMismatch, ensure_topics
+from tests.kafka_helpers import committed, read_all
 
 TELEMETRY = "listener.telemetry.v1"
 
@@ -33,29 +32,6 @@ TELEMETRY = "listener.telemetry.v1"
 def telemetry_value(n: int, heart_rate: int = 120) -> dict[str, Any]:
     example = load_contracts()[TELEMETRY].examples()[0][1]["value"]
     return {**example, "event_id": f"evt-{n}-{uuid.uuid4().hex[:6]}", "heart_rate_bpm": heart_rate}
-
-
-def read_all(settings: KafkaSettings, topic: str, expected: int, timeout_s: float = 20.0) -> list[Any]:
-    """Every raw message on a topic (read_committed), waiting until ``expected`` arrived."""
-    consumer = Consumer({**settings.client_config(), "group.id": f"reader-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "isolation.level": "read_committed"})
-    consumer.subscribe([topic])
-    out: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    while len(out) < expected and time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is not None and msg.error() is None:
-            out.append(msg)
-    consumer.close()
-    return out
-
-
-def committed(settings: KafkaSettings, group: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = Consumer({**settings.client_config(), "group.id": group})
-    offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-    consumer.close()
-    return {tp.partition: tp.offset for tp in offsets if tp.offset >= 0}
 
 
 def test_every_example_round_trips_through_the_broker(isolated: KafkaSettings) -> None:

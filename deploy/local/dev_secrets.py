@@ -1,0 +1,47 @@
+"""Create local development secrets for ingest, once, under .state/ingest/ (git-ignored).
+
+  api-keys.json      the key store ingest loads (hashes only)
+  pseudonym.secret   the HMAC key that turns app user ids into listener ids
+  dev-keys.env       the plaintext dev keys, for curl and the demo:
+                       ENTRAIN_DEV_APP_KEY          listener-app scope
+                       ENTRAIN_DEV_RIGHTS_HOLDER_KEY rights-holder scope for rh-demo-0007
+                       ENTRAIN_DEV_ADMIN_KEY        admin scope
+Never use these outside a developer machine.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from ingest.security import hash_key, new_key
+from kit.settings import STATE_DIR
+
+FOLDER = STATE_DIR / "ingest"
+KEYS = [
+    ("ENTRAIN_DEV_APP_KEY", "dev-app", ["listener-app"], None),
+    ("ENTRAIN_DEV_RIGHTS_HOLDER_KEY", "dev-rights-holder", ["rights-holder"], "rh-demo-0007"),
+    ("ENTRAIN_DEV_ADMIN_KEY", "dev-admin", ["admin"], None),
+]
+
+
+def main() -> None:
+    FOLDER.mkdir(parents=True, exist_ok=True)
+    env_file, keys_file, secret_file = FOLDER / "dev-keys.env", FOLDER / "api-keys.json", FOLDER / "pseudonym.secret"
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_hex(32) + "\n")
+        secret_file.chmod(0o600)
+    if env_file.exists() and keys_file.exists():
+        print(f"dev secrets exist in {FOLDER}")
+        return
+    plain = {var: new_key() for var, *_ in KEYS}
+    store = [{"key_id": key_id, "sha256": hash_key(plain[var]), "scopes": scopes, "rights_holder_id": rh}
+             for var, key_id, scopes, rh in KEYS]
+    keys_file.write_text(json.dumps(store, indent=2) + "\n")
+    env_file.write_text("".join(f"{var}={plain[var]}\n" for var in plain))
+    env_file.chmod(0o600)
+    print(f"dev secrets written to {FOLDER} (keys in {env_file})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Start and stop Entrain's services as local background processes.
+
+Usage: python deploy/local/services.py up|down|status [SERVICE ...]
+
+Each service runs as ``python -m <service>`` with its pid and log in
+.state/<service>/; ``up`` waits until its /readyz answers 200 and is a no-op for
+a service that is already running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+from kit.settings import REPO_ROOT, STATE_DIR
+
+START_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    port: int
+    env: dict[str, str]
+
+    @property
+    def folder(self):  # type: ignore[no-untyped-def]
+        return STATE_DIR / self.name
+
+    @property
+    def ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/readyz"
+
+
+def services() -> dict[str, Service]:
+    ingest_state = STATE_DIR / "ingest"
+    return {
+        "ingest": Service("ingest", int(os.environ.get("ENTRAIN_INGEST_PORT", "8080")), {
+            "ENTRAIN_API_KEYS_FILE": os.environ.get("ENTRAIN_API_KEYS_FILE", str(ingest_state / "api-keys.json")),
+            "ENTRAIN_PSEUDONYM_SECRET_FILE": os.environ.get(
+                "ENTRAIN_PSEUDONYM_SECRET_FILE", str(ingest_state / "pseudonym.secret")),
+        }),
+    }
+
+
+def pid_of(service: Service) -> int | None:
+    try:
+        pid = int((service.folder / "pid").read_text())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+
+
+def ready(service: Service) -> bool:
+    try:
+        with urllib.request.urlopen(service.ready_url, timeout=3) as response:  # noqa: S310 (loopback only)
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def up(service: Service) -> None:
+    if pid_of(service) is not None and ready(service):
+        print(f"[{service.name}] already running")
+        return
+    service.folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **service.env, "PYTHONPATH": str(REPO_ROOT / "services")}
+    with open(service.folder / "service.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", service.name], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=REPO_ROOT)
+    (service.folder / "pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"[{service.name}] exited with {proc.returncode}; see {service.folder / 'service.log'}")
+        if ready(service):
+            print(f"[{service.name}] ready on {service.ready_url.removesuffix('/readyz')} (pid {proc.pid})")
+            return
+        time.sleep(0.3)
+    sys.exit(f"[{service.name}] not ready within {START_TIMEOUT_S}s; see {service.folder / 'service.log'}")
+
+
+def down(service: Service) -> None:
+    pid = pid_of(service)
+    if pid is None:
+        return
+    os.killpg(pid, signal.SIGTERM)
+    for _ in range(100):
+        if pid_of(service) is None:
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    (service.folder / "pid").unlink(missing_ok=True)
+    print(f"[{service.name}] stopped")
+
+
+def status(service: Service) -> None:
+    print(f"[{service.name}] pid {pid_of(service)}, {'ready' if ready(service) else 'not ready'}")
+
+
+if __name__ == "__main__":
+    commands = {"up": up, "down": down, "status": status}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: {sys.argv[0]} {'|'.join(commands)} [SERVICE ...]")
+    known = services()
+    names = sys.argv[2:] or list(known)
+    for name in names if sys.argv[1] != "down" else reversed(names):
+        commands[sys.argv[1]](known[name])

@@ -1,0 +1,126 @@
+"""API keys with scopes, and the keyed hash that replaces app user ids.
+
+Keys are stored only as SHA-256 hashes. A key file (``ENTRAIN_API_KEYS_FILE``)
+or ``ENTRAIN_API_KEYS`` holds a JSON list of::
+
+    {"key_id": "app-1", "sha256": "<hex of sha256(key)>", "scopes": ["listener-app"],
+     "rights_holder_id": null}
+
+``rights_holder_id`` binds a rights-holder key to the one catalog it may change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass, field
+
+SCOPES = ("listener-app", "rights-holder", "admin")
+
+
+class AuthError(Exception):
+    """Authentication (401) or authorisation (403) failed; ``reason`` is safe to show."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class KeyFileError(ValueError):
+    """The API key configuration is malformed."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    scopes: frozenset[str]
+    rights_holder_id: str | None = None
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes and "admin" not in self.scopes:
+            raise AuthError(403, f"key {self.key_id} lacks the {scope} scope")
+
+    def may_change_consent_of(self, rights_holder_id: str) -> None:
+        if "admin" in self.scopes:
+            return
+        self.require("rights-holder")
+        if self.rights_holder_id != rights_holder_id:
+            raise AuthError(403, f"key {self.key_id} may only change the consent of {self.rights_holder_id}")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyStore:
+    by_hash: dict[str, Principal]
+
+    @classmethod
+    def from_json(cls, text: str) -> KeyStore:
+        try:
+            entries = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise KeyFileError(f"API keys are not valid JSON: {exc}") from None
+        if not isinstance(entries, list) or not entries:
+            raise KeyFileError("API keys must be a non-empty JSON list")
+        by_hash = {}
+        for n, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not {"key_id", "sha256", "scopes"} <= entry.keys():
+                raise KeyFileError(f"API key entry {n} needs key_id, sha256 and scopes")
+            scopes = frozenset(entry["scopes"])
+            if not scopes or not scopes <= set(SCOPES):
+                raise KeyFileError(f"API key {entry['key_id']}: scopes must be among {SCOPES}")
+            if "rights-holder" in scopes and not entry.get("rights_holder_id"):
+                raise KeyFileError(f"API key {entry['key_id']}: a rights-holder key needs rights_holder_id")
+            digest = str(entry["sha256"]).lower()
+            if len(digest) != 64:
+                raise KeyFileError(f"API key {entry['key_id']}: sha256 must be 64 hex digits")
+            by_hash[digest] = Principal(entry["key_id"], scopes, entry.get("rights_holder_id"))
+        return cls(by_hash)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """Resolve an ``Authorization: Bearer <key>`` header to its principal."""
+        if not authorization:
+            raise AuthError(401, "missing API key: send Authorization: Bearer <key>")
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise AuthError(401, "malformed Authorization header: expected Bearer <key>")
+        # Looked up by the key's hash: timing reveals nothing about a stored key.
+        principal = self.by_hash.get(hash_key(key.strip()))
+        if principal is None:
+            raise AuthError(401, "unknown API key")
+        return principal
+
+
+@dataclass(frozen=True)
+class Pseudonymizer:
+    """Replaces an app user id with HMAC-SHA256 under a secret key (hex).
+
+    Results are memoised per process (a listener sends many samples); the cache
+    lives in memory only and is dropped when it reaches ``cache_size``.
+    """
+
+    secret: bytes = field(repr=False)
+    cache_size: int = 100_000
+    _cache: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.secret) < 32:
+            raise ValueError("the pseudonymisation secret must be at least 32 bytes")
+
+    def listener_id(self, app_user_id: str) -> str:
+        listener = self._cache.get(app_user_id)
+        if listener is None:
+            listener = hmac.new(self.secret, app_user_id.encode(), hashlib.sha256).hexdigest()
+            if len(self._cache) >= self.cache_size:
+                self._cache.clear()
+            self._cache[app_user_id] = listener
+        return listener
+
+
+def new_key() -> str:
+    return "ek_" + secrets.token_urlsafe(32)

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ingest.limits import DedupWindow, RateLimiter, TokenBucket
+from ingest.security import AuthError, KeyFileError, KeyStore, Pseudonymizer, hash_key
+
+APP, RH, ADMIN = "ek_app", "ek_rh", "ek_admin"
+STORE = KeyStore.from_json(json.dumps([
+    {"key_id": "app", "sha256": hash_key(APP), "scopes": ["listener-app"]},
+    {"key_id": "rh7", "sha256": hash_key(RH), "scopes": ["rights-holder"], "rights_holder_id": "rh-7"},
+    {"key_id": "ops", "sha256": hash_key(ADMIN), "scopes": ["admin"]},
+]))
+
+
+def test_keys_resolve_to_their_scopes() -> None:
+    assert STORE.authenticate(f"Bearer {APP}").key_id == "app"
+    STORE.authenticate(f"Bearer {APP}").require("listener-app")
+    STORE.authenticate(f"bearer  {ADMIN}").require("listener-app")  # admin may do anything
+
+
+@pytest.mark.parametrize(("header", "status", "reason"), [
+    (None, 401, "missing API key"),
+    ("", 401, "missing API key"),
+    (f"Basic {APP}", 401, "malformed"),
+    ("Bearer ", 401, "malformed"),
+    ("Bearer ek_wrong", 401, "unknown API key"),
+])
+def test_missing_or_wrong_keys_are_401(header: str | None, status: int, reason: str) -> None:
+    with pytest.raises(AuthError) as exc:
+        STORE.authenticate(header)
+    assert exc.value.status == status and reason in exc.value.reason
+
+
+def test_scopes_and_ownership_are_403() -> None:
+    with pytest.raises(AuthError) as exc:
+        STORE.authenticate(f"Bearer {RH}").require("listener-app")
+    assert exc.value.status == 403
+    STORE.authenticate(f"Bearer {RH}").may_change_consent_of("rh-7")
+    with pytest.raises(AuthError, match="may only change the consent of rh-7"):
+        STORE.authenticate(f"Bearer {RH}").may_change_consent_of("rh-8")
+    with pytest.raises(AuthError, match="lacks the rights-holder scope"):
+        STORE.authenticate(f"Bearer {APP}").may_change_consent_of("rh-7")
+    STORE.authenticate(f"Bearer {ADMIN}").may_change_consent_of("rh-8")
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("not json", "not valid JSON"),
+    ("[]", "non-empty JSON list"),
+    ('[{"key_id": "a"}]', "needs key_id, sha256 and scopes"),
+    ('[{"key_id": "a", "sha256": "' + "0" * 64 + '", "scopes": ["root"]}]', "scopes must be among"),
+    ('[{"key_id": "a", "sha256": "' + "0" * 64 + '", "scopes": ["rights-holder"]}]', "needs rights_holder_id"),
+    ('[{"key_id": "a", "sha256": "abc", "scopes": ["admin"]}]', "64 hex digits"),
+])
+def test_malformed_key_files_are_refused_clearly(text: str, reason: str) -> None:
+    with pytest.raises(KeyFileError, match=reason):
+        KeyStore.from_json(text)
+
+
+def test_pseudonyms_are_stable_keyed_and_hide_the_id() -> None:
+    a, b = Pseudonymizer(b"k" * 32), Pseudonymizer(b"j" * 32)
+    assert a.listener_id("alice") == a.listener_id("alice")
+    assert a.listener_id("alice") != b.listener_id("alice")
+    assert a.listener_id("alice") != a.listener_id("alicf")
+    assert "alice" not in a.listener_id("alice") and len(a.listener_id("alice")) == 64
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        Pseudonymizer(b"short")
+
+
+def test_dedup_window_forgets_after_the_window() -> None:
+    window = DedupWindow(window_ms=1000)
+    window.remember("e1", now_ms=0)
+    assert window.seen("e1", now_ms=999)
+    assert not window.seen("e2", now_ms=999)
+    assert not window.seen("e1", now_ms=1001)
+
+
+def test_dedup_window_is_bounded() -> None:
+    window = DedupWindow(window_ms=10**9, max_ids=2)
+    for n, event in enumerate(["a", "b", "c"]):
+        window.remember(event, n)
+    assert not window.seen("a", 3) and window.seen("b", 3) and window.seen("c", 3)
+
+
+def test_token_bucket_allows_bursts_then_the_rate() -> None:
+    bucket = TokenBucket(rate=100, burst=200)
+    assert bucket.take(200, now_ms=0) == 0
+    assert bucket.take(50, now_ms=0) == pytest.approx(0.5)
+    assert bucket.take(50, now_ms=500) == 0
+    limiter = RateLimiter(rate=10, burst=10)
+    assert limiter.take("a", 10, 0) == 0 and limiter.take("b", 10, 0) == 0  # per key
+    assert limiter.take("a", 1, 0) > 0
