@@ -6,11 +6,11 @@ PYTHON_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export PYTHONPATH := $(CURDIR)/services
+export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv dev-secrets bench-ingest up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
+.PHONY: help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -59,6 +59,12 @@ lint: venv ## ruff and mypy
 
 bench-kafka: topics ## producer/consumer throughput: raw confluent-kafka vs the kit
 	$(PY) bench/bench_kafka.py
+
+crash-royalty: topics ## the full royalty crash test: 100,000 plays, 6 SIGKILLs, one broker restart
+	$(PY) -m tests.chaos.royalty_crash --plays 100000 --kills 6
+
+bench-royalty: topics ## royalty plays/s with transactions vs at-least-once, p99 commit time
+	$(PY) bench/bench_royalty.py
 
 bench-ingest: topics dev-secrets ## ingest HTTP throughput and latency vs the raw producer
 	$(PY) bench/bench_ingest.py

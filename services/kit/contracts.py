@@ -79,6 +79,7 @@ class TopicContract:
     cleanup_policy: str
     dlq: bool
     folder: Path
+    extra_config: tuple[tuple[str, str], ...] = ()
 
     @property
     def dlq_name(self) -> str:
@@ -92,7 +93,8 @@ class TopicContract:
 
     def topic_config(self) -> dict[str, str]:
         """Broker-side topic configuration derived from the manifest."""
-        return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
+        return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy,
+                **dict(self.extra_config)}
 
 
 def _load_json(path: Path) -> Any:
@@ -150,6 +152,7 @@ def load_contract(folder: Path) -> TopicContract:
         cleanup_policy=raw["cleanup_policy"],
         dlq=bool(raw["dlq"]),
         folder=folder,
+        extra_config=tuple((str(k), str(v)) for k, v in (raw.get("config") or {}).items()),
     )
 
 

@@ -19,6 +19,7 @@ DESIGN_TOPICS = {
     "listener.telemetry.v1", "listener.plays.v1", "catalog.consent.v1", "catalog.works.v1",
     "soundtrack.requests.v1", "soundtrack.segments.generated.v1", "soundtrack.segments.v1", "royalty.events.v1",
 }
+INTERNAL_TOPICS = {"royalty.play-ledger.v1"}  # a service's own state, still a contract
 CONTRACTS = load_contracts()
 SIDES = [(c, side) for c in CONTRACTS.values() for side in (c.key, c.value)]
 
@@ -28,7 +29,7 @@ def side_id(item: tuple[TopicContract, object]) -> str:
 
 
 def test_every_designed_topic_has_a_contract() -> None:
-    assert set(CONTRACTS) == DESIGN_TOPICS
+    assert set(CONTRACTS) == DESIGN_TOPICS | INTERNAL_TOPICS
 
 
 @pytest.mark.parametrize("contract", CONTRACTS.values(), ids=lambda c: c.name)
@@ -40,6 +41,10 @@ def test_manifest_is_complete(contract: TopicContract) -> None:
     assert contract.value.compatibility.startswith(("BACKWARD", "FULL"))
     if contract.cleanup_policy == "compact":
         assert contract.retention_ms == -1
+
+
+def test_co_partitioned_topics_have_equal_partition_counts() -> None:
+    assert CONTRACTS["royalty.play-ledger.v1"].partitions == CONTRACTS["listener.plays.v1"].partitions
 
 
 def _undocumented(schema: object, path: str = "") -> list[str]:

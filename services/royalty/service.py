@@ -1,0 +1,357 @@
+"""Royalty's exactly-once loop: listener.plays.v1 -> royalty.events.v1 + royalty.play-ledger.v1.
+
+One transactional producer per process (stable ``transactional.id`` per instance)
+and one consumer in the ``royalty`` group (read_committed). Each batch of plays is
+one transaction holding: every royalty line, one ledger entry per processed play
+(written to the play's own partition number, so the ledger is co-partitioned with
+the plays), any dead letters, and the consumer offsets
+(``send_offsets_to_transaction``). Either all of it becomes visible or none of it.
+
+* Abortable error: abort, roll back the in-memory ledger additions, rewind every
+  assigned partition to its committed offset, continue.
+* Fatal error (e.g. fenced by a newer instance with the same transactional id):
+  raise; the process exits and its supervisor restarts it.
+* A play whose inputs are not known yet (segment provenance, work) waits: its
+  partition is paused and retried every ``wait_retry_s``; after ``max_wait_s`` the
+  play goes to listener.plays.v1.dlq with the reason (replayable from there). Other
+  partitions keep moving; the waiting one is held for at most ``max_wait_s``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
+from kit.serde import DecodeError, TopicSerde
+from kit.settings import KafkaSettings
+from royalty.rates import DEFAULT_RATE_CARD, RateCard, RateCardMissing
+from royalty.rules import Paid, Play, Unpaid, Waiting, decide, line_record
+from royalty.tables import ReferenceTables, TableFeed
+
+log = structlog.get_logger()
+SERVICE = "royalty"
+PLAYS, EVENTS, LEDGER = "listener.plays.v1", "royalty.events.v1", "royalty.play-ledger.v1"
+
+PLAYS_PROCESSED = Counter("entrain_royalty_plays_total", "Plays processed, by outcome and reason.",
+                          ["outcome", "reason"])
+AMOUNT = Counter("entrain_royalty_amount_micros_total", "Money attributed in royalty lines (micro-units).",
+                 ["currency"])
+TRANSACTIONS = Counter("entrain_royalty_transactions_total", "Transactions by result.", ["result"])
+COMMIT_SECONDS = Histogram("entrain_royalty_commit_seconds", "Time to commit one transaction.",
+                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+WAITING = Gauge("entrain_royalty_waiting_partitions", "Play partitions paused waiting for inputs.")
+
+
+@dataclass(frozen=True)
+class RoyaltySettings:
+    instance_id: str
+    group_id: str = "royalty"
+    batch_max: int = 500
+    wait_retry_s: float = 2.0
+    max_wait_s: float = 60.0
+    transactional: bool = True
+
+    @classmethod
+    def from_env(cls) -> RoyaltySettings:
+        return cls(
+            instance_id=os.environ.get("ENTRAIN_ROYALTY_INSTANCE", socket.gethostname()),
+            group_id=os.environ.get("ENTRAIN_ROYALTY_GROUP", "royalty"),
+            batch_max=int(os.environ.get("ENTRAIN_ROYALTY_BATCH_MAX", "500")),
+            wait_retry_s=float(os.environ.get("ENTRAIN_ROYALTY_WAIT_RETRY_S", "2")),
+            max_wait_s=float(os.environ.get("ENTRAIN_ROYALTY_MAX_WAIT_S", "60")),
+        )
+
+
+class _Abort(Exception):
+    """The transaction must be aborted and the batch retried."""
+
+
+@dataclass
+class _Batch:
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    blocked: dict[int, int] = field(default_factory=dict)
+    ledger_added: list[str] = field(default_factory=list)
+
+
+class RoyaltyProcessor:
+    def __init__(self, kafka: KafkaSettings, settings: RoyaltySettings, rates: RateCard) -> None:
+        self.kafka, self.settings, self.rates = kafka, settings, rates
+        self.plays_topic = kafka.topic(PLAYS)
+        self.serdes = {name: TopicSerde.for_topic(name, kafka) for name in (PLAYS, EVENTS, LEDGER)}
+        self.dlq_topic = kafka.topic(PLAYS + ".dlq")
+        self.tables = ReferenceTables()
+        self.feed = TableFeed(kafka, self.tables)
+        self.ledger: dict[str, int] = {}  # play id -> plays partition, for the assigned partitions
+        self._waiting_since: dict[tuple[int, int], float] = {}
+        self._paused_until: dict[int, float] = {}
+        self._stopping = False
+        self.ready = False
+        producer_config: dict[str, Any] = {
+            **kafka.client_config(), "linger.ms": 5, "compression.type": "lz4", "enable.idempotence": True,
+        }
+        if settings.transactional:
+            producer_config |= {"transactional.id": f"royalty-{settings.instance_id}",
+                                "transaction.timeout.ms": 60_000}
+        self.producer = Producer(producer_config)
+        self.consumer = Consumer({
+            **kafka.client_config(), "group.id": settings.group_id, "isolation.level": "read_committed",
+            "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": False,
+        })
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def run(self, idle_exit_s: float | None = None) -> None:
+        """Process plays until stopped (or idle for ``idle_exit_s``, for tests and benchmarks)."""
+        if self.settings.transactional:
+            self.producer.init_transactions(30)
+        self.feed.catch_up()
+        self._check_co_partitioning()
+        self.ready = True
+        log.info("royalty_started", works=len(self.tables.works), segments=len(self.tables.segments),
+                 transactional=self.settings.transactional)
+        self.consumer.subscribe([self.plays_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        idle_since = time.monotonic()
+        try:
+            while not self._stopping:
+                self._resume_due()
+                self.feed.drain()
+                messages = [m for m in self.consumer.consume(self.settings.batch_max, 0.2) if self._usable(m)]
+                if messages:
+                    self._process(messages)
+                    idle_since = time.monotonic()
+                elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                    break
+        finally:
+            self.consumer.close()
+            self.feed.close()
+            self.producer.flush(10)
+
+    def _check_co_partitioning(self) -> None:
+        topics = self.consumer.list_topics(timeout=30).topics
+        plays, ledger = topics[self.plays_topic], topics[self.serdes[LEDGER].topic]
+        if len(plays.partitions) != len(ledger.partitions):
+            raise RuntimeError(f"{ledger.topic} must have as many partitions as {self.plays_topic} "
+                               f"({len(ledger.partitions)} != {len(plays.partitions)}): the ledger is co-partitioned")
+
+    def _usable(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        if err.fatal():
+            raise KafkaException(err)
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer_error", error=str(err))
+        return False
+
+    # -- one transaction -----------------------------------------------------------------
+
+    def _process(self, messages: list[Message]) -> None:
+        batch = _Batch()
+        transactional = self.settings.transactional
+        try:
+            if transactional:
+                self.producer.begin_transaction()
+            for msg in messages:
+                partition = msg.partition()
+                if partition in batch.blocked:
+                    continue
+                if self._handle(msg, batch):
+                    batch.next_offsets[partition] = msg.offset() + 1
+                else:
+                    batch.blocked[partition] = msg.offset()
+            offsets = [TopicPartition(self.plays_topic, p, o)
+                       for p, o in {**batch.next_offsets, **batch.blocked}.items()]
+            started = time.perf_counter()
+            if transactional:
+                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+                self.producer.commit_transaction(30)
+            else:  # at-least-once, for the benchmark's baseline
+                self.producer.flush(30)
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            COMMIT_SECONDS.observe(time.perf_counter() - started)
+            TRANSACTIONS.labels("committed").inc()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not transactional or not error.txn_requires_abort():
+                raise  # fatal (fenced, misconfigured): exit and be restarted
+            self._abort(batch, error)
+            return
+        for partition, offset in batch.blocked.items():
+            tp = TopicPartition(self.plays_topic, partition, offset)
+            self.consumer.seek(tp)
+            self.consumer.pause([tp])
+            self._paused_until[partition] = time.monotonic() + self.settings.wait_retry_s
+        WAITING.set(len(self._paused_until))
+
+    def _abort(self, batch: _Batch, error: KafkaError) -> None:
+        log.warning("transaction_aborted", error=str(error))
+        self.producer.abort_transaction(30)
+        TRANSACTIONS.labels("aborted").inc()
+        for play_id in batch.ledger_added:
+            self.ledger.pop(play_id, None)
+        assignment = self.consumer.assignment()
+        for tp in self.consumer.committed(assignment, timeout=30):
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+
+    def _resume_due(self) -> None:
+        now = time.monotonic()
+        due = [p for p, until in self._paused_until.items() if until <= now]
+        if due:
+            self.consumer.resume([TopicPartition(self.plays_topic, p) for p in due])
+            for p in due:
+                del self._paused_until[p]
+            WAITING.set(len(self._paused_until))
+
+    # -- one play ----------------------------------------------------------------------
+
+    def _handle(self, msg: Message, batch: _Batch) -> bool:
+        """Produce what one play yields into the open transaction; False if it must wait."""
+        RECORDS_CONSUMED.labels(SERVICE, self.plays_topic).inc()
+        serde = self.serdes[PLAYS]
+        try:
+            serde.decode_key(msg.key())
+            value = serde.decode_value(msg.value())
+            if value is None:
+                raise DecodeError("play record is a tombstone")
+        except DecodeError as exc:
+            self._dead_letter(msg, "undecodable", str(exc), None, batch)
+            return True
+        play = Play.from_record(value)
+        try:
+            decision = self._decide(play)
+        except RateCardMissing as exc:
+            self._dead_letter(msg, "invalid", str(exc), play, batch)
+            return True
+        if isinstance(decision, Waiting):
+            self.feed.drain(max_s=0.5)  # the input may just have arrived
+            decision = self._decide(play)
+        if isinstance(decision, Waiting):
+            key = (msg.partition(), msg.offset())
+            since = self._waiting_since.setdefault(key, time.monotonic())
+            if time.monotonic() - since < self.settings.max_wait_s:
+                return False
+            del self._waiting_since[key]
+            self._dead_letter(msg, "invalid", f"{decision.reason} after waiting {self.settings.max_wait_s:.0f}s",
+                              play, batch)
+            return True
+        self._waiting_since.pop((msg.partition(), msg.offset()), None)
+        now = int(time.time() * 1000)
+        if isinstance(decision, Paid):
+            events = self.serdes[EVENTS]
+            for line in decision.lines:
+                self.producer.produce(events.topic, key=events.encode_key({"rights_holder_id": line.rights_holder_id}),
+                                      value=events.encode_value(line_record(play, decision, line, now)))
+                AMOUNT.labels(decision.rate.currency).inc(line.amount_micros)
+            self._record(msg, play, batch, "PAID", None, decision)
+        elif isinstance(decision, Unpaid):
+            log.info("play_not_paid", play_id=play.play_id, reason=decision.reason)
+            if decision.reason != "duplicate_play":  # the first entry for this play id stays the ledger's
+                self._record(msg, play, batch, "UNPAID", decision.reason, None)
+            else:
+                PLAYS_PROCESSED.labels("UNPAID", decision.reason).inc()
+        self.producer.poll(0)
+        return True
+
+    def _decide(self, play: Play) -> Paid | Unpaid | Waiting:
+        return decide(play, self.rates, self.tables.works, self.tables.segments, self.tables.consent,
+                      seen_before=play.play_id in self.ledger)
+
+    def _record(self, msg: Message, play: Play, batch: _Batch, outcome: str, reason: str | None,
+                paid: Paid | None) -> None:
+        ledger = self.serdes[LEDGER]
+        entry = {
+            "play_id": play.play_id, "outcome": outcome, "reason": reason, "source_partition": msg.partition(),
+            "source_offset": msg.offset(), "total_micros": sum(line.amount_micros for line in paid.lines) if paid else 0,
+            "currency": paid.rate.currency if paid else None, "rate_card_id": paid.rate.id if paid else None,
+            "line_count": len(paid.lines) if paid else 0, "play_started_at": play.started_at,
+            "processed_at": int(time.time() * 1000),
+        }
+        self.producer.produce(ledger.topic, key=ledger.encode_key({"play_id": play.play_id}),
+                              value=ledger.encode_value(entry), partition=msg.partition())
+        self.ledger[play.play_id] = msg.partition()
+        batch.ledger_added.append(play.play_id)
+        PLAYS_PROCESSED.labels(outcome, reason or "").inc()
+
+    def _dead_letter(self, msg: Message, reason_class: str, reason: str, play: Play | None, batch: _Batch) -> None:
+        headers = [("dlq.reason", reason.encode()), ("dlq.reason_class", reason_class.encode()),
+                   ("dlq.source.topic", msg.topic().encode()), ("dlq.source.partition", str(msg.partition()).encode()),
+                   ("dlq.source.offset", str(msg.offset()).encode()), ("dlq.service", SERVICE.encode()),
+                   ("dlq.failed_at_ms", str(int(time.time() * 1000)).encode())]
+        self.producer.produce(self.dlq_topic, key=msg.key(), value=msg.value(), headers=headers)
+        RECORDS_DEAD_LETTERED.labels(SERVICE, msg.topic(), reason_class).inc()
+        log.warning("play_dead_lettered", partition=msg.partition(), offset=msg.offset(), reason=reason)
+        if play is not None:
+            self._record(msg, play, batch, "DEAD_LETTERED", reason, None)
+        else:
+            PLAYS_PROCESSED.labels("DEAD_LETTERED", reason_class).inc()
+
+    # -- rebalances: the ledger follows the assignment -----------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = sorted(tp.partition for tp in partitions)
+        loaded = self._load_ledger(numbers)
+        log.info("partitions_assigned", partitions=numbers, ledger_entries=loaded)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {tp.partition for tp in partitions}
+        self.ledger = {play: p for play, p in self.ledger.items() if p not in revoked}
+        for p in revoked:
+            self._paused_until.pop(p, None)
+        self._waiting_since = {k: v for k, v in self._waiting_since.items() if k[0] not in revoked}
+        log.info("partitions_revoked", partitions=sorted(revoked))
+
+    def _load_ledger(self, partitions: list[int]) -> int:
+        if not partitions:
+            return 0
+        serde = self.serdes[LEDGER]
+        reader = Consumer({**self.kafka.client_config(), "group.id": "royalty-ledger-loader",
+                           "isolation.level": "read_committed", "enable.auto.commit": False,
+                           "enable.partition.eof": True})
+        reader.assign([TopicPartition(serde.topic, p, OFFSET_BEGINNING) for p in partitions])
+        at_end: set[int] = set()
+        loaded = 0
+        deadline = time.monotonic() + 300
+        while len(at_end) < len(partitions) and time.monotonic() < deadline:
+            for msg in reader.consume(5000, 0.5):
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        at_end.add(msg.partition())
+                    continue
+                entry = serde.decode_value(msg.value())
+                if entry is not None:
+                    self.ledger[entry["play_id"]] = msg.partition()
+                    loaded += 1
+        reader.close()
+        if len(at_end) < len(partitions):
+            raise TimeoutError("play ledger did not load within 300s")
+        return loaded
+
+
+def main() -> None:
+    from kit.logs import configure_logging
+    from kit.observability import HealthServer
+
+    configure_logging(SERVICE)
+    kafka = KafkaSettings.from_env()
+    rate_card = Path(os.environ.get("ENTRAIN_ROYALTY_RATE_CARD", DEFAULT_RATE_CARD))
+    processor = RoyaltyProcessor(kafka, RoyaltySettings.from_env(), RateCard.load(rate_card))
+    health = HealthServer("127.0.0.1", int(os.environ.get("ENTRAIN_ROYALTY_METRICS_PORT", "9105"))).start()
+    health.add_ready_check("reference_data_loaded", lambda: processor.ready)
+    signal.signal(signal.SIGTERM, processor.stop)
+    signal.signal(signal.SIGINT, processor.stop)
+    processor.run()
+    health.stop()

@@ -1,0 +1,105 @@
+"""Royalty's reference data: works, consent history and segment provenance, kept in
+memory from their topics (every partition, read_committed, from the beginning)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from kit.serde import DecodeError, TopicSerde
+from kit.settings import KafkaSettings
+from royalty.rules import ConsentHistory, InvalidReference, WorkShares, influences_from_record
+
+log = structlog.get_logger()
+
+WORKS, CONSENT, SEGMENTS = "catalog.works.v1", "catalog.consent.v1", "soundtrack.segments.v1"
+
+
+@dataclass
+class ReferenceTables:
+    works: dict[str, WorkShares] = field(default_factory=dict)
+    segments: dict[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    consent: ConsentHistory = field(default_factory=ConsentHistory)
+    rejected: int = 0
+
+    def apply(self, logical_topic: str, key: dict[str, Any], value: dict[str, Any] | None, timestamp_ms: int) -> None:
+        """Fold one record into the tables. Raises InvalidReference for a malformed one."""
+        if logical_topic == WORKS:
+            if value is None:
+                self.works.pop(key["work_id"], None)
+            else:
+                self.works[value["work_id"]] = WorkShares.from_record(value)
+        elif logical_topic == CONSENT:
+            if value is None:
+                self.consent.withdraw(key["rights_holder_id"], key["work_id"], timestamp_ms)
+            else:
+                self.consent.add(value["rights_holder_id"], value["work_id"], value["effective_from"],
+                                 value["ai_generation"])
+        elif logical_topic == SEGMENTS and value is not None:
+            self.segments[value["segment_id"]] = influences_from_record(value)
+
+
+class TableFeed:
+    """Follows the reference topics into ReferenceTables."""
+
+    def __init__(self, kafka: KafkaSettings, tables: ReferenceTables) -> None:
+        self.tables = tables
+        self._serdes = {kafka.topic(t): (t, TopicSerde.for_topic(t, kafka)) for t in (WORKS, CONSENT, SEGMENTS)}
+        self._consumer = Consumer({
+            **kafka.client_config(), "group.id": "royalty-reference-reader", "enable.auto.commit": False,
+            "isolation.level": "read_committed", "enable.partition.eof": True,
+        })
+        metadata = self._consumer.list_topics(timeout=30)
+        self._partitions = [TopicPartition(topic, p, OFFSET_BEGINNING)
+                            for topic in self._serdes for p in metadata.topics[topic].partitions]
+        self._consumer.assign(self._partitions)
+        self._at_end: set[tuple[str, int]] = set()
+
+    def drain(self, max_s: float = 0.05) -> int:
+        """Apply whatever has arrived (at most ``max_s`` of work); return how many records."""
+        applied, deadline = 0, time.monotonic() + max_s
+        while time.monotonic() < deadline:
+            batch = self._consumer.consume(1000, 0)
+            if not batch:
+                break
+            applied += self._handle(batch)
+        return applied
+
+    def catch_up(self, timeout_s: float = 60.0) -> None:
+        """Read until every reference partition reported its end (partition EOF)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self._at_end) < len(self._partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reference topics not caught up within {timeout_s}s")
+            self._handle(self._consumer.consume(1000, 0.2))
+
+    def _handle(self, batch: list[Any]) -> int:
+        applied = 0
+        for msg in batch:
+            err = msg.error()
+            if err is None:
+                self._apply(msg)
+                applied += 1
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self._at_end.add((msg.topic(), msg.partition()))
+            else:
+                log.warning("reference_consumer_error", error=str(err))
+        return applied
+
+    def _apply(self, msg: Any) -> None:
+        logical, serde = self._serdes[msg.topic()]
+        try:
+            self.tables.apply(logical, serde.decode_key(msg.key()), serde.decode_value(msg.value()),
+                              msg.timestamp()[1])
+        except (DecodeError, InvalidReference, KeyError) as exc:
+            # The owning service's DLQ is where bad records of its topics go; royalty only skips them.
+            self.tables.rejected += 1
+            log.warning("reference_record_skipped", topic=msg.topic(), partition=msg.partition(),
+                        offset=msg.offset(), reason=str(exc))
+
+    def close(self) -> None:
+        self._consumer.close()

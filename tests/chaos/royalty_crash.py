@@ -1,0 +1,234 @@
+"""Crash test for royalty's exactly-once guarantee, on the real local broker.
+
+Publishes a catalog and N plays (some short, fraud-flagged or repeated), runs
+`python -m royalty` as a separate process, SIGKILLs it at random moments and
+restarts it (a supervisor also restarts it whenever it exits on its own), and
+restarts the broker once. Then a read_committed consumer checks that there is
+exactly one line per (play, payee, right type), each with the amount the pure
+rules give, and that the totals match.
+
+    python -m tests.chaos.royalty_crash --plays 100000 --kills 6     # make crash-royalty
+Last line: RESULT {json}; exit status 1 on any violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from kit.serde import TopicSerde
+from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
+from kit.topics import ensure_topics
+from royalty.rates import RateCard
+from royalty.rules import Paid, Play, decide
+from royalty.tables import CONSENT, SEGMENTS, WORKS, ReferenceTables
+from tests.royalty_fixtures import Catalog, play_record
+
+KAFKA_SCRIPT = REPO_ROOT / "deploy" / "local" / "kafka.py"
+QUIET = logging.getLogger("crash-test-clients")  # connection errors while the broker restarts are expected
+QUIET.addHandler(logging.NullHandler())
+QUIET.propagate = False
+
+
+def expected_lines(catalog: Catalog, plays: list[dict[str, Any]]) -> dict[tuple[str, str, str], int]:
+    """What the rules say each play pays, computed here from the same inputs."""
+    tables = ReferenceTables()
+    for topic, key, value in catalog.published:
+        tables.apply(topic, key, value, 0)
+    rates, seen, out = RateCard.load(), set(), {}
+    for value in plays:
+        play = Play.from_record(value)
+        decision = decide(play, rates, tables.works, tables.segments, tables.consent, play.play_id in seen)
+        if play.play_id not in seen:
+            seen.add(play.play_id)
+        if isinstance(decision, Paid):
+            for line in decision.lines:
+                out[(play.play_id, line.rights_holder_id, line.right_type)] = line.amount_micros
+    return out
+
+
+def committed_lines(kafka: KafkaSettings, expected_count: int, timeout_s: float) -> list[dict[str, Any]]:
+    serde = TopicSerde.for_topic("royalty.events.v1", kafka)
+    consumer = Consumer({**kafka.client_config(), "group.id": f"verify-{uuid.uuid4().hex}",
+                         "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    consumer.subscribe([serde.topic])
+    lines: list[dict[str, Any]] = []
+    deadline, quiet_since = time.monotonic() + timeout_s, time.monotonic()
+    while time.monotonic() < deadline:
+        batch = consumer.consume(5000, 0.5)
+        for msg in batch:
+            if msg.error() is None:
+                lines.append(serde.decode_value(msg.value()))
+        quiet_since = time.monotonic() if batch else quiet_since
+        if len(lines) >= expected_count and time.monotonic() - quiet_since > 3:
+            break  # everything expected arrived and nothing more is coming (extra lines would be violations)
+    consumer.close()
+    return lines
+
+
+class LedgerCounter:
+    """Distinct play ids in the committed ledger, read incrementally (read_committed)."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.serde = TopicSerde.for_topic("royalty.play-ledger.v1", kafka)
+        self.consumer = Consumer({**kafka.client_config(), "group.id": f"ledger-{uuid.uuid4().hex}",
+                                  "isolation.level": "read_committed", "enable.auto.commit": False,
+                                  "logger": QUIET})
+        parts = self.consumer.list_topics(self.serde.topic, timeout=10).topics[self.serde.topic].partitions
+        self.consumer.assign([TopicPartition(self.serde.topic, p, OFFSET_BEGINNING) for p in parts])
+        self.play_ids: set[str] = set()
+
+    def count(self) -> int:
+        while True:
+            batch = self.consumer.consume(5000, 0.2)
+            for msg in batch:
+                if msg.error() is None:
+                    self.play_ids.add(self.serde.decode_key(msg.key())["play_id"])
+            if not batch:
+                return len(self.play_ids)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class Supervisor:
+    """Keeps one `python -m royalty` running; kill() SIGKILLs it."""
+
+    def __init__(self, kafka: KafkaSettings, log_path: Path) -> None:
+        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "services"), "ENTRAIN_TOPIC_PREFIX": kafka.topic_prefix,
+                    "ENTRAIN_ROYALTY_INSTANCE": "crash-0", "ENTRAIN_ROYALTY_GROUP": f"royalty-{kafka.topic_prefix}",
+                    "ENTRAIN_ROYALTY_METRICS_PORT": "0", "ENTRAIN_LOG_LEVEL": "WARNING"}
+        self.log = open(log_path, "ab")  # noqa: SIM115 (closed in stop())
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = self.kills = self.exits = 0
+
+    def ensure_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        if self.proc is not None:
+            self.exits += 1
+        self.proc = subprocess.Popen([sys.executable, "-m", "royalty"], env=self.env, stdout=self.log,
+                                     stderr=self.log, cwd=REPO_ROOT)
+        self.starts += 1
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.kills += 1
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def restart_broker() -> float:
+    started = time.monotonic()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "services")}
+    subprocess.run([sys.executable, str(KAFKA_SCRIPT), "down"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, str(KAFKA_SCRIPT), "up"], check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.monotonic() - started
+
+
+def run(plays_n: int, kills: int, broker_restart: bool, seed: int = 1, timeout_s: float = 600) -> dict[str, Any]:
+    rng = random.Random(seed)
+    base = KafkaSettings.from_env()
+    if broker_restart and not base.local_kafka:
+        raise SystemExit("the broker restart needs the local broker (KAFKA_BOOTSTRAP_SERVERS is set)")
+    kafka = replace(base, topic_prefix=f"crash-{uuid.uuid4().hex[:8]}.")
+    ensure_topics(kafka)
+    catalog = Catalog(kafka, works=20, segments=200, seed=seed)
+    start = int(time.time() * 1000) - 3_600_000
+    plays = catalog.plays(plays_n, start)
+    for i in range(0, plays_n, 50):  # every 50th play is ineligible one way or another
+        plays[i] = {**plays[i], "ms_played": 5_000} if i % 100 else {**plays[i], "fraud_flags": ["burst_rate"]}
+    repeats = [dict(plays[i]) for i in range(7, plays_n, 97)]  # repeated play ids, sent again later
+    all_plays = plays + repeats
+    catalog.send_plays(all_plays)
+    del catalog.producer  # its reconnect attempts during the broker restart would only add noise
+    expected = expected_lines(catalog, all_plays)
+    distinct_plays = len({p["play_id"] for p in all_plays})
+
+    folder = STATE_DIR / "crash"
+    folder.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor(kafka, folder / f"royalty-{kafka.topic_prefix.rstrip('.')}.log")
+    kill_at = sorted(rng.uniform(3, 8 + 2.5 * kills) for _ in range(kills))
+    restart_after = kills // 2 if broker_restart else None
+    began = time.monotonic()
+    broker_restart_s = 0.0
+    ledger = LedgerCounter(kafka)
+    supervisor.ensure_running()
+    try:
+        for n, at in enumerate(kill_at):
+            while time.monotonic() - began < at:
+                supervisor.ensure_running()
+                time.sleep(0.1)
+            supervisor.kill()
+            print(f"killed royalty ({n + 1}/{kills}) at {at:.1f}s; ledger {ledger.count()}/{distinct_plays}",
+                  flush=True)
+            if restart_after is not None and n == restart_after:
+                broker_restart_s = restart_broker()
+                print(f"restarted the broker in {broker_restart_s:.1f}s", flush=True)
+            supervisor.ensure_running()
+        while ledger.count() < distinct_plays and time.monotonic() - began < timeout_s:
+            supervisor.ensure_running()
+            time.sleep(1)
+    finally:
+        supervisor.stop()
+        ledger.close()
+    elapsed = time.monotonic() - began
+
+    lines = committed_lines(kafka, len(expected), timeout_s=120)
+    seen = Counter((x["play_id"], x["rights_holder_id"], x["right_type"]) for x in lines)
+    doubled = sum(1 for c in seen.values() if c > 1)
+    missing = sum(1 for k in expected if k not in seen)
+    unexpected = sum(1 for k in seen if k not in expected)
+    wrong_amount = sum(1 for x in lines if expected.get((x["play_id"], x["rights_holder_id"], x["right_type"]))
+                       not in (None, x["amount_micros"]))
+    total_expected, total_seen = sum(expected.values()), sum(x["amount_micros"] for x in lines)
+    violations = doubled + missing + unexpected + wrong_amount + (total_expected != total_seen)
+    return {
+        "plays": len(all_plays), "distinct_plays": distinct_plays, "expected_lines": len(expected),
+        "committed_lines": len(lines), "doubled": doubled, "missing": missing, "unexpected": unexpected,
+        "wrong_amount": wrong_amount, "expected_total_micros": total_expected, "committed_total_micros": total_seen,
+        "kills": supervisor.kills, "starts": supervisor.starts, "unplanned_exits": supervisor.exits,
+        "broker_restarts": int(broker_restart), "broker_restart_s": round(broker_restart_s, 1),
+        "seconds": round(elapsed, 1), "violations": violations,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plays", type=int, default=100_000)
+    parser.add_argument("--kills", type=int, default=6)
+    parser.add_argument("--no-broker-restart", action="store_true")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    result = run(args.plays, args.kills, not args.no_broker_restart, args.seed)
+    print("RESULT " + json.dumps(result))
+    sys.exit(1 if result["violations"] else 0)
+
+
+if __name__ == "__main__":
+    main()

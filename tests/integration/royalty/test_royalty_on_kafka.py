@@ -1,0 +1,119 @@
+"""Royalty on the real broker: lines, ledger, consent at play time, waiting inputs, DLQ."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+from kit.serde import TopicSerde
+from kit.settings import KafkaSettings
+from royalty.rates import RateCard
+from royalty.service import RoyaltyProcessor, RoyaltySettings
+from tests.kafka_helpers import read_all
+from tests.royalty_fixtures import Catalog, consent_record, play_record
+
+RATES = RateCard.load()
+
+
+def run_royalty(kafka: KafkaSettings, **changes: Any) -> RoyaltyProcessor:
+    settings = replace(RoyaltySettings(instance_id=f"test-{uuid.uuid4().hex[:6]}",
+                                       group_id=f"royalty-{uuid.uuid4().hex[:6]}"), **changes)
+    processor = RoyaltyProcessor(kafka, settings, RATES)
+    processor.run(idle_exit_s=4)
+    return processor
+
+
+def decoded(kafka: KafkaSettings, topic: str, expected: int, timeout_s: float = 15) -> list[dict[str, Any]]:
+    serde = TopicSerde.for_topic(topic, kafka)
+    return [serde.decode_value(m.value()) for m in read_all(kafka, serde.topic, expected, timeout_s)]
+
+
+def test_plays_become_exact_lines_and_ledger_entries(isolated: KafkaSettings) -> None:
+    catalog = Catalog(isolated)
+    now = int(time.time() * 1000) - 60_000
+    plays = catalog.plays(40, now)
+    short = play_record(str(uuid.uuid4()), "seg-0", now, ms_played=10_000)
+    flagged = play_record(str(uuid.uuid4()), "seg-0", now, fraud=("played_longer_than_elapsed",))
+    catalog_play = play_record(str(uuid.uuid4()), None, now, work_id="wk-3", territory="US", tier="FREE")
+    catalog.send_plays([*plays, short, flagged, catalog_play, plays[0]])  # plays[0] again: a repeated play id
+    run_royalty(isolated)
+
+    ledger = {e["play_id"]: e for e in decoded(isolated, "royalty.play-ledger.v1", 43)}
+    assert len(ledger) == 43
+    assert ledger[short["play_id"]]["outcome"] == "UNPAID" and ledger[short["play_id"]]["reason"] == "short_play"
+    assert ledger[flagged["play_id"]]["reason"] == "fraud_flagged"
+    assert ledger[plays[0]["play_id"]]["outcome"] == "PAID"  # the repeat did not overwrite the first entry
+
+    lines = decoded(isolated, "royalty.events.v1", 10_000, timeout_s=8)
+    per_play = Counter()
+    for line in lines:
+        per_play[line["play_id"]] += line["amount_micros"]
+        assert sum(w["amount_micros"] for w in line["works"]) == line["amount_micros"]
+    assert len({(x["play_id"], x["rights_holder_id"], x["right_type"]) for x in lines}) == len(lines)
+    for play in plays:
+        assert per_play[play["play_id"]] == 4000 == ledger[play["play_id"]]["total_micros"]  # EUR premium rate
+    assert per_play[catalog_play["play_id"]] == 1100  # US free
+    assert short["play_id"] not in per_play and flagged["play_id"] not in per_play
+
+
+def test_an_opted_out_artist_is_paid_for_earlier_plays_only(isolated: KafkaSettings) -> None:
+    catalog = Catalog(isolated, works=3, segments=0)
+    catalog.add_segment("seg-x", [("wk-0", 600_000), ("wk-1", 400_000)])  # wk-0 COMPOSITION: rh-t0
+    opt_out_at = int(time.time() * 1000) - 600_000
+    catalog.produce("catalog.consent.v1", {"rights_holder_id": "rh-t0", "work_id": None},
+                    consent_record("rh-t0", False, opt_out_at))
+    before = play_record(str(uuid.uuid4()), "seg-x", opt_out_at - 120_000)
+    after = play_record(str(uuid.uuid4()), "seg-x", opt_out_at + 60_000)
+    catalog.send_plays([before, after])
+    run_royalty(isolated)
+    lines = decoded(isolated, "royalty.events.v1", 100, timeout_s=8)
+    holders = {p: {x["rights_holder_id"] for x in lines if x["play_id"] == p} for p in (before["play_id"], after["play_id"])}
+    assert "rh-t0" in holders[before["play_id"]]
+    assert "rh-t0" not in holders[after["play_id"]]
+    after_total = sum(x["amount_micros"] for x in lines if x["play_id"] == after["play_id"])
+    assert after_total == 4000  # wk-1 took the whole play (renormalised)
+    assert all(w["work_id"] == "wk-1" for x in lines if x["play_id"] == after["play_id"] for w in x["works"])
+
+
+def test_a_play_waits_for_its_segment_and_is_dead_lettered_when_it_never_comes(isolated: KafkaSettings) -> None:
+    catalog = Catalog(isolated, works=3, segments=0)
+    now = int(time.time() * 1000) - 60_000
+    late, never = play_record(str(uuid.uuid4()), "seg-late", now), play_record(str(uuid.uuid4()), "seg-never", now)
+    catalog.send_plays([late])
+    settings = RoyaltySettings(instance_id=f"w-{uuid.uuid4().hex[:6]}", group_id=f"g-{uuid.uuid4().hex[:6]}",
+                               wait_retry_s=0.5, max_wait_s=6)
+    processor = RoyaltyProcessor(isolated, settings, RATES)
+    import threading
+
+    thread = threading.Thread(target=processor.run, kwargs={"idle_exit_s": 12})
+    thread.start()
+    time.sleep(4)  # the play is waiting: its segment is not known
+    catalog.add_segment("seg-late", [("wk-0", 1_000_000)])
+    catalog.send_plays([never])
+    thread.join(timeout=60)
+
+    ledger = {e["play_id"]: e for e in decoded(isolated, "royalty.play-ledger.v1", 2)}
+    assert ledger[late["play_id"]]["outcome"] == "PAID"
+    assert ledger[never["play_id"]]["outcome"] == "DEAD_LETTERED"
+    assert "segment_provenance_unknown after waiting 6s" in ledger[never["play_id"]]["reason"]
+    [dead] = read_all(isolated, isolated.topic("listener.plays.v1.dlq"), 1)
+    assert TopicSerde.for_topic("listener.plays.v1", isolated).decode_value(dead.value())["play_id"] == never["play_id"]
+    assert dict(dead.headers())["dlq.service"] == b"royalty"
+
+
+def test_undecodable_plays_go_to_the_dlq_and_the_partition_moves_on(isolated: KafkaSettings) -> None:
+    catalog = Catalog(isolated, works=3, segments=0)
+    catalog.add_segment("seg-x", [("wk-0", 1_000_000)])
+    serde = TopicSerde.for_topic("listener.plays.v1", isolated)
+    key = serde.encode_key({"listener_id": "same"})
+    catalog.producer.produce_raw(serde.topic, key, b"garbage")
+    good = play_record(str(uuid.uuid4()), "seg-x", int(time.time() * 1000) - 60_000)
+    catalog.producer.produce(serde, {"listener_id": "same"}, good)
+    assert catalog.producer.flush(30) == 0
+    run_royalty(isolated)
+    [dead] = read_all(isolated, isolated.topic("listener.plays.v1.dlq"), 1)
+    assert dead.value() == b"garbage" and dict(dead.headers())["dlq.reason_class"] == b"undecodable"
+    assert [e["play_id"] for e in decoded(isolated, "royalty.play-ledger.v1", 1)] == [good["play_id"]]

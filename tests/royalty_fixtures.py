@@ -1,0 +1,95 @@
+"""Reference data and plays for royalty tests: a small demo catalog on real topics."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from typing import Any
+
+from kit.producer import Producer
+from kit.serde import TopicSerde
+from kit.settings import KafkaSettings
+
+HOLDERS = [f"rh-t{n}" for n in range(8)]
+
+
+def work_record(n: int) -> dict[str, Any]:
+    a, b, c = HOLDERS[n % 8], HOLDERS[(n + 3) % 8], HOLDERS[(n + 5) % 8]
+    return {"work_id": f"wk-{n}", "title": f"Work {n}", "composer": None, "collection": "test", "source": "test",
+            "content_sha256": f"{n:064x}", "license": "public-domain", "demo_data": True, "updated_at": 0,
+            "shares": [{"rights_holder_id": a, "right_type": "COMPOSITION", "share_ppm": 1_000_000},
+                       {"rights_holder_id": b, "right_type": "RECORDING", "share_ppm": 700_001},
+                       {"rights_holder_id": c, "right_type": "RECORDING", "share_ppm": 299_999}]}
+
+
+def segment_record(segment_id: str, works: list[tuple[str, int]]) -> dict[str, Any]:
+    return {
+        "segment_id": segment_id, "request_id": "r", "listener_id": "l" * 64, "session_id": "s", "sequence": 0,
+        "params": {"tempo_bpm": 120.0, "energy": 0.5, "mode": "MAJOR", "key_tonic": 0, "bars": 4},
+        "audio": {"uri": "file:///x", "sha256": "0" * 64, "format": "WAV", "sample_rate_hz": 44100, "channels": 2,
+                  "duration_ms": 8000},
+        "provenance": {"model_id": "m", "model_version": "1", "training_manifest_sha256": "0" * 64, "seed": 1,
+                       "influences": [{"work_id": w, "weight_ppm": p} for w, p in works]},
+        "generated_at": 0, "deadline": 0, "source_sha256": "0" * 64,
+        "watermark": {"key_id": "k", "payload_hex": "00", "verification_score": 1.0, "verified_at": 0},
+    }
+
+
+def consent_record(holder: str, generation: bool, effective_from: int, work_id: str | None = None) -> dict[str, Any]:
+    return {"rights_holder_id": holder, "work_id": work_id, "ai_training": True, "ai_generation": generation,
+            "likeness": False, "effective_from": effective_from, "updated_at": effective_from,
+            "change_id": str(uuid.uuid4())}
+
+
+def play_record(play_id: str, segment_id: str | None, started_at: int, *, work_id: str | None = None,
+                ms_played: int = 45_000, territory: str = "DE", tier: str = "PREMIUM",
+                fraud: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"play_id": play_id, "listener_id": "l" * 64, "content_kind": "AI_SEGMENT" if segment_id else "CATALOG_WORK",
+            "segment_id": segment_id, "work_id": work_id, "started_at": started_at, "ms_played": ms_played,
+            "completed": True, "territory": territory, "subscription_tier": tier, "fraud_flags": list(fraud),
+            "received_time": started_at + ms_played}
+
+
+class Catalog:
+    """Publishes works, consent and segments for ``works`` works and ``segments`` segments."""
+
+    def __init__(self, kafka: KafkaSettings, works: int = 12, segments: int = 50, seed: int = 7) -> None:
+        self.kafka, self.producer = kafka, Producer(kafka, "test")
+        self.rng = random.Random(seed)
+        self.segments: dict[str, list[tuple[str, int]]] = {}
+        self.published: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
+        for n in range(works):
+            self.produce("catalog.works.v1", {"work_id": f"wk-{n}"}, work_record(n))
+        for holder in HOLDERS:
+            self.produce("catalog.consent.v1", {"rights_holder_id": holder, "work_id": None},
+                         consent_record(holder, True, 0))
+        for s in range(segments):
+            chosen = self.rng.sample(range(works), 3)
+            weights = [500_000, 300_000, 200_000]
+            self.add_segment(f"seg-{s}", [(f"wk-{w}", weights[i]) for i, w in enumerate(chosen)])
+        assert self.producer.flush(30) == 0
+
+    def produce(self, topic: str, key: dict[str, Any], value: dict[str, Any] | None) -> None:
+        self.producer.produce(TopicSerde.for_topic(topic, self.kafka), key, value)
+        self.published.append((topic, key, value))
+
+    def add_segment(self, segment_id: str, works: list[tuple[str, int]]) -> None:
+        self.segments[segment_id] = works
+        self.produce("soundtrack.segments.v1", {"listener_id": "l" * 64}, segment_record(segment_id, works))
+
+    def plays(self, n: int, started_at: int | None = None) -> list[dict[str, Any]]:
+        start = started_at or int(time.time() * 1000) - 3_600_000
+        out = []
+        for i in range(n):
+            segment = self.rng.choice(list(self.segments))
+            out.append(play_record(str(uuid.uuid4()), segment, start + i))
+        return out
+
+    def send_plays(self, plays: list[dict[str, Any]], producer: Producer | None = None) -> None:
+        producer = producer or self.producer
+        serde = TopicSerde.for_topic("listener.plays.v1", self.kafka)
+        for play in plays:
+            producer.produce(serde, {"listener_id": play["play_id"][:8]}, play)
+            producer.poll(0)
+        assert producer.flush(60) == 0
