@@ -66,6 +66,9 @@ crash-royalty: topics ## the full royalty crash test: 100,000 plays, 6 SIGKILLs,
 bench-royalty: topics ## royalty plays/s with transactions vs at-least-once, p99 commit time
 	$(PY) bench/bench_royalty.py
 
+statement: venv ## royalty statements for PERIOD=YYYY-MM (default: this month) with reconciliation
+	$(PY) -m royalty.statement --period $(or $(PERIOD),$(shell date -u +%Y-%m))
+
 bench-ingest: topics dev-secrets ## ingest HTTP throughput and latency vs the raw producer
 	$(PY) bench/bench_ingest.py
 

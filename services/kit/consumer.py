@@ -149,7 +149,7 @@ class ConsumerLoop:
                 raise KafkaException(err)
             log.warning("consumer_error", error=str(err))
             return
-        topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
+        topic, partition, offset = source_of(msg)
         headers = _headers(msg)
         serde = self._serdes[topic]
         started = time.perf_counter()
@@ -175,7 +175,7 @@ class ConsumerLoop:
         self._pending[(topic, partition)] = offset + 1
 
     def _dead_letter(self, msg: Message, reason_class: str, reason: str) -> None:
-        topic = cast(str, msg.topic())
+        topic, partition, offset = source_of(msg)
         dlq = self._dlq.get(topic)
         if dlq is None:
             raise RuntimeError(f"{topic} has no DLQ but a record could not be handled: {reason}")
@@ -183,8 +183,8 @@ class ConsumerLoop:
             ("dlq.reason", reason.encode()),
             ("dlq.reason_class", reason_class.encode()),
             ("dlq.source.topic", topic.encode()),
-            ("dlq.source.partition", str(msg.partition()).encode()),
-            ("dlq.source.offset", str(msg.offset()).encode()),
+            ("dlq.source.partition", str(partition).encode()),
+            ("dlq.source.offset", str(offset).encode()),
             ("dlq.service", self.service.encode()),
             ("dlq.failed_at_ms", str(int(time.time() * 1000)).encode()),
         ]
@@ -235,6 +235,16 @@ class ConsumerLoop:
             if tp.offset == OFFSET_INVALID or high < 0:
                 continue
             CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+
+def source_of(msg: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed record (set on every record a consumer returns)."""
+    return cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
+
+
+def is_partition_eof(msg: Message) -> bool:
+    err = msg.error()
+    return err is not None and err.code() == KafkaError._PARTITION_EOF
 
 
 def _headers(msg: Message) -> Headers:

@@ -45,8 +45,15 @@ def split_by_largest_remainder(amount: int, weights: Mapping[K, int], seed: str)
     for payee, weight in weights.items():
         share, remainder = divmod(amount * weight, total)
         parts[payee] = share
-        remainders.append((-remainder, tie_break(seed, payee), payee))
+        remainders.append((remainder, payee))
     left = amount - sum(parts.values())
-    for _, _, payee in sorted(remainders)[:left]:
-        parts[payee] += 1
+    if left:
+        remainders.sort(key=lambda item: item[0], reverse=True)
+        cutoff = remainders[left - 1][0]
+        winners = [payee for remainder, payee in remainders if remainder > cutoff]
+        tied = [payee for remainder, payee in remainders if remainder == cutoff]
+        if len(winners) + len(tied) > left:  # the last units go to some of equal remainders: draw by hash
+            tied.sort(key=lambda payee: tie_break(seed, payee))
+        for payee in winners + tied[: left - len(winners)]:
+            parts[payee] += 1
     return parts

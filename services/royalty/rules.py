@@ -190,7 +190,7 @@ def decide(
         if not weights:
             return Unpaid("no_consenting_influence")
     else:
-        if play.work_id not in works:
+        if play.work_id is None or play.work_id not in works:
             return Waiting("work_unknown")
         weights = {play.work_id: PPM}
 

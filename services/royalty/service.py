@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from kit.consumer import is_partition_eof, source_of
 from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
+from kit.producer import Headers
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings
 from royalty.rates import DEFAULT_RATE_CARD, RateCard, RateCardMissing
@@ -77,6 +80,18 @@ class _Abort(Exception):
 
 
 @dataclass
+class LoopStats:
+    """What the loop did, for logs and benchmarks; commit times keep the latest 10,000."""
+
+    plays: int = 0
+    transactions: int = 0
+    aborts: int = 0
+    first_batch_at: float | None = None
+    last_batch_at: float | None = None
+    commit_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+
+
+@dataclass
 class _Batch:
     next_offsets: dict[int, int] = field(default_factory=dict)
     blocked: dict[int, int] = field(default_factory=dict)
@@ -96,6 +111,7 @@ class RoyaltyProcessor:
         self._paused_until: dict[int, float] = {}
         self._stopping = False
         self.ready = False
+        self.stats = LoopStats()
         producer_config: dict[str, Any] = {
             **kafka.client_config(), "linger.ms": 5, "compression.type": "lz4", "enable.idempotence": True,
         }
@@ -166,13 +182,13 @@ class RoyaltyProcessor:
             if transactional:
                 self.producer.begin_transaction()
             for msg in messages:
-                partition = msg.partition()
+                _, partition, offset = source_of(msg)
                 if partition in batch.blocked:
                     continue
                 if self._handle(msg, batch):
-                    batch.next_offsets[partition] = msg.offset() + 1
+                    batch.next_offsets[partition] = offset + 1
                 else:
-                    batch.blocked[partition] = msg.offset()
+                    batch.blocked[partition] = offset
             offsets = [TopicPartition(self.plays_topic, p, o)
                        for p, o in {**batch.next_offsets, **batch.blocked}.items()]
             started = time.perf_counter()
@@ -182,8 +198,14 @@ class RoyaltyProcessor:
             else:  # at-least-once, for the benchmark's baseline
                 self.producer.flush(30)
                 self.consumer.commit(offsets=offsets, asynchronous=False)
-            COMMIT_SECONDS.observe(time.perf_counter() - started)
+            commit_s = time.perf_counter() - started
+            COMMIT_SECONDS.observe(commit_s)
             TRANSACTIONS.labels("committed").inc()
+            self.stats.commit_ms.append(commit_s * 1000)
+            self.stats.transactions += 1
+            self.stats.plays += sum(1 for m in messages if source_of(m)[1] not in batch.blocked)
+            self.stats.first_batch_at = self.stats.first_batch_at or started
+            self.stats.last_batch_at = time.perf_counter()
         except KafkaException as exc:
             error = exc.args[0]
             if not transactional or not error.txn_requires_abort():
@@ -201,11 +223,13 @@ class RoyaltyProcessor:
         log.warning("transaction_aborted", error=str(error))
         self.producer.abort_transaction(30)
         TRANSACTIONS.labels("aborted").inc()
+        self.stats.aborts += 1
         for play_id in batch.ledger_added:
             self.ledger.pop(play_id, None)
         assignment = self.consumer.assignment()
         for tp in self.consumer.committed(assignment, timeout=30):
-            self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     def _resume_due(self) -> None:
         now = time.monotonic()
@@ -240,7 +264,7 @@ class RoyaltyProcessor:
             self.feed.drain(max_s=0.5)  # the input may just have arrived
             decision = self._decide(play)
         if isinstance(decision, Waiting):
-            key = (msg.partition(), msg.offset())
+            key = source_of(msg)[1:]
             since = self._waiting_since.setdefault(key, time.monotonic())
             if time.monotonic() - since < self.settings.max_wait_s:
                 return False
@@ -248,14 +272,13 @@ class RoyaltyProcessor:
             self._dead_letter(msg, "invalid", f"{decision.reason} after waiting {self.settings.max_wait_s:.0f}s",
                               play, batch)
             return True
-        self._waiting_since.pop((msg.partition(), msg.offset()), None)
+        self._waiting_since.pop(source_of(msg)[1:], None)
         now = int(time.time() * 1000)
         if isinstance(decision, Paid):
             events = self.serdes[EVENTS]
             for line in decision.lines:
                 self.producer.produce(events.topic, key=events.encode_key({"rights_holder_id": line.rights_holder_id}),
                                       value=events.encode_value(line_record(play, decision, line, now)))
-                AMOUNT.labels(decision.rate.currency).inc(line.amount_micros)
             self._record(msg, play, batch, "PAID", None, decision)
         elif isinstance(decision, Unpaid):
             log.info("play_not_paid", play_id=play.play_id, reason=decision.reason)
@@ -273,27 +296,32 @@ class RoyaltyProcessor:
     def _record(self, msg: Message, play: Play, batch: _Batch, outcome: str, reason: str | None,
                 paid: Paid | None) -> None:
         ledger = self.serdes[LEDGER]
+        _, partition, offset = source_of(msg)
+        total = sum(line.amount_micros for line in paid.lines) if paid else 0
         entry = {
-            "play_id": play.play_id, "outcome": outcome, "reason": reason, "source_partition": msg.partition(),
-            "source_offset": msg.offset(), "total_micros": sum(line.amount_micros for line in paid.lines) if paid else 0,
+            "play_id": play.play_id, "outcome": outcome, "reason": reason, "source_partition": partition,
+            "source_offset": offset, "total_micros": total,
             "currency": paid.rate.currency if paid else None, "rate_card_id": paid.rate.id if paid else None,
             "line_count": len(paid.lines) if paid else 0, "play_started_at": play.started_at,
             "processed_at": int(time.time() * 1000),
         }
         self.producer.produce(ledger.topic, key=ledger.encode_key({"play_id": play.play_id}),
-                              value=ledger.encode_value(entry), partition=msg.partition())
-        self.ledger[play.play_id] = msg.partition()
+                              value=ledger.encode_value(entry), partition=partition)
+        if paid is not None:
+            AMOUNT.labels(paid.rate.currency).inc(total)
+        self.ledger[play.play_id] = partition
         batch.ledger_added.append(play.play_id)
         PLAYS_PROCESSED.labels(outcome, reason or "").inc()
 
     def _dead_letter(self, msg: Message, reason_class: str, reason: str, play: Play | None, batch: _Batch) -> None:
-        headers = [("dlq.reason", reason.encode()), ("dlq.reason_class", reason_class.encode()),
-                   ("dlq.source.topic", msg.topic().encode()), ("dlq.source.partition", str(msg.partition()).encode()),
-                   ("dlq.source.offset", str(msg.offset()).encode()), ("dlq.service", SERVICE.encode()),
+        topic, partition, offset = source_of(msg)
+        headers: Headers = [("dlq.reason", reason.encode()), ("dlq.reason_class", reason_class.encode()),
+                   ("dlq.source.topic", topic.encode()), ("dlq.source.partition", str(partition).encode()),
+                   ("dlq.source.offset", str(offset).encode()), ("dlq.service", SERVICE.encode()),
                    ("dlq.failed_at_ms", str(int(time.time() * 1000)).encode())]
         self.producer.produce(self.dlq_topic, key=msg.key(), value=msg.value(), headers=headers)
-        RECORDS_DEAD_LETTERED.labels(SERVICE, msg.topic(), reason_class).inc()
-        log.warning("play_dead_lettered", partition=msg.partition(), offset=msg.offset(), reason=reason)
+        RECORDS_DEAD_LETTERED.labels(SERVICE, topic, reason_class).inc()
+        log.warning("play_dead_lettered", partition=partition, offset=offset, reason=reason)
         if play is not None:
             self._record(msg, play, batch, "DEAD_LETTERED", reason, None)
         else:
@@ -327,13 +355,13 @@ class RoyaltyProcessor:
         deadline = time.monotonic() + 300
         while len(at_end) < len(partitions) and time.monotonic() < deadline:
             for msg in reader.consume(5000, 0.5):
+                if is_partition_eof(msg):
+                    at_end.add(source_of(msg)[1])
                 if msg.error() is not None:
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        at_end.add(msg.partition())
                     continue
                 entry = serde.decode_value(msg.value())
                 if entry is not None:
-                    self.ledger[entry["play_id"]] = msg.partition()
+                    self.ledger[entry["play_id"]] = source_of(msg)[1]
                     loaded += 1
         reader.close()
         if len(at_end) < len(partitions):

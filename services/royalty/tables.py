@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from kit.consumer import is_partition_eof, source_of
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings
 from royalty.rules import ConsentHistory, InvalidReference, WorkShares, influences_from_record
@@ -84,22 +85,22 @@ class TableFeed:
             if err is None:
                 self._apply(msg)
                 applied += 1
-            elif err.code() == KafkaError._PARTITION_EOF:
-                self._at_end.add((msg.topic(), msg.partition()))
+            elif is_partition_eof(msg):
+                self._at_end.add(source_of(msg)[:2])
             else:
                 log.warning("reference_consumer_error", error=str(err))
         return applied
 
     def _apply(self, msg: Any) -> None:
-        logical, serde = self._serdes[msg.topic()]
+        topic, partition, offset = source_of(msg)
+        logical, serde = self._serdes[topic]
         try:
             self.tables.apply(logical, serde.decode_key(msg.key()), serde.decode_value(msg.value()),
                               msg.timestamp()[1])
         except (DecodeError, InvalidReference, KeyError) as exc:
             # The owning service's DLQ is where bad records of its topics go; royalty only skips them.
             self.tables.rejected += 1
-            log.warning("reference_record_skipped", topic=msg.topic(), partition=msg.partition(),
-                        offset=msg.offset(), reason=str(exc))
+            log.warning("reference_record_skipped", topic=topic, partition=partition, offset=offset, reason=str(exc))
 
     def close(self) -> None:
         self._consumer.close()

@@ -35,8 +35,8 @@ from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
 from kit.topics import ensure_topics
 from royalty.rates import RateCard
 from royalty.rules import Paid, Play, decide
-from royalty.tables import CONSENT, SEGMENTS, WORKS, ReferenceTables
-from tests.royalty_fixtures import Catalog, play_record
+from royalty.tables import ReferenceTables
+from tests.royalty_fixtures import Catalog
 
 KAFKA_SCRIPT = REPO_ROOT / "deploy" / "local" / "kafka.py"
 QUIET = logging.getLogger("crash-test-clients")  # connection errors while the broker restarts are expected

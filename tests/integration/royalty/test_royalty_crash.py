@@ -3,8 +3,9 @@ moments and restarted, the broker restarted once; every line exactly once, total
 
 from __future__ import annotations
 
-from kit.settings import KafkaSettings
 from tests.chaos.royalty_crash import run
+
+from kit.settings import KafkaSettings
 
 
 def test_exactly_once_through_kills_and_a_broker_restart(kafka: KafkaSettings) -> None:

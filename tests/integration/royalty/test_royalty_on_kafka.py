@@ -8,12 +8,13 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+from tests.kafka_helpers import read_all
+from tests.royalty_fixtures import Catalog, consent_record, play_record
+
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
 from royalty.rates import RateCard
 from royalty.service import RoyaltyProcessor, RoyaltySettings
-from tests.kafka_helpers import read_all
-from tests.royalty_fixtures import Catalog, consent_record, play_record
 
 RATES = RateCard.load()
 
@@ -70,7 +71,8 @@ def test_an_opted_out_artist_is_paid_for_earlier_plays_only(isolated: KafkaSetti
     catalog.send_plays([before, after])
     run_royalty(isolated)
     lines = decoded(isolated, "royalty.events.v1", 100, timeout_s=8)
-    holders = {p: {x["rights_holder_id"] for x in lines if x["play_id"] == p} for p in (before["play_id"], after["play_id"])}
+    holders = {p: {x["rights_holder_id"] for x in lines if x["play_id"] == p}
+               for p in (before["play_id"], after["play_id"])}
     assert "rh-t0" in holders[before["play_id"]]
     assert "rh-t0" not in holders[after["play_id"]]
     after_total = sum(x["amount_micros"] for x in lines if x["play_id"] == after["play_id"])
@@ -117,3 +119,21 @@ def test_undecodable_plays_go_to_the_dlq_and_the_partition_moves_on(isolated: Ka
     [dead] = read_all(isolated, isolated.topic("listener.plays.v1.dlq"), 1)
     assert dead.value() == b"garbage" and dict(dead.headers())["dlq.reason_class"] == b"undecodable"
     assert [e["play_id"] for e in decoded(isolated, "royalty.play-ledger.v1", 1)] == [good["play_id"]]
+
+
+def test_statements_from_the_committed_topics_reconcile(isolated: KafkaSettings) -> None:
+    from royalty.statement import build, period_bounds, read_committed
+
+    catalog = Catalog(isolated)
+    now = int(time.time() * 1000) - 60_000
+    plays = catalog.plays(30, now)
+    plays[0]["ms_played"] = 1_000  # not paid
+    catalog.send_plays(plays)
+    run_royalty(isolated)
+    period = time.strftime("%Y-%m", time.gmtime(now / 1000))
+    reports, figures = build(read_committed(isolated, "royalty.events.v1"),
+                             read_committed(isolated, "royalty.play-ledger.v1"), RATES, *period_bounds(period))
+    assert figures["reconciled"], figures["problems"]
+    assert figures["currencies"]["EUR"]["paid_plays"] == 29
+    assert figures["currencies"]["EUR"]["reports_micros"] == 29 * 4000
+    assert reports

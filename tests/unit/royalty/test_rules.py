@@ -25,7 +25,8 @@ from royalty.rules import (
 T0 = 1_795_000_000_000
 RATES = RateCard.load()
 WORKS = {
-    "wk-a": WorkShares("wk-a", {"COMPOSITION": (("rh-1", 1_000_000),), "RECORDING": (("rh-2", 600_000), ("rh-3", 400_000))}),
+    "wk-a": WorkShares("wk-a", {"COMPOSITION": (("rh-1", 1_000_000),),
+                                "RECORDING": (("rh-2", 600_000), ("rh-3", 400_000))}),
     "wk-b": WorkShares("wk-b", {"COMPOSITION": (("rh-4", 1_000_000),), "RECORDING": (("rh-4", 1_000_000),)}),
     "wk-c": WorkShares("wk-c", {"COMPOSITION": (("rh-7", 500_000), ("rh-1", 500_000)),
                                 "RECORDING": (("rh-7", 1_000_000),)}),
