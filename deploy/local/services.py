@@ -45,6 +45,9 @@ def services() -> dict[str, Service]:
             "ENTRAIN_PSEUDONYM_SECRET_FILE": os.environ.get(
                 "ENTRAIN_PSEUDONYM_SECRET_FILE", str(ingest_state / "pseudonym.secret")),
         }),
+        "royalty": Service("royalty", int(os.environ.get("ENTRAIN_ROYALTY_METRICS_PORT", "9105")), {
+            "ENTRAIN_ROYALTY_INSTANCE": os.environ.get("ENTRAIN_ROYALTY_INSTANCE", "local-0"),
+        }),
     }
 
 

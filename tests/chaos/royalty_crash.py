@@ -173,7 +173,8 @@ def run(plays_n: int, kills: int, broker_restart: bool, seed: int = 1, timeout_s
     folder = STATE_DIR / "crash"
     folder.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor(kafka, folder / f"royalty-{kafka.topic_prefix.rstrip('.')}.log")
-    kill_at = sorted(rng.uniform(3, 8 + 2.5 * kills) for _ in range(kills))
+    # Spread the kills over the expected processing time (a few thousand plays/s), not just its start.
+    kill_at = sorted(rng.uniform(3, max(8 + 2.5 * kills, plays_n / 2500)) for _ in range(kills))
     restart_after = kills // 2 if broker_restart else None
     began = time.monotonic()
     broker_restart_s = 0.0
