@@ -1,0 +1,94 @@
+"""Entrain's demo catalog: the Bach chorales that ship with music21 (public domain).
+
+Every work gets a stable id (from its corpus path), title, composer, collection,
+the SHA-256 of its source file, and invented demo rights holders with shares per
+right type. The consent snapshot (``consent_snapshot.json``, committed) says which
+demo rights holders withheld AI-training or AI-generation consent; works of a
+holder without training consent are excluded from training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+CONSENT_SNAPSHOT = Path(__file__).with_name("consent_snapshot.json")
+DEMO_HOLDERS = 24
+PPM = 1_000_000
+
+
+@dataclass(frozen=True)
+class CatalogWork:
+    work_id: str
+    title: str
+    source: str
+    path: Path
+    content_sha256: str
+    shares: tuple[tuple[str, str, int], ...]  # (rights holder, right type, ppm)
+
+    @property
+    def rights_holders(self) -> frozenset[str]:
+        return frozenset(h for h, _, _ in self.shares)
+
+    def record(self, updated_at: int) -> dict[str, Any]:
+        """The catalog.works.v1 value."""
+        return {
+            "work_id": self.work_id, "title": self.title, "composer": "Johann Sebastian Bach",
+            "collection": "Bach chorales (music21 corpus)", "source": self.source,
+            "content_sha256": self.content_sha256, "license": "public-domain", "demo_data": True,
+            "shares": [{"rights_holder_id": h, "right_type": rt, "share_ppm": ppm} for h, rt, ppm in self.shares],
+            "updated_at": updated_at,
+        }
+
+
+def _demo_shares(digest: bytes) -> tuple[tuple[str, str, int], ...]:
+    """Deterministic demo rights: one composition publisher, one or two recording owners."""
+    publisher = f"rh-demo-{digest[0] % DEMO_HOLDERS:04d}"
+    first = f"rh-demo-{digest[1] % DEMO_HOLDERS:04d}"
+    second = f"rh-demo-{digest[2] % DEMO_HOLDERS:04d}"
+    if first == second or digest[3] % 2:
+        recording = ((first, "RECORDING", PPM),)
+    else:
+        split = 500_000 + (digest[4] % 5) * 50_000
+        recording = ((first, "RECORDING", split), (second, "RECORDING", PPM - split))
+    return ((publisher, "COMPOSITION", PPM), *recording)
+
+
+@lru_cache(maxsize=1)
+def load_catalog() -> tuple[CatalogWork, ...]:
+    from music21 import corpus
+
+    works = []
+    for path in sorted(corpus.getComposer("bach")):
+        if path.suffix not in (".mxl", ".xml", ".musicxml"):
+            continue
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).digest()
+        name = path.stem
+        works.append(CatalogWork(
+            work_id=f"wk-bach-{name}", title=f"Chorale {name.upper().replace('BWV', 'BWV ')}",
+            source=f"music21:bach/{path.name}", path=path, content_sha256=digest.hex(),
+            shares=_demo_shares(digest),
+        ))
+    return tuple(works)
+
+
+@dataclass(frozen=True)
+class ConsentSnapshot:
+    no_training: frozenset[str]
+    no_generation: frozenset[str]
+    sha256: str
+
+    @classmethod
+    def load(cls, path: Path = CONSENT_SNAPSHOT) -> ConsentSnapshot:
+        raw = path.read_bytes()
+        data = json.loads(raw)
+        return cls(frozenset(data["withheld_training"]), frozenset(data["withheld_generation"]),
+                   hashlib.sha256(raw).hexdigest())
+
+    def trainable(self, work: CatalogWork) -> bool:
+        return not (work.rights_holders & self.no_training)

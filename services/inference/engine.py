@@ -1,0 +1,107 @@
+"""The music engine: request parameters in, a rendered, attributed segment out.
+
+Generation continues the session: the previous segment's last melody tokens are the
+model's context and its ringing tail is mixed into the new segment's start (both
+kept in a bounded in-memory cache by segment id). Same request and seed, same audio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference.model import MelodyModel, sample
+from inference.music import BOS, MAJOR, MINOR, STEPS_PER_BAR, energy_token, harmonize, tokens_to_notes
+from inference.provenance import influences
+from inference.render import SAMPLE_RATE, Rendered, arrange, finish, synthesize
+from inference.train import MODEL_DIR
+
+CONTEXT_TOKENS = 48
+CACHE_SEGMENTS = 4096
+
+
+@dataclass(frozen=True)
+class Params:
+    tempo_bpm: float
+    energy: float
+    mode: str
+    key_tonic: int
+    bars: int
+
+    def __post_init__(self) -> None:
+        if not 40 <= self.tempo_bpm <= 240:
+            raise ValueError(f"tempo_bpm {self.tempo_bpm} outside 40-240")
+        if not 0 <= self.energy <= 1:
+            raise ValueError(f"energy {self.energy} outside 0-1")
+        if self.mode not in ("MAJOR", "MINOR"):
+            raise ValueError(f"mode {self.mode!r} is not MAJOR or MINOR")
+        if not 0 <= self.key_tonic <= 11:
+            raise ValueError(f"key_tonic {self.key_tonic} outside 0-11")
+        if not 1 <= self.bars <= 32:
+            raise ValueError(f"bars {self.bars} outside 1-32")
+
+
+@dataclass(frozen=True)
+class Segment:
+    rendered: Rendered
+    tokens: list[int]
+    influences: list[tuple[str, int]]
+    degrees: list[int]
+
+    @property
+    def duration_ms(self) -> int:
+        return round(len(self.rendered.audio) * 1000 / SAMPLE_RATE)
+
+
+@dataclass
+class _Context:
+    tokens: list[int]
+    tail: np.ndarray
+    degree: int
+
+
+class Engine:
+    def __init__(self, model_dir: Path = MODEL_DIR) -> None:
+        checkpoint = torch.load(model_dir / "weights.pt", map_location="cpu", weights_only=True)
+        self.model = MelodyModel(**checkpoint["config"])
+        self.model.load_state_dict(checkpoint["state"])
+        self.model.eval()
+        self.profiles = json.loads((model_dir / "profiles.json").read_text())
+        version = json.loads((model_dir / "version.json").read_text())
+        self.model_id, self.model_version = version["model_id"], version["model_version"]
+        self.manifest_sha256 = version["training_manifest_sha256"]
+        self._contexts: OrderedDict[str, _Context] = OrderedDict()
+
+    def generate(self, params: Params, seed: int, previous_segment_id: str | None = None,
+                 segment_id: str | None = None, allowed_works: set[str] | None = None) -> Segment:
+        """Render one segment. ``allowed_works``: works with generation consent (default all)."""
+        context = self._contexts.get(previous_segment_id or "")
+        generator = torch.Generator().manual_seed(seed)
+        prefix = [BOS, MAJOR if params.mode == "MAJOR" else MINOR, energy_token(params.energy)]
+        if context is not None:
+            prefix += context.tokens[-CONTEXT_TOKENS:]
+        min_dur = 1 if params.energy >= 0.67 else 2 if params.energy >= 0.34 else 4
+        tokens = sample(self.model, prefix, params.bars * STEPS_PER_BAR, params.mode, generator, min_dur=min_dur)
+        notes = tokens_to_notes(tokens)
+        degrees = harmonize(notes, params.mode, params.bars, context.degree if context else 0)
+        rng = np.random.default_rng(seed)
+        events = arrange(notes, degrees, params.mode, params.key_tonic, params.energy, params.bars, rng)
+        raw, length = synthesize(events, params.tempo_bpm, params.bars, params.energy)
+        rendered = finish(raw, length, context.tail if context is not None else None)
+        allowed = set(self.profiles) if allowed_works is None else allowed_works & set(self.profiles)
+        segment = Segment(rendered, tokens, influences(notes, self.profiles, allowed), degrees)
+        if segment_id is not None:
+            self._contexts[segment_id] = _Context(tokens, rendered.tail, degrees[-1])
+            while len(self._contexts) > CACHE_SEGMENTS:
+                self._contexts.popitem(last=False)
+        return segment
+
+
+def seed_for(request_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:6], "big")
