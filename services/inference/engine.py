@@ -7,7 +7,6 @@ kept in a bounded in-memory cache by segment id). Same request and seed, same au
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference.model import MelodyModel, sample
+from inference.model import MelodyModel, sample_batch
 from inference.music import BOS, MAJOR, MINOR, STEPS_PER_BAR, energy_token, harmonize, tokens_to_notes
 from inference.provenance import influences
 from inference.render import SAMPLE_RATE, Rendered, arrange, finish, synthesize
@@ -81,27 +80,42 @@ class Engine:
     def generate(self, params: Params, seed: int, previous_segment_id: str | None = None,
                  segment_id: str | None = None, allowed_works: set[str] | None = None) -> Segment:
         """Render one segment. ``allowed_works``: works with generation consent (default all)."""
-        context = self._contexts.get(previous_segment_id or "")
-        generator = torch.Generator().manual_seed(seed)
-        prefix = [BOS, MAJOR if params.mode == "MAJOR" else MINOR, energy_token(params.energy)]
-        if context is not None:
-            prefix += context.tokens[-CONTEXT_TOKENS:]
-        min_dur = 1 if params.energy >= 0.67 else 2 if params.energy >= 0.34 else 4
-        tokens = sample(self.model, prefix, params.bars * STEPS_PER_BAR, params.mode, generator, min_dur=min_dur)
-        notes = tokens_to_notes(tokens)
-        degrees = harmonize(notes, params.mode, params.bars, context.degree if context else 0)
-        rng = np.random.default_rng(seed)
-        events = arrange(notes, degrees, params.mode, params.key_tonic, params.energy, params.bars, rng)
-        raw, length = synthesize(events, params.tempo_bpm, params.bars, params.energy)
-        rendered = finish(raw, length, context.tail if context is not None else None)
+        return self.generate_batch([Job(params, seed, previous_segment_id, segment_id)], allowed_works)[0]
+
+    def generate_batch(self, jobs: list[Job], allowed_works: set[str] | None = None) -> list[Segment]:
+        """Render several segments; their melodies are sampled together (one batched model
+        step per token), each with its own seed, so results equal one-at-a-time generation."""
+        contexts = [self._contexts.get(job.previous_segment_id or "") for job in jobs]
+        prefixes = []
+        for job, context in zip(jobs, contexts, strict=True):
+            prefix = [BOS, MAJOR if job.params.mode == "MAJOR" else MINOR, energy_token(job.params.energy)]
+            prefixes.append(prefix + (context.tokens[-CONTEXT_TOKENS:] if context is not None else []))
+        melodies = sample_batch(
+            self.model, prefixes, [job.params.bars * STEPS_PER_BAR for job in jobs], [job.params.mode for job in jobs],
+            [torch.Generator().manual_seed(job.seed) for job in jobs],
+            [1 if job.params.energy >= 0.67 else 2 if job.params.energy >= 0.34 else 4 for job in jobs])
         allowed = set(self.profiles) if allowed_works is None else allowed_works & set(self.profiles)
-        segment = Segment(rendered, tokens, influences(notes, self.profiles, allowed), degrees)
-        if segment_id is not None:
-            self._contexts[segment_id] = _Context(tokens, rendered.tail, degrees[-1])
-            while len(self._contexts) > CACHE_SEGMENTS:
-                self._contexts.popitem(last=False)
-        return segment
+        segments = []
+        for job, context, tokens in zip(jobs, contexts, melodies, strict=True):
+            params = job.params
+            notes = tokens_to_notes(tokens)
+            degrees = harmonize(notes, params.mode, params.bars, context.degree if context else 0)
+            events = arrange(notes, degrees, params.mode, params.key_tonic, params.energy, params.bars,
+                             np.random.default_rng(job.seed))
+            raw, length = synthesize(events, params.tempo_bpm, params.bars, params.energy)
+            rendered = finish(raw, length, context.tail if context is not None else None)
+            segment = Segment(rendered, tokens, influences(notes, self.profiles, allowed), degrees)
+            if job.segment_id is not None:
+                self._contexts[job.segment_id] = _Context(tokens, rendered.tail, degrees[-1])
+                while len(self._contexts) > CACHE_SEGMENTS:
+                    self._contexts.popitem(last=False)
+            segments.append(segment)
+        return segments
 
 
-def seed_for(request_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:6], "big")
+@dataclass(frozen=True)
+class Job:
+    params: Params
+    seed: int
+    previous_segment_id: str | None = None
+    segment_id: str | None = None

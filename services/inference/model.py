@@ -38,30 +38,53 @@ def grammar_mask(last: int, mode: str, low: int = -5, high: int = 19) -> torch.T
     return mask
 
 
-@torch.no_grad()
 def sample(model: MelodyModel, prefix: list[int], steps: int, mode: str, generator: torch.Generator,
            temperature: float = 0.9, min_dur: int = 1) -> list[int]:
     """Continue ``prefix`` until the melody covers ``steps`` sixteenths; returns the new tokens."""
+    return sample_batch(model, [prefix], [steps], [mode], [generator], [min_dur], temperature)[0]
+
+
+@torch.no_grad()
+def sample_batch(model: MelodyModel, prefixes: list[list[int]], steps: list[int], modes: list[str],
+                 generators: list[torch.Generator], min_durs: list[int], temperature: float = 0.9) -> list[list[int]]:
+    """``sample`` for several requests at once: one batched GRU step per token for all of them.
+    Each row keeps its own generator, so a row's output equals what ``sample`` gives alone."""
     model.eval()
-    logits, state = model(torch.tensor([prefix]))
-    last, covered, out = prefix[-1], 0, []
-    pending_pitch = False
-    while covered < steps:
-        mask = grammar_mask(last, mode)
-        if is_pitch(last) or last == REST:
-            left = steps - covered
-            for d in range(1, min(min_dur, left)):
-                mask[DUR0 + d - 1] = float("-inf")
-            for d in range(left + 1, 17):
-                mask[DUR0 + d - 1] = float("-inf")  # segments end exactly on a bar line
-        probs = torch.softmax(logits[0, -1] / temperature + mask, dim=-1)
-        token = int(torch.multinomial(probs, 1, generator=generator))
-        out.append(token)
-        if is_dur(token) and pending_pitch:
-            covered += token - DUR0 + 1
-        pending_pitch = is_pitch(token) or token == REST
-        last = token
-        logits, state = model(torch.tensor([[token]]), state)
-    return out
+    states, logits = [], []
+    for prefix in prefixes:  # prefixes differ in length: encode each, then step together
+        out, state = model(torch.tensor([prefix]))
+        states.append(state)
+        logits.append(out[0, -1])
+    state = torch.cat(states, dim=1)
+    last = [p[-1] for p in prefixes]
+    covered = [0] * len(prefixes)
+    pending = [False] * len(prefixes)
+    outputs: list[list[int]] = [[] for _ in prefixes]
+    step_logits = torch.stack(logits)
+    while any(c < s for c, s in zip(covered, steps, strict=True)):
+        tokens = []
+        for row in range(len(prefixes)):
+            if covered[row] >= steps[row]:
+                tokens.append(PAD_FOR_DONE)
+                continue
+            mask = grammar_mask(last[row], modes[row])
+            if is_pitch(last[row]) or last[row] == REST:
+                left = steps[row] - covered[row]
+                for d in range(1, min(min_durs[row], left)):
+                    mask[DUR0 + d - 1] = float("-inf")
+                for d in range(left + 1, 17):
+                    mask[DUR0 + d - 1] = float("-inf")
+            probs = torch.softmax(step_logits[row] / temperature + mask, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=generators[row]))
+            outputs[row].append(token)
+            if is_dur(token) and pending[row]:
+                covered[row] += token - DUR0 + 1
+            pending[row] = is_pitch(token) or token == REST
+            last[row] = token
+            tokens.append(token)
+        out, state = model(torch.tensor(tokens).unsqueeze(1), state)
+        step_logits = out[:, -1]
+    return outputs
 
 
+PAD_FOR_DONE = 0  # rows that finished keep stepping on padding; their outputs are no longer read

@@ -55,6 +55,9 @@ class Record:
 
 
 Handler = Callable[[Record], None]
+# Micro-batching: handles every decoded record of one poll; returns, per record, None when
+# handled or the reason it is invalid (it then goes to the DLQ). Exceptions are bugs.
+BatchHandler = Callable[[list[Record]], list[str | None]]
 
 
 @dataclass
@@ -79,6 +82,7 @@ class ConsumerLoop:
     batch_size: int = 500
     lag_interval_s: float = 5.0
     stats: LoopStats = field(default_factory=LoopStats)
+    batch_handler: BatchHandler | None = None
 
     def __post_init__(self) -> None:
         self._serdes = {s.topic: s for s in (TopicSerde.for_topic(t, self.settings) for t in self.topics)}
@@ -117,6 +121,9 @@ class ConsumerLoop:
             while not self._stopping:
                 batch = self._consumer.consume(self.batch_size, 0.2)
                 now = time.monotonic()
+                if self.batch_handler is not None and batch:
+                    self._consume_batch(batch)
+                    batch = []
                 for msg in batch:
                     self._consume_one(msg)
                     if self._stopping or (max_records is not None and self.stats.handled >= max_records):
@@ -173,6 +180,36 @@ class ConsumerLoop:
         consumed.inc()
         seconds.observe(time.perf_counter() - started)
         self._pending[(topic, partition)] = offset + 1
+
+    def _consume_batch(self, batch: list[Message]) -> None:
+        assert self.batch_handler is not None
+        records, messages = [], []
+        for msg in batch:
+            if msg.error() is not None:
+                self._consume_one(msg)  # errors are handled (or raised) one by one
+                continue
+            topic, partition, offset = source_of(msg)
+            serde = self._serdes[topic]
+            try:
+                records.append(Record(topic=topic, partition=partition, offset=offset,
+                                      timestamp_ms=msg.timestamp()[1], key=serde.decode_key(msg.key()),
+                                      value=serde.decode_value(msg.value()), headers=tuple(_headers(msg))))
+                messages.append(msg)
+            except DecodeError as exc:
+                self._dead_letter(msg, "undecodable", str(exc))
+                self._pending[(topic, partition)] = offset + 1
+        started = time.perf_counter()
+        reasons = self.batch_handler(records) if records else []
+        elapsed = (time.perf_counter() - started) / max(1, len(records))
+        for msg, record, reason in zip(messages, records, reasons, strict=True):
+            if reason is None:
+                self.stats.handled += 1
+            else:
+                self._dead_letter(msg, "invalid", reason)
+            consumed, seconds = self._metrics[record.topic]
+            consumed.inc()
+            seconds.observe(elapsed)
+            self._pending[(record.topic, record.partition)] = record.offset + 1
 
     def _dead_letter(self, msg: Message, reason_class: str, reason: str) -> None:
         topic, partition, offset = source_of(msg)

@@ -1,0 +1,69 @@
+"""Music engine speed on one core (torch and the renderer single-threaded), in one run.
+
+  single   4-bar segments at 120 BPM, one request at a time: latency p50/p99, real-time
+           factor (seconds of audio per second of compute)
+  batch    the same requests in micro-batches of 8 (what the service does with a poll)
+  listeners_per_core = the batch real-time factor: a listener consumes one second of
+           audio per second, so one core keeps that many listeners supplied (before Kafka,
+           storage and watermarking, which other processes do)
+Requests vary tempo (60-200 BPM), energy and mode and continue their previous segment.
+Last line: RESULT {json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from inference.engine import Engine, Job, Params
+
+
+def jobs(n: int, offset: int) -> list[Job]:
+    out = []
+    for i in range(n):
+        params = Params(60 + (i * 37) % 141, (i % 10) / 10, "MAJOR" if i % 3 else "MINOR", i % 12, 4)
+        out.append(Job(params, seed=offset + i, previous_segment_id=f"b{offset + i - 1}" if i else None,
+                       segment_id=f"b{offset + i}"))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=120)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    engine = Engine()
+    engine.generate_batch(jobs(4, 10_000))  # warm-up
+
+    latencies, audio_s = [], 0.0
+    started = time.perf_counter()
+    for i in range(args.requests):
+        t = time.perf_counter()
+        segment = engine.generate(Params(120, (i % 10) / 10, "MAJOR", i % 12, 4), seed=i)
+        latencies.append(time.perf_counter() - t)
+        audio_s += segment.duration_ms / 1000
+    rtf_single = audio_s / (time.perf_counter() - started)
+    latencies.sort()
+
+    work, audio_b = jobs(args.requests, 0), 0.0
+    started = time.perf_counter()
+    for i in range(0, len(work), args.batch):
+        audio_b += sum(s.duration_ms for s in engine.generate_batch(work[i:i + args.batch])) / 1000
+    rtf_batch = audio_b / (time.perf_counter() - started)
+
+    p50, p99 = statistics.median(latencies) * 1000, latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000
+    print(f"single: {rtf_single:.0f}x real time, 4 bars at 120 BPM p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+    print(f"batch of {args.batch}: {rtf_batch:.0f}x real time ({rtf_batch / rtf_single:.2f}x the single rate)")
+    print("RESULT " + json.dumps({"rtf_single": round(rtf_single, 1), "rtf_batch": round(rtf_batch, 1),
+                                  "batch_vs_single": round(rtf_batch / rtf_single, 2), "p50_ms": round(p50, 1),
+                                  "p99_ms": round(p99, 1), "listeners_per_core": int(rtf_batch),
+                                  "requests": args.requests, "batch": args.batch}))
+
+
+if __name__ == "__main__":
+    main()
