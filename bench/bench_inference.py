@@ -56,7 +56,8 @@ def main() -> None:
         audio_b += sum(s.duration_ms for s in engine.generate_batch(work[i:i + args.batch])) / 1000
     rtf_batch = audio_b / (time.perf_counter() - started)
 
-    p50, p99 = statistics.median(latencies) * 1000, latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000
     print(f"single: {rtf_single:.0f}x real time, 4 bars at 120 BPM p50 {p50:.0f} ms, p99 {p99:.0f} ms")
     print(f"batch of {args.batch}: {rtf_batch:.0f}x real time ({rtf_batch / rtf_single:.2f}x the single rate)")
     print("RESULT " + json.dumps({"rtf_single": round(rtf_single, 1), "rtf_batch": round(rtf_batch, 1),

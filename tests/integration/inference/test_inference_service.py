@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+from tests.kafka_helpers import read_all
 
 from inference.catalog import load_catalog
 from inference.engine import Engine
@@ -18,7 +19,6 @@ from kit.consumer import ConsumerLoop
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
-from tests.kafka_helpers import read_all
 
 ENGINE = Engine()
 
