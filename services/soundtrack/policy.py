@@ -1,0 +1,170 @@
+"""The telemetry -> music policy. Pure: no clock, no I/O; times are passed in (ms).
+
+Two layers:
+
+1. ``body_update`` folds a telemetry sample into the listener's body state, in event
+   time: a sample older than the newest one applied is ignored (late or out of order
+   data never rewinds state); heart-rate and cadence glitches are rejected (a jump of
+   more than 35 bpm / 40 spm within 5 s of the last accepted sample) and the rest
+   smoothed (exponential, alpha 0.35: ~3 samples at the 3-5 s a watch reports).
+2. ``target`` maps the body to musical parameters, and ``advance`` moves the playing
+   parameters toward it with hysteresis.
+
+Numbers and why:
+- Tempo changes up to ~3% go unnoticed, ~4% are noticed (Van Dyck et al. 2015):
+  a change smaller than DEAD_BAND (3%) is ignored, and tempo moves at most
+  MAX_RAMP (3%) per bar, so every step is below the noticeable threshold.
+- A new target must hold for HOLD_MS (4 s, about one watch report interval plus
+  one) before it is applied; Spotify Running locked onto cadence over 10-15 s, we react
+  faster but not to a single sample.
+- Match mode: moving with cadence >= 100 spm -> tempo = cadence (one beat per step),
+  halved above 180 (half-time), clamped to 60-200 BPM. Exercising without cadence ->
+  tempo from heart-rate reserve, 95 + 45 x HRR, topping out at 140: preferred music tempo
+  during exercise plateaus around 123-140 BPM (Karageorghis et al.). At rest -> calm
+  (70 BPM, low energy).
+- Guide mode: the target zone's tempo (warm-up 110, steady 128, cool-down 80, sleep
+  60); the ramp takes the listener there gently, never faster than 3% per bar.
+- Mood (mode) changes need the new mood to be wanted for MOOD_AGREE_MS (8 s) and at
+  least MOOD_DWELL_MS (30 s) since the last mood change.
+- No telemetry for HOLD_MISSING_MS (15 s): hold; after that drift toward a neutral
+  setting (90 BPM, energy 0.4) through the same ramp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+TEMPO_MIN, TEMPO_MAX = 60.0, 200.0
+DEAD_BAND = 0.03
+MAX_RAMP = 0.03
+HOLD_MS = 4_000
+MOOD_AGREE_MS = 8_000
+MOOD_DWELL_MS = 30_000
+HOLD_MISSING_MS = 15_000
+SMOOTHING = 0.35
+HR_JUMP, CADENCE_JUMP, JUMP_WINDOW_MS = 35.0, 40.0, 5_000
+HR_REST, HR_MAX = 60.0, 190.0
+MOVING_CADENCE = 100.0
+NEUTRAL_TEMPO, NEUTRAL_ENERGY = 90.0, 0.4
+GUIDE_TEMPO = {"WARM_UP": 110.0, "STEADY": 128.0, "COOL_DOWN": 80.0, "SLEEP": 60.0}
+GUIDE_ENERGY = {"WARM_UP": 0.5, "STEADY": 0.7, "COOL_DOWN": 0.25, "SLEEP": 0.05}
+EXERCISE = {"RUNNING", "CYCLING", "WORKOUT", "WALKING"}
+
+
+@dataclass(frozen=True)
+class Body:
+    """What we believe about the listener's body, in event time."""
+
+    heart_rate: float | None = None
+    cadence: float | None = None
+    activity: str = "UNKNOWN"
+    session_mode: str = "MATCH"
+    guide_target: str = "NONE"
+    last_event_ms: int = -1
+    last_hr_ms: int = -1
+    last_cadence_ms: int = -1
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class Music:
+    tempo_bpm: float
+    energy: float
+    mode: str  # MAJOR / MINOR
+    reason: str
+
+
+@dataclass(frozen=True)
+class Playing:
+    """The parameters being played, and the hysteresis bookkeeping."""
+
+    music: Music
+    pending: Music | None = None
+    pending_since_ms: int = -1
+    mood_since_ms: int = 0
+    ramping: bool = False  # a change under way runs to its target, dead band or not
+
+
+def _smooth(old: float | None, new: float) -> float:
+    return new if old is None else old + SMOOTHING * (new - old)
+
+
+def body_update(body: Body, event_ms: int, heart_rate: int | None, cadence: int | None, activity: str,
+                session_mode: str, guide_target: str) -> Body:
+    """Fold one sample into the body state; older samples than the newest applied are ignored."""
+    if event_ms <= body.last_event_ms:
+        return body
+    rejected = body.rejected
+    hr, hr_ms = body.heart_rate, body.last_hr_ms
+    if heart_rate is not None:
+        if hr is not None and abs(heart_rate - hr) > HR_JUMP and event_ms - hr_ms < JUMP_WINDOW_MS:
+            rejected += 1  # a sensor glitch, not a body
+        else:
+            hr, hr_ms = _smooth(hr, heart_rate), event_ms
+    cad, cad_ms = body.cadence, body.last_cadence_ms
+    if cadence is not None:
+        if cad is not None and abs(cadence - cad) > CADENCE_JUMP and event_ms - cad_ms < JUMP_WINDOW_MS:
+            rejected += 1
+        else:
+            cad, cad_ms = _smooth(cad, cadence), event_ms
+    return Body(hr, cad, activity, session_mode, guide_target, event_ms, hr_ms, cad_ms, rejected)
+
+
+def clamp_tempo(tempo: float) -> float:
+    return max(TEMPO_MIN, min(TEMPO_MAX, tempo))
+
+
+def heart_rate_reserve(heart_rate: float) -> float:
+    return max(0.0, min(1.0, (heart_rate - HR_REST) / (HR_MAX - HR_REST)))
+
+
+def target(body: Body, now_ms: int) -> Music:
+    """What the body asks for now (before hysteresis)."""
+    if body.last_event_ms < 0 or now_ms - body.last_event_ms > HOLD_MISSING_MS:
+        return Music(NEUTRAL_TEMPO, NEUTRAL_ENERGY, "MAJOR", "no_telemetry:neutral")
+    if body.session_mode == "GUIDE" and body.guide_target in GUIDE_TEMPO:
+        zone = body.guide_target
+        return Music(GUIDE_TEMPO[zone], GUIDE_ENERGY[zone], "MAJOR", f"guide:{zone.lower()}")
+    cadence_fresh = body.cadence is not None and now_ms - body.last_cadence_ms <= HOLD_MISSING_MS
+    if cadence_fresh and body.cadence is not None and body.cadence >= MOVING_CADENCE:
+        tempo = body.cadence / 2 if body.cadence > 180 else body.cadence
+        energy = min(1.0, 0.45 + (body.cadence - MOVING_CADENCE) / 160)
+        return Music(clamp_tempo(tempo), energy, "MINOR" if energy >= 0.85 else "MAJOR", "match:cadence")
+    hr_fresh = body.heart_rate is not None and now_ms - body.last_hr_ms <= HOLD_MISSING_MS
+    if hr_fresh and body.heart_rate is not None:
+        reserve = heart_rate_reserve(body.heart_rate)
+        if body.activity in EXERCISE or reserve >= 0.3:
+            energy = 0.3 + 0.65 * reserve
+            return Music(clamp_tempo(95 + 45 * reserve), energy, "MINOR" if energy >= 0.85 else "MAJOR",
+                         "match:heart_rate_reserve")
+    return Music(70.0, 0.2, "MAJOR", "match:rest")
+
+
+def advance(playing: Playing, wanted: Music, now_ms: int) -> Playing:
+    """Parameters for the next bar: hold, dead band, ramp and mood dwell applied."""
+    current = playing.music
+    # A target must be wanted for HOLD_MS before it starts to apply.
+    same_as_pending = playing.pending is not None and _close(playing.pending, wanted)
+    pending, since = (playing.pending, playing.pending_since_ms) if same_as_pending else (wanted, now_ms)
+    held = now_ms - since >= HOLD_MS
+    tempo = current.tempo_bpm
+    ramping = playing.ramping and held
+    if held and (ramping or abs(wanted.tempo_bpm - tempo) > DEAD_BAND * tempo):
+        step = max(-MAX_RAMP * tempo, min(MAX_RAMP * tempo, wanted.tempo_bpm - tempo))
+        tempo = clamp_tempo(tempo + step)
+        ramping = tempo != clamp_tempo(wanted.tempo_bpm)
+    energy = current.energy
+    if held:
+        energy = energy + max(-0.1, min(0.1, wanted.energy - energy))  # at most 0.1 per bar
+    mode, mood_since = current.mode, playing.mood_since_ms
+    if (held and wanted.mode != mode and now_ms - since >= MOOD_AGREE_MS
+            and now_ms - playing.mood_since_ms >= MOOD_DWELL_MS):
+        mode, mood_since = wanted.mode, now_ms
+    music = Music(tempo, round(energy, 3), mode, wanted.reason if held else current.reason)
+    return replace(playing, music=music, pending=pending, pending_since_ms=since, mood_since_ms=mood_since,
+                   ramping=ramping)
+
+
+def _close(a: Music, b: Music) -> bool:
+    """Two targets are 'the same wish' when tempo is within the dead band and mood agrees."""
+    return abs(a.tempo_bpm - b.tempo_bpm) <= DEAD_BAND * a.tempo_bpm and a.mode == b.mode

@@ -1,0 +1,115 @@
+"""The telemetry -> music policy: targets, hysteresis and event-time state."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from soundtrack.policy import (
+    DEAD_BAND,
+    HOLD_MS,
+    MAX_RAMP,
+    MOOD_DWELL_MS,
+    Body,
+    Music,
+    Playing,
+    advance,
+    body_update,
+    target,
+)
+
+T0 = 1_000_000
+
+
+def body(hr: int | None = None, cadence: int | None = None, activity: str = "RUNNING", mode: str = "MATCH",
+         zone: str = "NONE", at: int = T0) -> Body:
+    return body_update(Body(), at, hr, cadence, activity, mode, zone)
+
+
+def test_match_follows_cadence_one_beat_per_step() -> None:
+    assert target(body(150, 168), T0).tempo_bpm == 168
+    assert target(body(150, 168), T0).reason == "match:cadence"
+
+
+def test_cadence_above_180_is_folded_to_half_time_and_tempo_is_clamped() -> None:
+    assert target(body(170, 190), T0).tempo_bpm == 95
+    assert target(body(170, 250), T0).tempo_bpm == 125
+    assert 60 <= target(body(170, 100), T0).tempo_bpm <= 200
+
+
+def test_exercise_without_cadence_uses_heart_rate_reserve() -> None:
+    easy, hard = target(body(100, None, "CYCLING"), T0), target(body(180, None, "CYCLING"), T0)
+    assert easy.reason == hard.reason == "match:heart_rate_reserve"
+    assert easy.tempo_bpm < hard.tempo_bpm <= 140
+    assert easy.energy < hard.energy
+
+
+def test_rest_is_calm_and_missing_telemetry_drifts_to_neutral() -> None:
+    assert target(body(62, None, "RESTING"), T0) == Music(70.0, 0.2, "MAJOR", "match:rest")
+    assert target(body(62, None, "RESTING"), T0 + 16_000).reason == "no_telemetry:neutral"
+    assert target(body(62, None, "RESTING"), T0 + 14_000).reason == "match:rest"  # held
+
+
+def test_guide_leads_toward_the_zone() -> None:
+    wanted = target(body(150, 170, mode="GUIDE", zone="COOL_DOWN"), T0)
+    assert wanted.tempo_bpm == 80 and wanted.reason == "guide:cool_down"
+
+
+def test_late_and_out_of_order_samples_do_not_rewind_state() -> None:
+    b = body(120, 160, at=T0)
+    assert body_update(b, T0 - 1000, 60, 0, "RESTING", "MATCH", "NONE") == b
+    assert body_update(b, T0, 60, 0, "RESTING", "MATCH", "NONE") == b
+
+
+def test_sensor_glitches_are_rejected_and_real_changes_smoothed() -> None:
+    b = body(120, 160, at=T0)
+    glitch = body_update(b, T0 + 1000, 220, 160, "RUNNING", "MATCH", "NONE")
+    assert glitch.heart_rate == 120 and glitch.rejected == 1
+    real = body_update(b, T0 + 4000, 130, 160, "RUNNING", "MATCH", "NONE")
+    assert 120 < (real.heart_rate or 0) < 130
+
+
+def test_a_step_change_waits_for_the_hold_then_ramps_at_most_three_percent_per_bar() -> None:
+    playing = Playing(Music(70.0, 0.2, "MAJOR", "match:rest"))
+    wanted = Music(170.0, 0.9, "MAJOR", "match:cadence")
+    now, tempos = T0, []
+    for _ in range(60):
+        playing = advance(playing, wanted, now)
+        tempos.append(playing.music.tempo_bpm)
+        now += 1000
+    assert tempos[: HOLD_MS // 1000] == [70.0] * (HOLD_MS // 1000)  # held
+    steps = [b / a for a, b in itertools.pairwise(tempos) if b != a]
+    assert steps and all(1 < s <= 1 + MAX_RAMP + 1e-9 for s in steps)
+    assert tempos[-1] == 170.0
+
+
+def test_changes_inside_the_dead_band_are_ignored() -> None:
+    playing = Playing(Music(150.0, 0.6, "MAJOR", "x"))
+    for n in range(20):
+        playing = advance(playing, Music(150.0 * (1 + DEAD_BAND * 0.9), 0.6, "MAJOR", "y"), T0 + n * 1000)
+    assert playing.music.tempo_bpm == 150.0
+
+
+def test_mood_changes_need_agreement_and_dwell() -> None:
+    playing = Playing(Music(150.0, 0.6, "MAJOR", "x"), mood_since_ms=T0)
+    minor = Music(150.0, 0.9, "MINOR", "y")
+    moments = []
+    for n in range(0, 60_000, 1000):
+        playing = advance(playing, minor, T0 + n)
+        moments.append((n, playing.music.mode))
+    first_minor = next(n for n, mode in moments if mode == "MINOR")
+    assert first_minor >= MOOD_DWELL_MS
+
+
+@given(start=st.floats(60, 200), goal=st.floats(60, 200), bars=st.integers(1, 80))
+def test_tempo_stays_in_range_and_never_jumps_more_than_the_ramp(start: float, goal: float, bars: int) -> None:
+    playing = Playing(Music(start, 0.5, "MAJOR", "x"))
+    previous = start
+    for n in range(bars):
+        playing = advance(playing, Music(goal, 0.5, "MAJOR", "y"), T0 + n * 2000)
+        tempo = playing.music.tempo_bpm
+        assert 60 <= tempo <= 200
+        assert abs(tempo - previous) <= MAX_RAMP * previous + 0.01
+        previous = tempo
