@@ -45,6 +45,7 @@ def services() -> dict[str, Service]:
             "ENTRAIN_PSEUDONYM_SECRET_FILE": os.environ.get(
                 "ENTRAIN_PSEUDONYM_SECRET_FILE", str(ingest_state / "pseudonym.secret")),
         }),
+        "soundtrack": Service("soundtrack", int(os.environ.get("ENTRAIN_SOUNDTRACK_METRICS_PORT", "9102")), {}),
         "inference": Service("inference", int(os.environ.get("ENTRAIN_INFERENCE_METRICS_PORT", "9103")), {}),
         "royalty": Service("royalty", int(os.environ.get("ENTRAIN_ROYALTY_METRICS_PORT", "9105")), {
             "ENTRAIN_ROYALTY_INSTANCE": os.environ.get("ENTRAIN_ROYALTY_INSTANCE", "local-0"),

@@ -1,0 +1,150 @@
+"""Soundtrack's stream processor (faust-streaming): telemetry -> per-listener state -> requests.
+
+* ``listeners`` is a changelog-backed Faust table keyed by the pseudonymous listener id,
+  written to the partition of the event that changed it (co-partitioned with the
+  telemetry); it survives restarts and rebalances.
+* Telemetry updates the listener's state and emits the requests due now.
+* A timer finds local listeners that need a request without new telemetry (missing
+  samples: hold, then drift to neutral) and sends a tick to the internal
+  ``soundtrack.ticks`` topic on the listener's own partition: Faust tables can only be
+  changed from a stream, and the tick keeps the change co-partitioned.
+* Faust's exactly-once mode is not used: request ids are deterministic, so a replayed
+  event re-emits identical requests and downstream effects are idempotent.
+* Bad telemetry goes to listener.telemetry.v1.dlq with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+import structlog
+from prometheus_client import Counter, Gauge
+
+from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, HealthServer
+from kit.producer import Producer
+from kit.serde import DecodeError, TopicSerde
+from kit.settings import STATE_DIR, KafkaSettings
+from soundtrack.schedule import ListenerState, due_requests, observe
+
+log = structlog.get_logger()
+SERVICE = "soundtrack"
+TELEMETRY, REQUESTS = "listener.telemetry.v1", "soundtrack.requests.v1"
+
+REQUESTS_EMITTED = Counter("entrain_soundtrack_requests_total", "Segment requests emitted.", ["reason"])
+ACTIVE = Gauge("entrain_soundtrack_active_listeners", "Listeners with recent telemetry on this worker.")
+
+kafka = KafkaSettings.from_env()
+DATADIR = Path(os.environ.get("ENTRAIN_SOUNDTRACK_DATADIR", STATE_DIR / "soundtrack" / "faust"))
+DATADIR.mkdir(parents=True, exist_ok=True)
+telemetry_serde = TopicSerde.for_topic(TELEMETRY, kafka)
+requests_serde = TopicSerde.for_topic(REQUESTS, kafka)
+
+app = faust.App(
+    os.environ.get("ENTRAIN_SOUNDTRACK_APP_ID", f"{kafka.topic_prefix}soundtrack"),
+    broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
+    store="memory://",  # rebuilt from the changelog topic on start
+    topic_partitions=telemetry_serde.contract.partitions,
+    topic_replication_factor=int(os.environ.get("ENTRAIN_SOUNDTRACK_REPLICATION", "1")),
+    web_enabled=False,
+    datadir=str(DATADIR),
+    broker_commit_interval=1.0,
+)
+telemetry_topic = app.topic(telemetry_serde.topic, key_type=bytes, value_type=bytes,
+                            key_serializer="raw", value_serializer="raw")
+requests_topic = app.topic(requests_serde.topic, key_type=bytes, value_type=bytes,
+                           key_serializer="raw", value_serializer="raw")
+ticks_topic = app.topic(f"{kafka.topic_prefix}soundtrack.ticks", key_type=bytes, value_type=bytes,
+                        key_serializer="raw", value_serializer="raw", partitions=telemetry_serde.contract.partitions,
+                        internal=True, retention=3_600.0)
+listeners = app.Table("listeners", default=None, partitions=telemetry_serde.contract.partitions,
+                      schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"))
+_dlq_producer: Producer | None = None
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def _emit(key: bytes, state: ListenerState, partition: int, requests: list[dict[str, Any]]) -> None:
+    listeners[state.listener_id] = {**state.to_dict(), "partition": partition}
+    for request in requests:
+        await requests_topic.send(key=key, value=requests_serde.encode_value(request))
+        REQUESTS_EMITTED.labels(request["policy_reason"]).inc()
+
+
+def _dead_letter(event: Any, reason: str) -> None:
+    global _dlq_producer
+    if _dlq_producer is None:
+        _dlq_producer = Producer(kafka, SERVICE)
+    message = event.message
+    headers = [("dlq.reason", reason.encode()), ("dlq.reason_class", b"undecodable"),
+               ("dlq.source.topic", message.topic.encode()), ("dlq.source.partition", str(message.partition).encode()),
+               ("dlq.source.offset", str(message.offset).encode()), ("dlq.service", SERVICE.encode()),
+               ("dlq.failed_at_ms", str(now_ms()).encode())]
+    _dlq_producer.produce_raw(kafka.topic(TELEMETRY + ".dlq"), message.key, message.value, headers=headers)
+    _dlq_producer.flush(10)  # before the offset moves on
+    RECORDS_DEAD_LETTERED.labels(SERVICE, message.topic, "undecodable").inc()
+    log.warning("dead_lettered", partition=message.partition, offset=message.offset, reason=reason)
+
+
+@app.agent(telemetry_topic)
+async def on_telemetry(stream: Any) -> None:
+    async for event in stream.events():
+        RECORDS_CONSUMED.labels(SERVICE, event.message.topic).inc()
+        try:
+            listener = telemetry_serde.decode_key(event.key)["listener_id"]
+            sample = telemetry_serde.decode_value(event.value)
+            if sample is None:
+                raise DecodeError("telemetry record is a tombstone")
+        except DecodeError as exc:
+            _dead_letter(event, str(exc))
+            continue
+        stored = listeners.get(listener)
+        state = ListenerState.from_dict(stored) if stored else ListenerState(listener)
+        now = now_ms()
+        state, requests = due_requests(observe(state, sample, now), now)
+        await _emit(event.key, state, event.message.partition, requests)
+
+
+@app.agent(ticks_topic)
+async def on_tick(stream: Any) -> None:
+    async for event in stream.events():
+        try:
+            stored = listeners.get(telemetry_serde.decode_key(event.key)["listener_id"])
+        except DecodeError:
+            continue  # only this service writes ticks; nothing else should be there
+        if not stored:
+            continue
+        state, requests = due_requests(ListenerState.from_dict(stored), now_ms())
+        if requests:
+            await _emit(event.key, state, event.message.partition, requests)
+
+
+@app.timer(interval=0.5)
+async def schedule() -> None:
+    """Tick every local listener that needs a request before its next telemetry arrives."""
+    now, active = now_ms(), 0
+    for key, stored in list(listeners.items()):
+        if not stored:
+            continue
+        state = ListenerState.from_dict(stored)
+        _, due = due_requests(state, now)
+        active += now - state.last_seen_ms <= 60_000
+        if due:
+            await ticks_topic.send(key=telemetry_serde.encode_key({"listener_id": key}), value=b"",
+                                   partition=stored["partition"])
+    ACTIVE.set(active)
+
+
+_health: HealthServer | None = None
+
+
+@app.task
+async def start_health() -> None:
+    global _health
+    _health = HealthServer("127.0.0.1", int(os.environ.get("ENTRAIN_SOUNDTRACK_METRICS_PORT", "9102"))).start()
+    _health.add_ready_check("faust", lambda: app.rebalancing is False)

@@ -1,0 +1,110 @@
+"""Per-listener state and the request scheduler. Pure: the clock is passed in.
+
+A listener's state folds telemetry (``observe``) and, when asked (``due_requests``),
+emits the segment requests that keep them SEGMENTS_AHEAD segments ahead of playback.
+Playback is assumed continuous from the session's first request; a segment lasts
+SEGMENT_BARS bars at its tempo. Every request carries the policy's parameters for
+that point in time, so a change reaches the next request. Request ids derive from
+(listener, session, sequence): a replay after a crash emits the same ids (idempotent
+downstream), and the segment id inference gives a request is known in advance, so a
+request can name the segment it continues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from soundtrack.policy import Body, Music, Playing, advance, body_update, target
+
+SEGMENT_BARS = 2  # short segments: the tempo may change (at most 3%) at every segment boundary
+SEGMENTS_AHEAD = 2
+IDLE_MS = 60_000  # no telemetry for a minute: stop generating
+DEADLINE_MARGIN_MS = 1_500  # a segment must exist this long before it starts playing
+STARTUP_MS = 2_000  # a new (or resumed) session starts playing this long after its first request
+
+
+@dataclass(frozen=True)
+class ListenerState:
+    listener_id: str
+    session_id: str = ""
+    body: Body = field(default_factory=Body)
+    playing: Playing = field(default_factory=lambda: Playing(Music(90.0, 0.4, "MAJOR", "start")))
+    key_tonic: int = 0
+    next_sequence: int = 0
+    scheduled_until_ms: int = 0  # wall time up to which audio has been requested
+    last_seen_ms: int = 0  # wall time of the newest telemetry
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ListenerState:
+        playing = data["playing"]
+        return cls(
+            listener_id=data["listener_id"], session_id=data["session_id"], body=Body(**data["body"]),
+            playing=Playing(Music(**playing["music"]),
+                            Music(**playing["pending"]) if playing["pending"] else None,
+                            playing["pending_since_ms"], playing["mood_since_ms"], playing["ramping"]),
+            key_tonic=data["key_tonic"], next_sequence=data["next_sequence"],
+            scheduled_until_ms=data["scheduled_until_ms"], last_seen_ms=data["last_seen_ms"],
+        )
+
+
+def request_id(listener_id: str, session_id: str, sequence: int) -> str:
+    return "req-" + hashlib.sha256(f"{listener_id}\x00{session_id}\x00{sequence}".encode()).hexdigest()[:24]
+
+
+def segment_id(request: str) -> str:
+    """The id inference gives the segment answering ``request`` (see inference.service)."""
+    return "seg-" + hashlib.sha256(request.encode()).hexdigest()[:24]
+
+
+def seed_of(request: str) -> int:
+    return int.from_bytes(hashlib.sha256(request.encode()).digest()[:6], "big")
+
+
+def observe(state: ListenerState, telemetry: dict[str, Any], now_ms: int) -> ListenerState:
+    """Fold one telemetry record (listener.telemetry.v1 value) into the state."""
+    if telemetry["session_id"] != state.session_id:  # a new session starts from scratch, same listener
+        key = int(hashlib.sha256(state.listener_id.encode()).hexdigest(), 16) % 12
+        state = ListenerState(state.listener_id, telemetry["session_id"], key_tonic=key)
+    body = body_update(state.body, telemetry["event_time"], telemetry["heart_rate_bpm"], telemetry["cadence_spm"],
+                       telemetry["activity"], telemetry["session_mode"], telemetry["guide_target"])
+    return replace(state, body=body, last_seen_ms=max(state.last_seen_ms, now_ms))
+
+
+def segment_ms(tempo_bpm: float) -> int:
+    return round(SEGMENT_BARS * 4 * 60_000 / tempo_bpm)
+
+
+def due_requests(state: ListenerState, now_ms: int) -> tuple[ListenerState, list[dict[str, Any]]]:
+    """Requests needed now to stay SEGMENTS_AHEAD segments ahead; none for an idle listener."""
+    if not state.session_id or now_ms - state.last_seen_ms > IDLE_MS:
+        return state, []
+    requests: list[dict[str, Any]] = []
+    scheduled = state.scheduled_until_ms
+    if scheduled < now_ms:  # a new session, or playback ran dry: (re)start shortly
+        scheduled = now_ms + STARTUP_MS
+    playing = state.playing
+    # Policy time is event time: the newest sample's time, moved on by the wall time since it
+    # arrived (so silence is noticed, while late samples never move it back).
+    policy_ms = state.body.last_event_ms + max(0, now_ms - state.last_seen_ms)
+    while scheduled < now_ms + SEGMENTS_AHEAD * segment_ms(playing.music.tempo_bpm):
+        playing = advance(playing, target(state.body, policy_ms), policy_ms)
+        music = playing.music
+        sequence = state.next_sequence + len(requests)
+        rid = request_id(state.listener_id, state.session_id, sequence)
+        previous = request_id(state.listener_id, state.session_id, sequence - 1) if sequence else None
+        requests.append({
+            "request_id": rid, "listener_id": state.listener_id, "session_id": state.session_id,
+            "sequence": sequence, "previous_segment_id": segment_id(previous) if previous else None,
+            "params": {"tempo_bpm": round(music.tempo_bpm, 3), "energy": music.energy, "mode": music.mode,
+                       "key_tonic": state.key_tonic, "bars": SEGMENT_BARS},
+            "seed": seed_of(rid), "requested_at": now_ms,
+            "deadline": max(scheduled - DEADLINE_MARGIN_MS, now_ms + 500), "policy_reason": music.reason,
+        })
+        scheduled += segment_ms(music.tempo_bpm)
+    return replace(state, playing=playing, next_sequence=state.next_sequence + len(requests),
+                   scheduled_until_ms=scheduled), requests

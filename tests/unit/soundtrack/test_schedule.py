@@ -1,0 +1,73 @@
+"""The scheduler keeps listeners two segments ahead, with deterministic, continuing requests."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from soundtrack.schedule import (
+    IDLE_MS,
+    SEGMENTS_AHEAD,
+    ListenerState,
+    due_requests,
+    observe,
+    request_id,
+    segment_id,
+    segment_ms,
+)
+
+T0 = 1_800_000_000_000
+
+
+def sample(at: int, hr: int = 150, cadence: int | None = 168, session: str = "s-1") -> dict[str, Any]:
+    return {"session_id": session, "event_time": at, "heart_rate_bpm": hr, "cadence_spm": cadence,
+            "activity": "RUNNING", "session_mode": "MATCH", "guide_target": "NONE"}
+
+
+def test_a_new_listener_gets_two_segments_ahead_and_no_more() -> None:
+    state = observe(ListenerState("l1"), sample(T0), T0)
+    state, requests = due_requests(state, T0)
+    assert len(requests) >= SEGMENTS_AHEAD
+    assert [r["sequence"] for r in requests] == list(range(len(requests)))
+    assert requests[0]["previous_segment_id"] is None
+    assert requests[1]["previous_segment_id"] == segment_id(requests[0]["request_id"])
+    assert all(r["deadline"] > T0 for r in requests)
+    assert due_requests(state, T0)[1] == []  # already ahead
+
+
+def test_requests_continue_as_playback_advances_and_are_deterministic() -> None:
+    state = observe(ListenerState("l1"), sample(T0), T0)
+    state, first = due_requests(state, T0)
+    later = T0 + 3 * segment_ms(90)
+    state = observe(state, sample(T0 + 2000), later)
+    state, more = due_requests(state, later)
+    assert more and more[0]["sequence"] == len(first)
+    assert more[0]["request_id"] == request_id("l1", "s-1", len(first))
+    replay = observe(ListenerState("l1"), sample(T0), T0)
+    assert due_requests(replay, T0)[1] == first  # same inputs, same requests
+
+
+def test_the_tempo_moves_toward_the_cadence_in_small_steps() -> None:
+    state = observe(ListenerState("l1"), sample(T0, cadence=170), T0)
+    tempos, now = [], T0
+    for n in range(1, 120):
+        state = observe(state, sample(T0 + n * 1000, cadence=170), now)
+        state, requests = due_requests(state, now)
+        tempos += [r["params"]["tempo_bpm"] for r in requests]
+        now += 1000
+    assert tempos[-1] == 170
+    assert all(b / a <= 1.0301 for a, b in itertools.pairwise(tempos))
+
+
+def test_idle_listeners_get_nothing_and_a_new_session_starts_over() -> None:
+    state = observe(ListenerState("l1"), sample(T0), T0)
+    state, _ = due_requests(state, T0)
+    assert due_requests(state, T0 + IDLE_MS + 1)[1] == []
+    restarted = observe(state, sample(T0 + 5000, session="s-2"), T0 + 5000)
+    assert restarted.next_sequence == 0 and restarted.session_id == "s-2"
+
+
+def test_state_round_trips_through_its_dict_form() -> None:
+    state = observe(ListenerState("l1"), sample(T0), T0)
+    state, _ = due_requests(state, T0)
+    assert ListenerState.from_dict(state.to_dict()) == state
