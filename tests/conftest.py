@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -28,10 +29,12 @@ def kafka() -> KafkaSettings:
 
 
 @pytest.fixture
-def isolated(kafka: KafkaSettings) -> KafkaSettings:
-    """The same cluster with a topic prefix unique to this test, every topic created."""
-    from kit.topics import ensure_topics
+def isolated(kafka: KafkaSettings) -> Iterator[KafkaSettings]:
+    """The same cluster with a topic prefix unique to this test, every topic created; the
+    topics (and any a service made under the prefix) are deleted afterwards."""
+    from kit.topics import delete_prefixed_topics, ensure_topics
 
     settings = replace(kafka, topic_prefix=f"test-{uuid.uuid4().hex[:8]}.")
     ensure_topics(settings)
-    return settings
+    yield settings
+    delete_prefixed_topics(settings)

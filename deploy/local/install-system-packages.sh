@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs the system packages the local stack needs (Java 17 and Maven) with apt.
+# Installs the system packages the project needs with apt: Java 17 and Maven (the local
+# broker), Prometheus (for promtool; the server is not started).
 set -euo pipefail
 need=()
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+command -v promtool >/dev/null || need+=(prometheus)  # promtool checks the Prometheus config and rules
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "Missing ${need[*]}: install them (sudo apt-get install ${need[*]}) and run make again." >&2

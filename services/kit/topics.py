@@ -86,6 +86,19 @@ def ensure_topics(settings: KafkaSettings, check_only: bool = False, timeout_s: 
     return missing
 
 
+def delete_prefixed_topics(settings: KafkaSettings) -> list[str]:
+    """Delete every topic under ``settings.topic_prefix`` (for throw-away test and benchmark
+    environments). Refuses an empty prefix: that would be the whole cluster."""
+    if not settings.topic_prefix:
+        raise ValueError("refusing to delete topics without a topic prefix")
+    admin = AdminClient(settings.client_config())
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(settings.topic_prefix)]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            future.result()
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only report missing or mismatched topics")

@@ -32,7 +32,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from kit.serde import TopicSerde
 from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
-from kit.topics import ensure_topics
+from kit.topics import delete_prefixed_topics, ensure_topics
 from royalty.rates import RateCard
 from royalty.rules import Paid, Play, decide
 from royalty.tables import ReferenceTables
@@ -207,6 +207,7 @@ def run(plays_n: int, kills: int, broker_restart: bool, seed: int = 1, timeout_s
     unexpected = sum(1 for k in seen if k not in expected)
     wrong_amount = sum(1 for x in lines if expected.get((x["play_id"], x["rights_holder_id"], x["right_type"]))
                        not in (None, x["amount_micros"]))
+    delete_prefixed_topics(kafka)
     total_expected, total_seen = sum(expected.values()), sum(x["amount_micros"] for x in lines)
     violations = doubled + missing + unexpected + wrong_amount + (total_expected != total_seen)
     return {
