@@ -16,7 +16,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.lock pyproject.toml
-	@command -v java >/dev/null && command -v mvn >/dev/null && command -v promtool >/dev/null || deploy/local/install-system-packages.sh
+	@command -v java >/dev/null && command -v mvn >/dev/null && command -v promtool >/dev/null && command -v docker-compose >/dev/null || deploy/local/install-system-packages.sh
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-deps -r requirements.lock  # the lock is complete; pyaudio is not wanted

@@ -37,7 +37,7 @@ from ingest.validation import TimeWindow, parse_telemetry
 from kit.producer import DEFAULT_CONFIG
 from kit.serde import TopicSerde
 from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
-from kit.topics import ensure_topics
+from kit.topics import delete_prefixed_topics, ensure_topics
 
 BATCH = 500
 TOPIC = "listener.telemetry.v1"
@@ -247,6 +247,7 @@ def main() -> None:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     steps = profile(latency_bodies[:40], kafka, secret)
+    delete_prefixed_topics(kafka)
     print("profile, us per event in one process: " + ", ".join(f"{k} {v}" for k, v in steps.items()), flush=True)
     print("RESULT " + json.dumps({
         "batch_size": BATCH, "workers": args.workers,

@@ -28,7 +28,7 @@ from kit.contracts import contract
 from kit.producer import DEFAULT_CONFIG, Producer
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
-from kit.topics import ensure_topics
+from kit.topics import delete_prefixed_topics, ensure_topics
 
 TOPIC = "listener.telemetry.v1"
 
@@ -126,6 +126,8 @@ def main() -> None:
             "consume_msgs_s": kit_consume(kit_s, args.records),
         }
         print(f"round {r + 1}: " + ", ".join(f"{k}={v:,.0f}" for k, v in figures.items()), flush=True)
+        delete_prefixed_topics(raw_s)
+        delete_prefixed_topics(kit_s)
         for k, v in figures.items():
             best[k] = max(best.get(k, 0.0), v)
 

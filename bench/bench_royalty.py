@@ -18,7 +18,7 @@ from dataclasses import replace
 from tests.royalty_fixtures import Catalog
 
 from kit.settings import KafkaSettings
-from kit.topics import ensure_topics
+from kit.topics import delete_prefixed_topics, ensure_topics
 from royalty.rates import RateCard
 from royalty.service import RoyaltyProcessor, RoyaltySettings
 
@@ -32,6 +32,7 @@ def run_mode(base: KafkaSettings, plays: int, transactional: bool, batch_max: in
                                batch_max=batch_max, transactional=transactional)
     processor = RoyaltyProcessor(kafka, settings, RateCard.load())
     processor.run(idle_exit_s=3)
+    delete_prefixed_topics(kafka)
     stats = processor.stats
     assert stats.plays == plays, f"processed {stats.plays} of {plays}"
     assert stats.first_batch_at is not None and stats.last_batch_at is not None

@@ -30,7 +30,7 @@ from inference.wav import wav_bytes
 from kit.consumer import ConsumerLoop, Record
 from kit.producer import Producer
 from kit.serde import DecodeError, TopicSerde
-from kit.settings import KafkaSettings
+from kit.settings import KafkaSettings, ServiceSettings
 
 log = structlog.get_logger()
 SERVICE = "inference"
@@ -171,7 +171,7 @@ def main() -> None:
     loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_INFERENCE_GROUP", "inference"),
                         ["soundtrack.requests.v1"], lambda r: None, producer, batch_handler=service.handle,
                         batch_size=16)
-    health = HealthServer("127.0.0.1", int(os.environ.get("ENTRAIN_INFERENCE_METRICS_PORT", "9103"))).start()
+    health = HealthServer.for_service(ServiceSettings.from_env("inference", 9103)).start()
     health.add_ready_check("kafka", lambda: producer.reachable(2.0))
     signal.signal(signal.SIGTERM, loop.stop)
     signal.signal(signal.SIGINT, loop.stop)

@@ -90,7 +90,7 @@ def create_app(settings: IngestSettings, kafka: KafkaSettings, clock: Callable[[
             raise HttpError(413, f'"{field}" has {len(items)} items; at most {settings.max_batch} per request')
         wait_s = limiter.take(principal.key_id, len(items), now_ms())
         if wait_s:
-            raise HttpError(429, f"rate limit of {settings.rate_per_key:.0f} items/s for this key exceeded",
+            raise HttpError(429, f"rate limit of {settings.rate_per_key:g} items/s for this key exceeded",
                             retry_after_s=wait_s)
         return items
 

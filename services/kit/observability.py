@@ -21,6 +21,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from kit.settings import ServiceSettings
+
 RECORDS_CONSUMED = Counter(
     "entrain_records_consumed_total", "Records taken from a topic and handled (including dead-lettered).",
     ["service", "topic"])
@@ -79,6 +81,12 @@ class HealthServer:
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
+
+    @classmethod
+    def for_service(cls, settings: ServiceSettings) -> HealthServer:
+        """The endpoint at the service's configured host and port (ENTRAIN_METRICS_HOST,
+        ENTRAIN_<SERVICE>_METRICS_PORT)."""
+        return cls(settings.metrics_host, settings.metrics_port)
 
     @property
     def port(self) -> int:

@@ -36,7 +36,7 @@ from kit.consumer import is_partition_eof, source_of
 from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
 from kit.producer import Headers
 from kit.serde import DecodeError, TopicSerde
-from kit.settings import KafkaSettings
+from kit.settings import KafkaSettings, ServiceSettings
 from royalty.rates import DEFAULT_RATE_CARD, RateCard, RateCardMissing
 from royalty.rules import Paid, Play, Unpaid, Waiting, decide, line_record
 from royalty.tables import ReferenceTables, TableFeed
@@ -377,7 +377,7 @@ def main() -> None:
     kafka = KafkaSettings.from_env()
     rate_card = Path(os.environ.get("ENTRAIN_ROYALTY_RATE_CARD", DEFAULT_RATE_CARD))
     processor = RoyaltyProcessor(kafka, RoyaltySettings.from_env(), RateCard.load(rate_card))
-    health = HealthServer("127.0.0.1", int(os.environ.get("ENTRAIN_ROYALTY_METRICS_PORT", "9105"))).start()
+    health = HealthServer.for_service(ServiceSettings.from_env("royalty", 9105)).start()
     health.add_ready_check("reference_data_loaded", lambda: processor.ready)
     signal.signal(signal.SIGTERM, processor.stop)
     signal.signal(signal.SIGINT, processor.stop)

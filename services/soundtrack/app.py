@@ -27,7 +27,7 @@ from prometheus_client import Counter, Gauge
 from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, HealthServer
 from kit.producer import Producer
 from kit.serde import DecodeError, TopicSerde
-from kit.settings import STATE_DIR, KafkaSettings
+from kit.settings import STATE_DIR, KafkaSettings, ServiceSettings
 from soundtrack.schedule import ListenerState, due_requests, observe
 
 log = structlog.get_logger()
@@ -146,5 +146,5 @@ _health: HealthServer | None = None
 @app.task
 async def start_health() -> None:
     global _health
-    _health = HealthServer("127.0.0.1", int(os.environ.get("ENTRAIN_SOUNDTRACK_METRICS_PORT", "9102"))).start()
+    _health = HealthServer.for_service(ServiceSettings.from_env("soundtrack", 9102)).start()
     _health.add_ready_check("faust", lambda: app.rebalancing is False)

@@ -162,7 +162,7 @@ def test_unparseable_and_oversized_bodies(client: TestClient) -> None:
 
 
 def test_rate_limit_per_key_answers_429_with_retry_after(isolated: KafkaSettings) -> None:
-    tight = replace(SETTINGS, rate_per_key=1, burst_per_key=2, max_batch=2)
+    tight = replace(SETTINGS, rate_per_key=0.01, burst_per_key=2, max_batch=2)  # no refill during the test
     with TestClient(create_app(tight, isolated)) as c:
         assert c.post("/v1/telemetry", headers=APP, json={"events": [sample(), sample()]}).status_code == 202
         limited = c.post("/v1/telemetry", headers=APP, json={"events": [sample()]})

@@ -1,0 +1,147 @@
+"""Generate the Kubernetes manifests from the topic contracts and the service list.
+
+    python deploy/k8s/generate.py          # rewrites deploy/k8s/generated/*.yaml
+    python deploy/k8s/generate.py --check  # exit 1 if the committed files are stale
+
+topics.yaml     Strimzi KafkaTopic per topic and DLQ (partitions, retention, cleanup from schemas/)
+services.yaml   Deployment + Service per Entrain service (probes on /healthz and /readyz)
+autoscaling.yaml  KEDA ScaledObjects scaling consumers on consumer-group lag (never above
+                the partition count: more instances than partitions would idle)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kit.contracts import load_contracts
+from kit.topics import DLQ_RETENTION_MS
+
+OUT = Path(__file__).with_name("generated")
+NAMESPACE = "entrain"
+CLUSTER = "entrain"
+IMAGE = "ghcr.io/entrain/{service}:latest"
+# service -> (port, consumer group, topic it scales on, replicas, cpu, memory, extra env)
+SERVICES: dict[str, dict[str, Any]] = {
+    "ingest": {"port": 8080, "replicas": 2, "cpu": "1", "memory": "512Mi"},
+    "soundtrack": {"port": 9102, "group": "soundtrack", "topic": "listener.telemetry.v1", "replicas": 2,
+                   "cpu": "1", "memory": "1Gi"},
+    "inference": {"port": 9103, "group": "inference", "topic": "soundtrack.requests.v1", "replicas": 2,
+                  "cpu": "1", "memory": "2Gi"},
+    "royalty": {"port": 9105, "group": "royalty", "topic": "listener.plays.v1", "replicas": 1,
+                "cpu": "1", "memory": "1Gi"},
+}
+
+
+def kafka_topics() -> list[dict[str, Any]]:
+    docs = []
+    for contract in load_contracts().values():
+        entries = [(contract.name, contract.partitions, contract.topic_config())]
+        if contract.dlq:
+            entries.append((contract.dlq_name, 1, {"retention.ms": str(DLQ_RETENTION_MS), "cleanup.policy": "delete"}))
+        for name, partitions, config in entries:
+            docs.append({
+                "apiVersion": "kafka.strimzi.io/v1beta2", "kind": "KafkaTopic",
+                "metadata": {"name": name.replace(".", "-"), "namespace": NAMESPACE,
+                             "labels": {"strimzi.io/cluster": CLUSTER}},
+                "spec": {"topicName": name, "partitions": partitions, "replicas": 3,
+                         "config": {**config, "min.insync.replicas": "2"}},
+            })
+    return docs
+
+
+def workloads() -> list[dict[str, Any]]:
+    docs = []
+    for name, spec in SERVICES.items():
+        labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "entrain"}
+        env = [{"name": "KAFKA_BOOTSTRAP_SERVERS", "value": f"{CLUSTER}-kafka-bootstrap:9093"},
+               {"name": "KAFKA_SECURITY_PROTOCOL", "value": "SASL_SSL"},
+               {"name": "KAFKA_SASL_USERNAME", "value": name},
+               {"name": "KAFKA_SASL_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": f"{name}-kafka", "key": "password"}}},
+               {"name": "ENTRAIN_METRICS_HOST", "value": "0.0.0.0"}]  # noqa: S104 (in a pod, on purpose)
+        if name == "ingest":
+            env += [{"name": "ENTRAIN_INGEST_HOST", "value": "0.0.0.0"},  # noqa: S104
+                    {"name": "ENTRAIN_API_KEYS_FILE", "value": "/secrets/api-keys.json"},
+                    {"name": "ENTRAIN_PSEUDONYM_SECRET_FILE", "value": "/secrets/pseudonym.secret"}]
+        if name == "royalty":  # a stable transactional id per replica
+            env.append({"name": "ENTRAIN_ROYALTY_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        container: dict[str, Any] = {
+            "name": name, "image": IMAGE.format(service=name), "env": env,
+            "ports": [{"name": "http", "containerPort": spec["port"]}],
+            "resources": {"requests": {"cpu": spec["cpu"], "memory": spec["memory"]},
+                          "limits": {"memory": spec["memory"]}},
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+            "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": False},
+        }
+        pod: dict[str, Any] = {"containers": [container]}
+        if name == "ingest":
+            container["volumeMounts"] = [{"name": "secrets", "mountPath": "/secrets", "readOnly": True}]
+            pod["volumes"] = [{"name": "secrets", "secret": {"secretName": "ingest-secrets"}}]
+        kind = "StatefulSet" if name == "royalty" else "Deployment"
+        workload: dict[str, Any] = {
+            "apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
+            "spec": {"replicas": spec["replicas"], "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels,
+                                               "annotations": {"prometheus.io/scrape": "true",
+                                                               "prometheus.io/port": str(spec["port"])}},
+                                  "spec": pod}},
+        }
+        if kind == "StatefulSet":
+            workload["spec"]["serviceName"] = name
+        docs.append(workload)
+        docs.append({"apiVersion": "v1", "kind": "Service",
+                     "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
+                     "spec": {"selector": labels,
+                              "ports": [{"name": "http", "port": spec["port"], "targetPort": "http"}]}})
+    return docs
+
+
+def autoscaling() -> list[dict[str, Any]]:
+    contracts = load_contracts()
+    docs = []
+    for name, spec in SERVICES.items():
+        if "group" not in spec:
+            continue
+        docs.append({
+            "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"scaleTargetRef": {"name": name, "kind": "StatefulSet" if name == "royalty" else "Deployment"},
+                     "minReplicaCount": 1, "maxReplicaCount": contracts[spec["topic"]].partitions,
+                     "triggers": [{"type": "kafka", "metadata": {
+                         "bootstrapServers": f"{CLUSTER}-kafka-bootstrap:9093", "consumerGroup": spec["group"],
+                         "topic": spec["topic"], "lagThreshold": "1000", "offsetResetPolicy": "earliest"}}]},
+        })
+    return docs
+
+
+def render() -> dict[str, str]:
+    header = "# Generated by deploy/k8s/generate.py from schemas/ and its service list: do not edit.\n"
+    return {f"{name}.yaml": header + yaml.safe_dump_all(docs, sort_keys=False)
+            for name, docs in (("topics", kafka_topics()), ("services", workloads()), ("autoscaling", autoscaling()))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    files = render()
+    stale = [n for n, text in files.items() if not (OUT / n).exists() or (OUT / n).read_text() != text]
+    if args.check:
+        print("deploy/k8s/generated is " + (f"stale: {', '.join(stale)}" if stale else "up to date"))
+        return 1 if stale else 0
+    OUT.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (OUT / name).write_text(text)
+    print(f"wrote {', '.join(files)} to {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Deployment files validate offline: the compose file parses with docker-compose, the generated
+Kubernetes manifests are current, core resources pass the Kubernetes schemas, and the custom
+resources (Strimzi KafkaTopic, KEDA ScaledObject: no schemas offline) match the topic contracts."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+
+import kubernetes_validate
+import yaml
+
+from kit.contracts import load_contracts
+from kit.settings import REPO_ROOT
+
+DEPLOY = REPO_ROOT / "deploy"
+spec = importlib.util.spec_from_file_location("k8s_generate", DEPLOY / "k8s" / "generate.py")
+assert spec is not None and spec.loader is not None
+generate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(generate)
+
+
+def test_the_compose_file_is_valid_and_builds_existing_targets() -> None:
+    tool = shutil.which("docker-compose")
+    assert tool, "docker-compose is missing: `make venv` installs Debian's docker-compose package"
+    env = {**os.environ, "ENTRAIN_API_KEYS": "[]", "ENTRAIN_PSEUDONYM_SECRET": "x"}
+    result = subprocess.run([tool, "-p", "entrain", "-f", "compose.yaml", "config", "-q"], cwd=DEPLOY, env=env,
+                            capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    targets = set(re.findall(r"^FROM \S+ AS (\S+)$", (DEPLOY / "Dockerfile").read_text(), re.MULTILINE))
+    for name, service in compose["services"].items():
+        target = (service.get("build") or {}).get("target")
+        assert target is None or target in targets, f"{name} builds missing target {target}"
+
+
+def test_the_generated_kubernetes_manifests_are_current() -> None:
+    for name, text in generate.render().items():
+        assert (DEPLOY / "k8s" / "generated" / name).read_text() == text, (
+            f"{name} is stale: run python deploy/k8s/generate.py")
+
+
+def test_core_resources_pass_the_kubernetes_schemas() -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "generated" / "services.yaml").read_text()))
+    assert {d["kind"] for d in docs} == {"Deployment", "StatefulSet", "Service"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_custom_resources_follow_the_contracts() -> None:
+    contracts = load_contracts()
+    topics = {d["spec"]["topicName"]: d["spec"] for d in
+              yaml.safe_load_all((DEPLOY / "k8s" / "generated" / "topics.yaml").read_text())}
+    for contract in contracts.values():
+        assert topics[contract.name]["partitions"] == contract.partitions
+        assert topics[contract.name]["config"]["retention.ms"] == str(contract.retention_ms)
+        assert topics[contract.name]["config"]["cleanup.policy"] == contract.cleanup_policy
+        assert (contract.dlq_name in topics) == contract.dlq
+    for scaled in yaml.safe_load_all((DEPLOY / "k8s" / "generated" / "autoscaling.yaml").read_text()):
+        trigger = scaled["spec"]["triggers"][0]["metadata"]
+        assert scaled["spec"]["maxReplicaCount"] == contracts[trigger["topic"]].partitions
