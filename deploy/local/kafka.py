@@ -33,11 +33,15 @@ SERVER_PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port},SASL_PLAINTEXT://127.0.0.1:{scram_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{scram_port}
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+# A SCRAM listener, so clients' SASL settings are tested against a real broker (users are created
+# through the admin API on the plaintext listener).
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 log.dirs={data}
 num.partitions=3
 offsets.topic.replication.factor=1
@@ -122,7 +126,8 @@ def up(settings: KafkaSettings) -> None:
     data = STATE / "data"
     props = STATE / "server.properties"
     props.write_text(SERVER_PROPERTIES.format(
-        port=settings.kafka_port, controller_port=settings.kafka_controller_port, data=data))
+        port=settings.kafka_port, controller_port=settings.kafka_controller_port,
+        scram_port=settings.kafka_scram_port, data=data))
     if not (data / "meta.properties").exists():
         cluster_id = subprocess.run(java(cp, "kafka.tools.StorageTool", "random-uuid", heap="128m"),
                                     check=True, capture_output=True, text=True).stdout.strip() or str(uuid.uuid4())

@@ -51,6 +51,7 @@ class KafkaSettings:
     local_kafka: bool = True
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
+    kafka_scram_port: int = 9094
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
@@ -73,6 +74,7 @@ class KafkaSettings:
             local_kafka=not bootstrap,
             kafka_port=kafka_port,
             kafka_controller_port=_int(env, "ENTRAIN_KAFKA_CONTROLLER_PORT", kafka_port + 1),
+            kafka_scram_port=_int(env, "ENTRAIN_KAFKA_SCRAM_PORT", kafka_port + 2),
         )
         if protocol.startswith("SASL") and not (settings.sasl_username and settings.sasl_password):
             raise SettingsError(f"{protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
