@@ -33,7 +33,7 @@ SERVER_PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port},SASL_PLAINTEXT://127.0.0.1:{scram_port}
+listeners={listeners}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{scram_port}
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
@@ -127,7 +127,10 @@ def up(settings: KafkaSettings) -> None:
     props = STATE / "server.properties"
     props.write_text(SERVER_PROPERTIES.format(
         port=settings.kafka_port, controller_port=settings.kafka_controller_port,
-        scram_port=settings.kafka_scram_port, data=data))
+        scram_port=settings.kafka_scram_port, data=data,
+        listeners=",".join([f"PLAINTEXT://127.0.0.1:{settings.kafka_port}",
+                            f"CONTROLLER://127.0.0.1:{settings.kafka_controller_port}",
+                            f"SASL_PLAINTEXT://127.0.0.1:{settings.kafka_scram_port}"])))
     if not (data / "meta.properties").exists():
         cluster_id = subprocess.run(java(cp, "kafka.tools.StorageTool", "random-uuid", heap="128m"),
                                     check=True, capture_output=True, text=True).stdout.strip() or str(uuid.uuid4())

@@ -25,7 +25,8 @@ def test_a_scram_user_produces_and_consumes_and_a_wrong_password_cannot(isolated
     for future in admin.alter_user_scram_credentials([upsert]).values():
         future.result()
     scram = KafkaSettings.from_env({
-        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{isolated.kafka_scram_port}", "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{isolated.kafka_scram_port}",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
         "KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD": password, "ENTRAIN_TOPIC_PREFIX": isolated.topic_prefix})
     assert scram.client_config()["sasl.mechanism"] == "SCRAM-SHA-512"
     example = TopicSerde.for_topic("listener.telemetry.v1").contract.examples()[0][1]
