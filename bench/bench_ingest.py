@@ -30,6 +30,7 @@ import time
 import uuid
 from dataclasses import replace
 
+from bench_kafka import raw_produce  # the same raw baseline as bench-kafka
 from confluent_kafka import Producer as RawProducer
 
 from ingest.security import Pseudonymizer, hash_key
@@ -72,18 +73,7 @@ def raw_events_per_s(kafka: KafkaSettings, bodies: list[bytes], secret: bytes) -
             listener = pseudonymizer.listener_id(event.app_user_id)
             records.append((serde.encode_key({"listener_id": listener}),
                             serde.encode_value(event.record(listener, now))))
-    producer = RawProducer({**kafka.client_config(), **DEFAULT_CONFIG})
-    start = time.perf_counter()
-    for key, value in records:
-        while True:
-            try:
-                producer.produce(serde.topic, value=value, key=key)
-                break
-            except BufferError:
-                producer.poll(0.01)
-        producer.poll(0)
-    assert producer.flush(60) == 0
-    return len(records) / (time.perf_counter() - start)
+    return raw_produce(kafka, serde.topic, records)
 
 
 def profile(bodies: list[bytes], kafka: KafkaSettings, secret: bytes) -> dict[str, float]:
