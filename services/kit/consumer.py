@@ -216,15 +216,7 @@ class ConsumerLoop:
         dlq = self._dlq.get(topic)
         if dlq is None:
             raise RuntimeError(f"{topic} has no DLQ but a record could not be handled: {reason}")
-        headers: Headers = [
-            ("dlq.reason", reason.encode()),
-            ("dlq.reason_class", reason_class.encode()),
-            ("dlq.source.topic", topic.encode()),
-            ("dlq.source.partition", str(partition).encode()),
-            ("dlq.source.offset", str(offset).encode()),
-            ("dlq.service", self.service.encode()),
-            ("dlq.failed_at_ms", str(int(time.time() * 1000)).encode()),
-        ]
+        headers = dlq_headers(topic, partition, offset, self.service, reason_class, reason)
         self.producer.produce_raw(dlq, msg.key(), msg.value(), headers=headers + _headers(msg))
         self.stats.dead_lettered += 1
         RECORDS_DEAD_LETTERED.labels(self.service, topic, reason_class).inc()
@@ -272,6 +264,20 @@ class ConsumerLoop:
             if tp.offset == OFFSET_INVALID or high < 0:
                 continue
             CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+
+def dlq_headers(topic: str, partition: int, offset: int, service: str, reason_class: str,
+                reason: str) -> Headers:
+    """The headers every DLQ record carries (the contract in schemas/README.md)."""
+    return [
+        ("dlq.reason", reason.encode()),
+        ("dlq.reason_class", reason_class.encode()),
+        ("dlq.source.topic", topic.encode()),
+        ("dlq.source.partition", str(partition).encode()),
+        ("dlq.source.offset", str(offset).encode()),
+        ("dlq.service", service.encode()),
+        ("dlq.failed_at_ms", str(int(time.time() * 1000)).encode()),
+    ]
 
 
 def source_of(msg: Message) -> tuple[str, int, int]:

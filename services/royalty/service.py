@@ -32,9 +32,8 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from kit.consumer import is_partition_eof, source_of
+from kit.consumer import dlq_headers, is_partition_eof, source_of
 from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
-from kit.producer import Headers
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings
 from royalty.rates import DEFAULT_RATE_CARD, RateCard, RateCardMissing
@@ -315,10 +314,7 @@ class RoyaltyProcessor:
 
     def _dead_letter(self, msg: Message, reason_class: str, reason: str, play: Play | None, batch: _Batch) -> None:
         topic, partition, offset = source_of(msg)
-        headers: Headers = [("dlq.reason", reason.encode()), ("dlq.reason_class", reason_class.encode()),
-                   ("dlq.source.topic", topic.encode()), ("dlq.source.partition", str(partition).encode()),
-                   ("dlq.source.offset", str(offset).encode()), ("dlq.service", SERVICE.encode()),
-                   ("dlq.failed_at_ms", str(int(time.time() * 1000)).encode())]
+        headers = dlq_headers(topic, partition, offset, SERVICE, reason_class, reason)
         self.producer.produce(self.dlq_topic, key=msg.key(), value=msg.value(), headers=headers)
         RECORDS_DEAD_LETTERED.labels(SERVICE, topic, reason_class).inc()
         log.warning("play_dead_lettered", partition=partition, offset=offset, reason=reason)

@@ -24,6 +24,7 @@ import faust
 import structlog
 from prometheus_client import Counter, Gauge
 
+from kit.consumer import dlq_headers
 from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, HealthServer
 from kit.producer import Producer
 from kit.serde import DecodeError, TopicSerde
@@ -81,10 +82,7 @@ def _dead_letter(event: Any, reason: str) -> None:
     if _dlq_producer is None:
         _dlq_producer = Producer(kafka, SERVICE)
     message = event.message
-    headers = [("dlq.reason", reason.encode()), ("dlq.reason_class", b"undecodable"),
-               ("dlq.source.topic", message.topic.encode()), ("dlq.source.partition", str(message.partition).encode()),
-               ("dlq.source.offset", str(message.offset).encode()), ("dlq.service", SERVICE.encode()),
-               ("dlq.failed_at_ms", str(now_ms()).encode())]
+    headers = dlq_headers(message.topic, message.partition, message.offset, SERVICE, "undecodable", reason)
     _dlq_producer.produce_raw(kafka.topic(TELEMETRY + ".dlq"), message.key, message.value, headers=headers)
     _dlq_producer.flush(10)  # before the offset moves on
     RECORDS_DEAD_LETTERED.labels(SERVICE, message.topic, "undecodable").inc()
