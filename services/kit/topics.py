@@ -55,9 +55,7 @@ def ensure_topics(settings: KafkaSettings, check_only: bool = False, timeout_s: 
         for name, (parts, _) in wanted.items()
         if name in existing and len(existing[name].partitions) != parts
     ]
-    if mismatched:
-        raise PartitionMismatch(
-            "refusing to change partition counts (re-keys every record):\n  " + "\n  ".join(mismatched))
+    _refuse_mismatches(mismatched)
     missing = [name for name in wanted if name not in existing]
     if check_only:
         return missing
@@ -67,12 +65,16 @@ def ensure_topics(settings: KafkaSettings, check_only: bool = False, timeout_s: 
              for name in missing],
             operation_timeout=timeout_s,
         )
-        for future in futures.values():
+        raced = []
+        for name, future in futures.items():
             try:
                 future.result()
-            except Exception as exc:  # a concurrent creator may have won the race
+            except Exception as exc:  # a concurrent creator won, or our metadata view was stale
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
+                raced.append(name)
+        _check_partitions(admin, {name: wanted[name][0] for name in raced}, timeout_s)
+        missing = [name for name in missing if name not in raced]
     present = [name for name in wanted if name in existing]
     if present:
         resources = [
@@ -84,6 +86,23 @@ def ensure_topics(settings: KafkaSettings, check_only: bool = False, timeout_s: 
         for future in admin.incremental_alter_configs(resources).values():
             future.result()
     return missing
+
+
+def _check_partitions(admin: AdminClient, expected: dict[str, int], timeout_s: float) -> None:
+    """Re-read topics that already existed although the first metadata view missed them
+    (metadata propagates asynchronously) and refuse a partition-count mismatch."""
+    wrong = []
+    for name, parts in expected.items():
+        topic = admin.list_topics(topic=name, timeout=timeout_s).topics[name]
+        if len(topic.partitions) != parts:
+            wrong.append(f"{name}: has {len(topic.partitions)} partitions, manifest says {parts}")
+    _refuse_mismatches(wrong)
+
+
+def _refuse_mismatches(lines: list[str]) -> None:
+    if lines:
+        raise PartitionMismatch(
+            "refusing to change partition counts (re-keys every record):\n  " + "\n  ".join(lines))
 
 
 def delete_prefixed_topics(settings: KafkaSettings) -> list[str]:

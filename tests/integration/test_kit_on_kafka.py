@@ -23,7 +23,7 @@ from kit.observability import HealthServer
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
-from kit.topics import PartitionMismatch, ensure_topics
+from kit.topics import PartitionMismatch, delete_prefixed_topics, ensure_topics
 from tests.kafka_helpers import committed, read_all
 
 TELEMETRY = "listener.telemetry.v1"
@@ -185,8 +185,12 @@ def test_topic_creation_is_idempotent_and_refuses_partition_changes(kafka: Kafka
     wrong = replace(kafka, topic_prefix=f"test-wrong-{uuid.uuid4().hex[:8]}.")
     admin.create_topics([NewTopic(wrong.topic("listener.plays.v1"), num_partitions=2)])[
         wrong.topic("listener.plays.v1")].result()
-    with pytest.raises(PartitionMismatch, match="has 2 partitions, manifest says 6"):
-        ensure_topics(wrong)
+    try:
+        with pytest.raises(PartitionMismatch, match="has 2 partitions, manifest says 6"):
+            ensure_topics(wrong)
+    finally:
+        delete_prefixed_topics(wrong)
+        delete_prefixed_topics(settings)
 
 
 def test_health_server_serves_metrics_liveness_and_readiness(isolated: KafkaSettings) -> None:
