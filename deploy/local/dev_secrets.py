@@ -6,6 +6,8 @@
                        ENTRAIN_DEV_APP_KEY          listener-app scope
                        ENTRAIN_DEV_RIGHTS_HOLDER_KEY rights-holder scope for rh-demo-0007
                        ENTRAIN_DEV_ADMIN_KEY        admin scope
+and under .state/watermark/:
+  keys.json          the watermark key ring ({"active": id, "keys": {id: hexsecret}})
 Never use these outside a developer machine.
 """
 
@@ -25,7 +27,19 @@ KEYS = [
 ]
 
 
+def watermark_keys() -> None:
+    path = STATE_DIR / "watermark" / "keys.json"
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key_id = "wk-dev-1"
+    path.write_text(json.dumps({"active": key_id, "keys": {key_id: secrets.token_hex(32)}}, indent=2) + "\n")
+    path.chmod(0o600)
+    print(f"watermark key ring written to {path}")
+
+
 def main() -> None:
+    watermark_keys()
     FOLDER.mkdir(parents=True, exist_ok=True)
     env_file, keys_file, secret_file = FOLDER / "dev-keys.env", FOLDER / "api-keys.json", FOLDER / "pseudonym.secret"
     if not secret_file.exists():

@@ -47,6 +47,7 @@ def services() -> dict[str, Service]:
         }),
         "soundtrack": Service("soundtrack", int(os.environ.get("ENTRAIN_SOUNDTRACK_METRICS_PORT", "9102")), {}),
         "inference": Service("inference", int(os.environ.get("ENTRAIN_INFERENCE_METRICS_PORT", "9103")), {}),
+        "watermark": Service("watermark", int(os.environ.get("ENTRAIN_WATERMARK_METRICS_PORT", "9104")), {}),
         "royalty": Service("royalty", int(os.environ.get("ENTRAIN_ROYALTY_METRICS_PORT", "9105")), {
             "ENTRAIN_ROYALTY_INSTANCE": os.environ.get("ENTRAIN_ROYALTY_INSTANCE", "local-0"),
         }),

@@ -25,7 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from inference.catalog import ConsentSnapshot, load_catalog
 from inference.engine import Engine, Job, Params
-from inference.store import FileStore, SegmentStore
+from kit.store import FileStore, SegmentStore
 from inference.wav import wav_bytes
 from kit.consumer import ConsumerLoop, Record
 from kit.producer import Producer

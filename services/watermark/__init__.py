@@ -1,0 +1,1 @@
+"""Watermark service: keyed, blind audio watermark on every generated segment, and its detector."""

@@ -1,0 +1,363 @@
+"""The Entrain watermark: keyed spread-transform dither modulation of STFT log-magnitudes.
+
+Pure numpy; no pretrained network. The derivation and its limits are in the README
+("Watermark"); in short:
+
+* **Features.** Mono mix at 44.1 kHz, STFT with a 2048-point sqrt-Hann window and hop
+  1024 (perfect reconstruction). Feature of a frame pair at bin f:
+  ``d = L(t+1, f) - L(t, f)`` with ``L = log(|X| + floor)`` over 500-5000 Hz, the band
+  that survives MP3/AAC/Opus, lowpass 5 kHz and band-pass. A difference of log
+  magnitudes is blind to gain and to any fixed filter (both add the same constant to
+  ``L(t)`` and ``L(t+1)``).
+* **Units.** A block of ``BLOCK_FRAMES`` frames repeats cyclically through the audio.
+  Each time group (``GROUP_PAIRS`` frame pairs) is split, by the key, into units of
+  ``UNIT_PAIRS`` pairs with keyed signs ``u``. Each unit carries one bit of the
+  48-bit word (32-bit payload + CRC-16 over key id and payload); the key spreads every
+  bit over ~4 units per block, far apart in time and frequency.
+* **Embedding (STDM).** For each unit, project ``p = <d, u>/sqrt(n)`` and move it to the
+  nearest point of the bit's dithered lattice ``Delta*Z + dither + bit*Delta/2`` by
+  scaling magnitudes (half the move on each frame of a pair). The host's own value of
+  ``p`` is cancelled, not fought: host music is no noise to the detector, only the
+  attack is. Three passes through ISTFT/STFT make the change consistent.
+* **Detection (blind).** Phase ``phi = 2*pi*(p - dither)/Delta``. Without a watermark
+  (or with another key) the keyed dither makes every ``phi`` independent and uniform, so
+  ``S = sum(cos 2*phi)`` has moment generating function ``I0(lambda)^M``. The Chernoff
+  bound on that gives the exact-tail threshold for a designed false-positive rate over
+  all sync hypotheses searched (sub-hop offset x cyclic block shift). Bits are soft
+  votes ``sum(cos phi)``; the CRC must also match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.signal import resample_poly
+from scipy.special import i0e
+
+SAMPLE_RATE = 44_100
+N_FFT = 2048
+HOP = N_FFT // 2
+LOW_HZ, HIGH_HZ = 500.0, 5000.0
+BIN_LO = math.ceil(LOW_HZ * N_FFT / SAMPLE_RATE)
+BIN_HI = math.floor(HIGH_HZ * N_FFT / SAMPLE_RATE)
+N_BINS = BIN_HI - BIN_LO + 1
+BLOCK_FRAMES = 80  # 1.86 s; any 3 s crop holds one whole block
+BLOCK_PAIRS = BLOCK_FRAMES // 2
+GROUP_PAIRS = 2
+GROUPS = BLOCK_PAIRS // GROUP_PAIRS
+UNIT_PAIRS = 44
+UNITS_PER_GROUP = (GROUP_PAIRS * N_BINS) // UNIT_PAIRS
+PAYLOAD_BITS = 32
+CRC_BITS = 16
+WORD_BITS = PAYLOAD_BITS + CRC_BITS
+DELTA = 0.13  # lattice step of a unit's contrast
+MAX_MOVE = 0.5  # lattice step of the unit projection, in nats
+SUBHOP_STEPS = 16  # coarse sync grid: HOP / 16 = 64 samples
+FINE_STEPS = 8  # fine sync grid: 8 samples
+EMBED_PASSES = 3
+DESIGN_FPR = 1e-9  # per analysed window, over every sync hypothesis
+
+
+class AudioError(ValueError):
+    """The audio cannot be watermarked or analysed (too short, silent, malformed)."""
+
+
+@dataclass(frozen=True)
+class Key:
+    key_id: str
+    secret: bytes
+
+    @property
+    def key_number(self) -> bytes:
+        return hashlib.sha256(self.key_id.encode()).digest()[:2]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Keyed placement of units inside a block: for each pair slot and bin, its unit and sign."""
+    unit: np.ndarray  # (BLOCK_PAIRS, N_BINS) unit index within the block
+    sign: np.ndarray  # (BLOCK_PAIRS, N_BINS) +-1
+    dither: np.ndarray  # (units,) in [0, DELTA)
+    bit_of_unit: np.ndarray  # (units,) which word bit each unit carries
+    size: np.ndarray  # (units,) pairs per unit
+
+    @property
+    def units(self) -> int:
+        return len(self.dither)
+
+
+@lru_cache(maxsize=16)
+def _layout(secret: bytes) -> _Layout:
+    seed = int.from_bytes(hmac.new(secret, b"entrain-watermark-layout-v1", "sha256").digest()[:8], "big")
+    rng = np.random.default_rng(seed)
+    unit = np.empty((BLOCK_PAIRS, N_BINS), dtype=np.int64)
+    per_group = GROUP_PAIRS * N_BINS
+    for g in range(GROUPS):
+        labels = np.arange(per_group) % UNITS_PER_GROUP + g * UNITS_PER_GROUP
+        unit[g * GROUP_PAIRS:(g + 1) * GROUP_PAIRS] = rng.permutation(labels).reshape(GROUP_PAIRS, N_BINS)
+    units = GROUPS * UNITS_PER_GROUP
+    sign = rng.choice(np.array([-1.0, 1.0]), size=(BLOCK_PAIRS, N_BINS))
+    dither = rng.uniform(0.0, DELTA, size=units)
+    bit_of_unit = rng.permutation(np.arange(units) % WORD_BITS)
+    return _Layout(unit, sign, dither, bit_of_unit, np.bincount(unit.ravel(), minlength=units))
+
+
+def crc16(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFF
+
+
+def word_bits(key: Key, payload: int) -> np.ndarray:
+    """48 bits: payload (32) then CRC-16 over key number and payload."""
+    if not 0 <= payload < 1 << PAYLOAD_BITS:
+        raise ValueError(f"payload must be a {PAYLOAD_BITS}-bit unsigned integer")
+    body = payload.to_bytes(4, "big")
+    word = (payload << CRC_BITS) | crc16(key.key_number + body)
+    return np.array([(word >> (WORD_BITS - 1 - i)) & 1 for i in range(WORD_BITS)], dtype=np.int64)
+
+
+def _check_word(key: Key, bits: np.ndarray) -> int | None:
+    word = int("".join(str(int(b)) for b in bits), 2)
+    payload = word >> CRC_BITS
+    ok = (word & 0xFFFF) == crc16(key.key_number + payload.to_bytes(4, "big"))
+    return payload if ok else None
+
+
+# --- signal plumbing ----------------------------------------------------------------
+
+_WINDOW = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT))
+
+
+def _stft(x: np.ndarray) -> np.ndarray:
+    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP]
+    return np.fft.rfft(frames * _WINDOW, axis=-1)
+
+
+def _istft(spec: np.ndarray, length: int) -> np.ndarray:
+    frames = np.fft.irfft(spec, n=N_FFT, axis=-1) * _WINDOW
+    out = np.zeros(length)
+    for i, frame in enumerate(frames):  # 43 frames/s: a Python loop is cheap here
+        out[i * HOP:i * HOP + N_FFT] += frame
+    return out
+
+
+def to_mono_44k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    x = np.asarray(audio, dtype=np.float64)
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    if x.ndim != 1:
+        raise AudioError("audio must be mono or (samples, channels)")
+    if sample_rate != SAMPLE_RATE:
+        g = math.gcd(SAMPLE_RATE, int(sample_rate))
+        x = resample_poly(x, SAMPLE_RATE // g, int(sample_rate) // g)
+    return x
+
+
+# --- embedding ----------------------------------------------------------------------
+
+def embed(audio: np.ndarray, key: Key, payload: int) -> np.ndarray:
+    """Watermark 44.1 kHz audio, (samples,) or (samples, channels). The same gain mask is
+    applied to every channel, so the mono mix carries the mark. Returns float32."""
+    x = np.asarray(audio, dtype=np.float64)
+    stereo = x if x.ndim == 2 else x[:, None]
+    n_frames = (len(stereo) - N_FFT) // HOP + 1
+    if n_frames < BLOCK_FRAMES:
+        raise AudioError(f"audio must be at least {(BLOCK_FRAMES + 1) * HOP / SAMPLE_RATE:.2f} s long")
+    layout = _layout(key.secret)
+    bits = word_bits(key, payload)
+    target = layout.dither + bits[layout.bit_of_unit] * DELTA / 2
+    mono = stereo.mean(axis=1)
+    length = len(mono)
+    gain = np.zeros((n_frames, N_BINS))  # accumulated log gain on the band
+    spec = _stft(mono)
+    pairs = n_frames // 2
+    rows = np.arange(pairs) % BLOCK_PAIRS
+    occurrence = np.arange(pairs) // BLOCK_PAIRS
+    unit_ids = layout.unit[rows] + (occurrence * layout.units)[:, None]  # (pairs, N_BINS)
+    signs = layout.sign[rows]
+    n_units = (occurrence[-1] + 1) * layout.units
+    counts = np.bincount(unit_ids.ravel(), minlength=n_units)
+    for _ in range(EMBED_PASSES):
+        mag = np.abs(spec[:, BIN_LO:BIN_HI + 1])
+        a1, a2 = mag[0:2 * pairs:2], mag[1:2 * pairs:2]
+        num = np.bincount(unit_ids.ravel(), weights=((a2 - a1) * signs).ravel(), minlength=n_units)
+        den = np.bincount(unit_ids.ravel(), weights=(a2 + a1).ravel(), minlength=n_units) + 1e-12
+        proj = num / den
+        goal = target[np.arange(n_units) % layout.units]
+        want = goal + DELTA * np.round((proj - goal) / DELTA)
+        move = np.clip((want - proj) / (1 - proj * want), -MAX_MOVE, MAX_MOVE)
+        move[counts < np.tile(layout.size, n_units // layout.units)] = 0.0  # cut by the end of the audio
+        per_pair = move[unit_ids] * signs
+        gain[1:2 * pairs:2] += np.log1p(per_pair)
+        gain[0:2 * pairs:2] += np.log1p(-per_pair)
+        full = np.ones((n_frames, spec.shape[1]))
+        full[:, BIN_LO:BIN_HI + 1] = np.exp(gain)
+        spec = _stft(mono + _istft(_stft(mono) * (full - 1.0), length))
+    full = np.ones((n_frames, spec.shape[1]))
+    full[:, BIN_LO:BIN_HI + 1] = np.exp(gain)
+    out = np.empty_like(stereo)
+    for c in range(stereo.shape[1]):
+        out[:, c] = stereo[:, c] + _istft(_stft(stereo[:, c]) * (full - 1.0), length)
+    peak = np.max(np.abs(out))
+    if peak > 1.0:
+        out /= peak
+    return (out if x.ndim == 2 else out[:, 0]).astype(np.float32)
+
+
+# --- detection ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Detection:
+    detected: bool
+    key_id: str | None
+    payload: int | None
+    score: float  # S / threshold: >= 1 means the presence test passed
+    statistic: float  # S = sum(cos 2 phi) at the best hypothesis
+    units: int
+    offset_samples: int
+    bits: np.ndarray | None
+    confidence: float  # 1 - upper bound on the false-positive probability
+
+
+def log_tail_bound(s: float, m: int) -> float:
+    """ln of the Chernoff bound on P(sum of m iid cos(2*phi) >= s), phi uniform."""
+    if s <= 0 or m == 0:
+        return 0.0
+
+    def f(lam: float) -> float:
+        return -lam * s + m * (math.log(i0e(lam)) + lam)
+
+    res = minimize_scalar(f, bounds=(1e-6, 50.0), method="bounded")
+    return min(0.0, float(res.fun))
+
+
+@lru_cache(maxsize=4096)
+def threshold(units: int, hypotheses: int, fpr: float = DESIGN_FPR) -> float:
+    """Smallest S with hypotheses * P(S >= s | no mark) * 2^-CRC_BITS <= fpr (Chernoff bound).
+
+    Without a mark, bit signs (sign of cos phi) are independent of cos 2*phi, so the
+    CRC passes with probability 2^-16 independently of S."""
+    target = math.log(fpr / hypotheses) + CRC_BITS * math.log(2)
+    lo, hi = 0.0, float(units)
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if log_tail_bound(mid, units) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _unit_matrix(layout: _Layout) -> np.ndarray:
+    """(N_BINS, BLOCK_PAIRS * UNITS_PER_GROUP): signed bin -> unit map of every pair slot."""
+    a = np.zeros((N_BINS, BLOCK_PAIRS, UNITS_PER_GROUP))
+    for slot in range(BLOCK_PAIRS):
+        a[np.arange(N_BINS), slot, layout.unit[slot] % UNITS_PER_GROUP] = layout.sign[slot]
+    return a.reshape(N_BINS, -1)
+
+
+def _pair_features(x: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Band magnitudes of consecutive frames: (difference, sum), each (frames-1, N_BINS)."""
+    mag = np.abs(_stft(x[offset:])[:, BIN_LO:BIN_HI + 1])
+    return mag[1:] - mag[:-1], mag[1:] + mag[:-1]
+
+
+@dataclass(frozen=True)
+class _Best:
+    statistic: float
+    units: int
+    offset: int
+    phi: np.ndarray
+    local: np.ndarray
+
+
+def _search(feats: tuple[np.ndarray, np.ndarray], layout: _Layout, a: np.ndarray, offset: int) -> _Best:
+    """Best cyclic block alignment of the pair features (frames-1, N_BINS) starting at
+    sample ``offset``: all BLOCK_FRAMES shifts at once."""
+    diff, total = feats
+    rows = len(diff)
+    q = np.stack([(diff @ a).reshape(rows, BLOCK_PAIRS, UNITS_PER_GROUP),
+                  (total @ np.abs(a)).reshape(rows, BLOCK_PAIRS, UNITS_PER_GROUP)], axis=-1)
+    best: _Best | None = None
+    for first in (0, 1):
+        v = q[first::2]  # pair i starts at frame first + 2i
+        pairs = len(v)
+        if pairs < 2:
+            continue
+        i = np.arange(pairs)
+        r = np.arange(BLOCK_PAIRS)
+        slot = (i[None, :] - r[:, None]) % BLOCK_PAIRS  # (r, i)
+        g = v[i[None, :], slot]  # (r, i, k)
+        for rr in range(BLOCK_PAIRS):
+            lead = rr % 2  # pair i opens a group when slot is even, i.e. i = rr (mod 2)
+            starts = np.arange(lead, pairs - 1, 2)
+            if len(starts) == 0:
+                continue
+            sums = g[rr, starts] + g[rr, starts + 1]  # (groups, k)
+            group = slot[rr, starts] // 2
+            local = (group[:, None] * UNITS_PER_GROUP + np.arange(UNITS_PER_GROUP)).ravel()
+            proj = sums[..., 0].ravel() / (sums[..., 1].ravel() + 1e-12)
+            phi = 2 * np.pi * (proj - layout.dither[local]) / DELTA
+            stat = float(np.cos(2 * phi).sum())
+            if best is None or stat > best.statistic:
+                start_frame = first + 2 * rr
+                best = _Best(stat, len(local), offset + start_frame * HOP, phi, local)
+    if best is None:
+        raise AudioError("audio too short to analyse")
+    return best
+
+
+def detect(audio: np.ndarray, sample_rate: int, keys: list[Key], fpr: float = DESIGN_FPR) -> Detection:
+    """Blind detection over every key, sub-hop offset and cyclic block shift.
+
+    Coarse search on a grid of HOP / SUBHOP_STEPS samples, then a fine search of
+    +-half a coarse step around the best coarse offset of each key."""
+    x = to_mono_44k(audio, sample_rate)
+    if len(x) < (BLOCK_FRAMES // 2 + 2) * HOP + N_FFT:
+        raise AudioError(f"audio too short: need at least {((BLOCK_FRAMES // 2 + 2) * HOP + N_FFT) / SAMPLE_RATE:.1f} s")
+    if not np.any(x):
+        raise AudioError("audio is silent")
+    coarse = HOP // SUBHOP_STEPS
+    fine = coarse // FINE_STEPS
+    feats = {off: _pair_features(x, off) for off in range(0, HOP, coarse)}
+    hypotheses = len(keys) * (SUBHOP_STEPS + FINE_STEPS) * BLOCK_FRAMES
+    result: Detection | None = None
+    for key in keys:
+        layout = _layout(key.secret)
+        a = _unit_matrix_cached(key.secret)
+        best = max((_search(d, layout, a, off) for off, d in feats.items()), key=lambda b: b.statistic)
+        base = best.offset % HOP
+        for off in range(base - coarse // 2, base + coarse // 2 + 1, fine):
+            if off % coarse == 0 or off < 0:
+                continue
+            cand = _search(_pair_features(x, off), layout, a, off)
+            if cand.statistic > best.statistic:
+                best = cand
+        det = _decide(best, layout, key, fpr, hypotheses)
+        if result is None or det.score > result.score:
+            result = det
+    assert result is not None
+    return result
+
+
+@lru_cache(maxsize=16)
+def _unit_matrix_cached(secret: bytes) -> np.ndarray:
+    return _unit_matrix(_layout(secret))
+
+
+def _decide(best: _Best, layout: _Layout, key: Key, fpr: float, hypotheses: int) -> Detection:
+    m = best.units
+    thr = threshold(m, hypotheses, fpr)
+    votes = np.bincount(layout.bit_of_unit[best.local], weights=np.cos(best.phi), minlength=WORD_BITS)
+    bits = (votes < 0).astype(np.int64)
+    payload = _check_word(key, bits)
+    detected = best.statistic >= thr and payload is not None
+    conf = 1.0 - min(1.0, hypotheses * math.exp(log_tail_bound(best.statistic, m)) * 2.0 ** -CRC_BITS)
+    return Detection(detected, key.key_id if detected else None, payload if detected else None,
+                     best.statistic / thr, best.statistic, m, best.offset, bits, conf)

@@ -1,0 +1,136 @@
+"""Watermark: soundtrack.segments.generated.v1 -> soundtrack.segments.v1.
+
+For every generated segment: fetch its audio from the segment store, embed the active
+key's mark with payload = the first 32 bits of SHA-256(segment id), decode the result
+with the detector, and only if the decoded payload and key match store the marked
+audio, register the generation record for later provenance lookups, and produce the
+watermarked segment. A segment that cannot be marked or does not verify goes to the
+DLQ with the reason and never downstream. Idempotent: the same segment produces the
+same bytes, the same store URI and the same record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import time
+from typing import Any
+
+import numpy as np
+import structlog
+from prometheus_client import Counter, Histogram
+
+from kit.consumer import ConsumerLoop, InvalidRecord, Record
+from kit.producer import Producer
+from kit.serde import TopicSerde
+from kit.settings import KafkaSettings, ServiceSettings
+from kit.store import FileStore, SegmentStore, StoreError
+from watermark.audio import decode_bytes, encode_wav
+from watermark.keys import KeyRing
+from watermark.registry import Registry
+from watermark.scheme import SAMPLE_RATE, AudioError, detect, embed
+
+log = structlog.get_logger()
+SERVICE = "watermark"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+EMBED_SECONDS = Histogram("entrain_watermark_embed_seconds", "Time to embed the mark in one segment.",
+                          buckets=LATENCY_BUCKETS)
+VERIFY_SECONDS = Histogram("entrain_watermark_verify_seconds", "Time to decode a freshly marked segment.",
+                           buckets=LATENCY_BUCKETS)
+VERIFICATION_FAILURES = Counter("entrain_watermark_verification_failures_total",
+                                "Marked segments that did not decode to their own payload (sent to the DLQ).")
+SEGMENTS = Counter("entrain_watermark_segments_total", "Segments marked, verified and published.")
+
+
+def payload_for(segment_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(segment_id.encode()).digest()[:4], "big")
+
+
+class WatermarkService:
+    def __init__(self, kafka: KafkaSettings, keys: KeyRing, store: SegmentStore, registry: Registry,
+                 producer: Producer) -> None:
+        self.keys, self.store, self.registry, self.producer = keys, store, registry, producer
+        self.out = TopicSerde.for_topic("soundtrack.segments.v1", kafka)
+
+    def handle(self, record: Record) -> None:
+        segment = record.value
+        if segment is None:
+            raise InvalidRecord("generated segment is a tombstone")
+        try:
+            data = self.store.get(segment["audio"]["uri"])
+        except (StoreError, OSError) as exc:
+            raise InvalidRecord(f"audio not readable from the store: {exc}") from exc
+        if hashlib.sha256(data).hexdigest() != segment["audio"]["sha256"]:
+            raise InvalidRecord("audio bytes do not match the record's sha256")
+        try:
+            audio, rate = decode_bytes(data)
+            if rate != SAMPLE_RATE:
+                raise AudioError(f"sample rate {rate} Hz; the service marks {SAMPLE_RATE} Hz audio")
+            key, payload = self.keys.active, payload_for(segment["segment_id"])
+            started = time.perf_counter()
+            marked = embed(audio, key, payload)
+            EMBED_SECONDS.observe(time.perf_counter() - started)
+            started = time.perf_counter()
+            found = detect(marked, SAMPLE_RATE, [key])
+            VERIFY_SECONDS.observe(time.perf_counter() - started)
+        except AudioError as exc:
+            raise InvalidRecord(f"cannot watermark: {exc}") from exc
+        if not (found.detected and found.payload == payload and found.key_id == key.key_id):
+            VERIFICATION_FAILURES.inc()
+            log.error("verification_failed", segment_id=segment["segment_id"], score=found.score)
+            raise InvalidRecord(f"verification failed: decoded payload {found.payload} with score "
+                                f"{found.score:.2f}, expected {payload:08x} under key {key.key_id}")
+        uri, digest = self.store.put(encode_wav(marked, SAMPLE_RATE, "PCM_16"), "wav")
+        value = self._record(segment, marked, uri, digest, key.key_id, f"{payload:08x}", found.score)
+        self.registry.add(key.key_id, f"{payload:08x}", segment["segment_id"], {
+            k: value[k] for k in ("segment_id", "request_id", "session_id", "sequence", "params", "provenance",
+                                  "generated_at")})
+        self.producer.produce(self.out, {"listener_id": segment["listener_id"]}, value)
+        SEGMENTS.inc()
+
+    @staticmethod
+    def _record(segment: dict[str, Any], marked: np.ndarray, uri: str, digest: str, key_id: str,
+                payload_hex: str, score: float) -> dict[str, Any]:
+        audio = dict(segment["audio"], uri=uri, sha256=digest, format="WAV")
+        return {**segment, "audio": audio, "source_sha256": segment["audio"]["sha256"],
+                "watermark": {"key_id": key_id, "payload_hex": payload_hex, "verification_score": float(score),
+                              "verified_at": int(time.time() * 1000)}}
+
+
+def main() -> None:
+    import os
+
+    from kit.logs import configure_logging
+    from kit.observability import HealthServer
+
+    configure_logging(SERVICE)
+    kafka = KafkaSettings.from_env()
+    producer = Producer(kafka, SERVICE)
+    keys = KeyRing.from_env()
+    log.info("keys_loaded", active=keys.active.key_id, keys=[k.key_id for k in keys.keys])
+    service = WatermarkService(kafka, keys, FileStore(), Registry(), producer)
+    loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_WATERMARK_GROUP", "watermark"),
+                        ["soundtrack.segments.generated.v1"], service.handle, producer, batch_size=8)
+    health = HealthServer.for_service(ServiceSettings.from_env("watermark", 9104)).start()
+    health.add_ready_check("kafka", lambda: producer.reachable(2.0))
+    detect_server = serve_detection(keys, os.environ.get("ENTRAIN_METRICS_HOST", "127.0.0.1"),
+                                    int(os.environ.get("ENTRAIN_WATERMARK_DETECT_PORT", "8084")))
+    health.add_ready_check("detect-api", lambda: detect_server.started)
+    signal.signal(signal.SIGTERM, loop.stop)
+    signal.signal(signal.SIGINT, loop.stop)
+    loop.run()
+    detect_server.should_exit = True
+    health.stop()
+
+
+def serve_detection(keys: KeyRing, host: str, port: int) -> Any:
+    """The public detection endpoint (POST /v1/detect) in a daemon thread."""
+    import threading
+
+    import uvicorn
+
+    from watermark.detector import http_app
+
+    server = uvicorn.Server(uvicorn.Config(http_app(keys, Registry()), host=host, port=port, log_level="warning"))
+    threading.Thread(target=server.run, name="detect-http", daemon=True).start()
+    return server

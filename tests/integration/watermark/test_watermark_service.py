@@ -1,0 +1,116 @@
+"""The watermark service on the real broker: generated segments come out marked and
+verified with their provenance registered; bad ones go to the DLQ; the detector names them."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from starlette.testclient import TestClient
+from tests.kafka_helpers import read_all
+
+from inference.engine import Engine, Params
+from kit.consumer import ConsumerLoop
+from kit.producer import Producer
+from kit.serde import TopicSerde
+from kit.settings import KafkaSettings
+from kit.store import FileStore
+from watermark.audio import decode_bytes, encode_wav
+from watermark.detector import http_app, report
+from watermark.keys import KeyRing
+from watermark.registry import Registry
+from watermark.scheme import SAMPLE_RATE
+from watermark.service import WatermarkService, payload_for
+
+OLD = {"wk-old": "11" * 32}
+NEW = {"wk-old": "11" * 32, "wk-new": "22" * 32}
+
+
+def generated(store: FileStore, n: int, bars: int = 2) -> dict[str, Any]:
+    audio = Engine().generate(Params(150.0, 0.6, "MAJOR", 2, bars), seed=n).rendered.audio
+    uri, digest = store.put(encode_wav(audio, SAMPLE_RATE, "PCM_16"), "wav")
+    now = int(time.time() * 1000)
+    return {"segment_id": f"seg-{uuid.uuid4().hex[:24]}", "request_id": f"req-{n}", "listener_id": "l" * 64,
+            "session_id": "s-1", "sequence": n,
+            "params": {"tempo_bpm": 150.0, "energy": 0.6, "mode": "MAJOR", "key_tonic": 2, "bars": bars},
+            "audio": {"uri": uri, "sha256": digest, "format": "WAV", "sample_rate_hz": SAMPLE_RATE, "channels": 2,
+                      "duration_ms": round(len(audio) * 1000 / SAMPLE_RATE)},
+            "provenance": {"model_id": "m", "model_version": "v", "training_manifest_sha256": "0" * 64, "seed": n,
+                           "influences": [{"work_id": "w-1", "weight_ppm": 1_000_000}]},
+            "generated_at": now, "deadline": now + 60_000}
+
+
+def run(kafka: KafkaSettings, keys: KeyRing, store: FileStore, registry: Registry) -> None:
+    """One run of the service (the group is the same across runs: a restart with new keys)."""
+    producer = Producer(kafka, "watermark")
+    service = WatermarkService(kafka, keys, store, registry, producer)
+    ConsumerLoop(kafka, "watermark", "watermark", ["soundtrack.segments.generated.v1"],
+                 service.handle, producer).run(idle_timeout_s=6)
+
+
+def test_segments_are_marked_verified_registered_and_detectable_across_a_key_rotation(
+        isolated: KafkaSettings, tmp_path: Path) -> None:
+    store, registry = FileStore(tmp_path / "store"), Registry(tmp_path / "registry.sqlite")
+    source = TopicSerde.for_topic("soundtrack.segments.generated.v1", isolated)
+    producer = Producer(isolated, "test")
+    before = [generated(store, 0), generated(store, 1)]
+    tampered = {**generated(store, 2), "audio": {**before[0]["audio"], "sha256": "0" * 64}}
+    for record in [*before, tampered]:
+        producer.produce(source, {"listener_id": record["listener_id"]}, record)
+    producer.produce_raw(source.topic, source.encode_key({"listener_id": "x"}), b"garbage")
+    assert producer.flush(30) == 0
+    run(isolated, KeyRing.from_mapping(OLD, None), store, registry)
+
+    after = generated(store, 3)  # rotation: a new active key for new segments, the old one still detected
+    producer.produce(source, {"listener_id": after["listener_id"]}, after)
+    assert producer.flush(30) == 0
+    rotated = KeyRing.from_mapping(NEW, "wk-new")
+    run(isolated, rotated, store, registry)
+
+    out = TopicSerde.for_topic("soundtrack.segments.v1", isolated)
+    published = {v["segment_id"]: v for v in (out.decode_value(m.value()) for m in read_all(isolated, out.topic, 3))}
+    assert set(published) == {r["segment_id"] for r in [*before, after]}
+    for record in [*before, after]:
+        segment = published[record["segment_id"]]
+        mark = segment["watermark"]
+        assert mark["key_id"] == ("wk-new" if record is after else "wk-old")
+        assert mark["payload_hex"] == f"{payload_for(record['segment_id']):08x}"
+        assert mark["verification_score"] >= 1.0
+        assert segment["source_sha256"] == record["audio"]["sha256"] != segment["audio"]["sha256"]
+        data = store.get(segment["audio"]["uri"])
+        assert hashlib.sha256(data).hexdigest() == segment["audio"]["sha256"]
+        found = report(data, rotated, registry)
+        assert found["detected"] and found["segment_id"] == record["segment_id"]
+        assert found["provenance"]["provenance"]["influences"] == record["provenance"]["influences"]
+        original = store.get(record["audio"]["uri"])
+        assert not report(original, rotated, registry)["detected"]
+    dead = [dict(m.headers())["dlq.reason"].decode() for m in read_all(
+        isolated, isolated.topic("soundtrack.segments.generated.v1.dlq"), 2)]
+    assert any("sha256" in d for d in dead) and any("not Avro single-object encoded" in d for d in dead)
+
+
+def test_detection_api_answers_for_audio_files_and_rejects_bad_ones(tmp_path: Path) -> None:
+    keys = KeyRing.from_mapping(OLD, None)
+    client = TestClient(http_app(keys, Registry(tmp_path / "r.sqlite")))
+    from watermark.scheme import embed
+
+    audio = Engine().generate(Params(120.0, 0.5, "MINOR", 9, 3), seed=5).rendered.audio
+    marked = embed(audio, keys.active, 0xABCDEF01)
+    flac = tmp_path / "m.flac"
+    import soundfile
+
+    soundfile.write(flac, marked, SAMPLE_RATE, format="FLAC")
+    answer = client.post("/v1/detect", content=flac.read_bytes())
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["detected"] and body["payload_hex"] == "abcdef01" and body["key_id"] == "wk-old"
+    assert body["segment_id"] is None  # not in this registry: detected, provenance unknown
+    assert decode_bytes(flac.read_bytes())[1] == SAMPLE_RATE
+
+    assert client.post("/v1/detect", content=b"this is not audio").status_code == 422
+    assert "too short" in client.post("/v1/detect", content=encode_wav(np.ones(4410) * 0.1, SAMPLE_RATE)).json()["error"]
+    assert client.post("/v1/detect", content=b"", headers={"content-length": str(10**9)}).status_code == 413
