@@ -7,12 +7,11 @@ Used by ``make bench-watermark`` and the tests. Every attack takes float audio a
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Callable
 
 import numpy as np
 
-from watermark.audio import decode_bytes, encode_wav
+from watermark.audio import decode_bytes, encode_wav, ffmpeg
 
 Attack = Callable[[np.ndarray, int, np.random.Generator], tuple[np.ndarray, int]]
 
@@ -23,10 +22,10 @@ def ffmpeg_available() -> bool:
 
 def _ffmpeg(audio: np.ndarray, sr: int, args: list[str], fmt: str) -> tuple[np.ndarray, int]:
     """Encode with ffmpeg (``args`` choose codec or filter, ``fmt`` the container), decode back."""
-    encoded = subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "wav", "-i", "pipe:0", *args, "-f", fmt, "pipe:1"],
-        input=encode_wav(audio, sr), capture_output=True, check=True).stdout
-    return decode_bytes(encoded)
+    proc = ffmpeg(["-f", "wav", "-i", "pipe:0", *args, "-f", fmt, "pipe:1"], encode_wav(audio, sr))
+    if proc.returncode != 0:
+        raise RuntimeError(f"ffmpeg {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
+    return decode_bytes(proc.stdout)
 
 
 def codec(codec_args: list[str], fmt: str) -> Attack:
@@ -40,7 +39,7 @@ def ffilter(expr: str) -> Attack:
 def _noise(a: np.ndarray, snr_db: float, noise: np.ndarray) -> np.ndarray:
     p_signal = np.mean(a.astype(np.float64) ** 2)
     noise = noise * np.sqrt(p_signal / np.mean(noise ** 2) / 10 ** (snr_db / 10))
-    return a + noise
+    return np.asarray(a + noise)
 
 
 def white_noise(snr_db: float) -> Attack:

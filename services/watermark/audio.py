@@ -35,13 +35,17 @@ def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
     return audio, int(sr)
 
 
+def ffmpeg(args: list[str], data: bytes, timeout_s: float = 120) -> subprocess.CompletedProcess[bytes]:
+    """Run ffmpeg with a fixed argument list (no shell), ``data`` on stdin."""
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise AudioError("ffmpeg (needed for MP3/AAC/Opus) is not installed: make venv installs it")
+    return subprocess.run([exe, "-hide_banner", "-loglevel", "error", *args],  # noqa: S603 (fixed argv, no shell)
+                          input=data, capture_output=True, timeout=timeout_s)
+
+
 def _ffmpeg_decode(data: bytes) -> tuple[np.ndarray, int]:
-    if shutil.which("ffmpeg") is None:
-        raise AudioError("not WAV/FLAC/OGG, and ffmpeg (needed for MP3/AAC/Opus) is not installed")
-    proc = subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "pipe:0", "-t", str(MAX_DECODE_SECONDS + 1),
-         "-c:a", "pcm_f32le", "-f", "wav", "pipe:1"],
-        input=data, capture_output=True, timeout=120)
+    proc = ffmpeg(["-i", "pipe:0", "-t", str(MAX_DECODE_SECONDS + 1), "-c:a", "pcm_f32le", "-f", "wav", "pipe:1"], data)
     if proc.returncode != 0 or not proc.stdout:
         reason = proc.stderr.decode(errors="replace").strip().splitlines()
         raise AudioError(f"not a decodable audio file ({reason[-1] if reason else 'ffmpeg failed'})")

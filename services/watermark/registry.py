@@ -20,7 +20,7 @@ DEFAULT_PATH = STATE_DIR / "watermark" / "registry.sqlite"
 
 class Registry:
     def __init__(self, path: Path | None = None) -> None:
-        self.path = Path(path or os.environ.get("ENTRAIN_WATERMARK_REGISTRY", DEFAULT_PATH))
+        self.path = path or Path(os.environ.get("ENTRAIN_WATERMARK_REGISTRY", DEFAULT_PATH))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -320,7 +320,8 @@ def detect(audio: np.ndarray, sample_rate: int, keys: list[Key], fpr: float = DE
     +-half a coarse step around the best coarse offset of each key."""
     x = to_mono_44k(audio, sample_rate)
     if len(x) < (BLOCK_FRAMES // 2 + 2) * HOP + N_FFT:
-        raise AudioError(f"audio too short: need at least {((BLOCK_FRAMES // 2 + 2) * HOP + N_FFT) / SAMPLE_RATE:.1f} s")
+        need = ((BLOCK_FRAMES // 2 + 2) * HOP + N_FFT) / SAMPLE_RATE
+        raise AudioError(f"audio too short: need at least {need:.1f} s")
     if not np.any(x):
         raise AudioError("audio is silent")
     coarse = HOP // SUBHOP_STEPS

@@ -112,5 +112,6 @@ def test_detection_api_answers_for_audio_files_and_rejects_bad_ones(tmp_path: Pa
     assert decode_bytes(flac.read_bytes())[1] == SAMPLE_RATE
 
     assert client.post("/v1/detect", content=b"this is not audio").status_code == 422
-    assert "too short" in client.post("/v1/detect", content=encode_wav(np.ones(4410) * 0.1, SAMPLE_RATE)).json()["error"]
+    short = encode_wav(np.ones(4410) * 0.1, SAMPLE_RATE)
+    assert "too short" in client.post("/v1/detect", content=short).json()["error"]
     assert client.post("/v1/detect", content=b"", headers={"content-length": str(10**9)}).status_code == 413
