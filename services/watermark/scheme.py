@@ -62,6 +62,8 @@ MAX_MOVE = 0.5  # lattice step of the unit projection, in nats
 SUBHOP_STEPS = 16  # coarse sync grid: HOP / 16 = 64 samples
 FINE_STEPS = 8  # fine sync grid: 8 samples
 EMBED_PASSES = 3
+CONTRAST_SCALES = np.array([1.0, 0.9, 0.8, 0.7])  # noise, echo and codecs shrink contrast
+CHASE_BITS = 6  # soft decoding: try flips of the 6 least reliable bits against the CRC
 DESIGN_FPR = 1e-9  # per analysed window, over every sync hypothesis
 
 
@@ -217,21 +219,25 @@ class Detection:
     detected: bool
     key_id: str | None
     payload: int | None
-    score: float  # S / threshold: >= 1 means the presence test passed
-    statistic: float  # S = sum(cos 2 phi) at the best hypothesis
+    score: float  # T / threshold: >= 1 means the presence test passed
+    statistic: float  # T = sum over bits of |sum of the bit's cos phi| at the best hypothesis
     units: int
     offset_samples: int
     bits: np.ndarray | None
     confidence: float  # 1 - upper bound on the false-positive probability
 
 
-def log_tail_bound(s: float, m: int) -> float:
-    """ln of the Chernoff bound on P(sum of m iid cos(2*phi) >= s), phi uniform."""
-    if s <= 0 or m == 0:
+def log_tail_bound(t: float, m: int, sign_patterns_bits: int = 0) -> float:
+    """ln of the Chernoff bound on P(X >= t) for m iid cos(k*phi) terms, phi uniform.
+
+    ``sign_patterns_bits`` = 0: X = sum of the m terms (MGF I0(lam)^m).
+    ``sign_patterns_bits`` = B: X = sum over B bits of |V_b|, V_b the sum of a bit's terms;
+    E exp(lam |V|) <= 2 E exp(lam V) gives the bound 2^B I0(lam)^m exp(-lam t)."""
+    if t <= 0 or m == 0:
         return 0.0
 
     def f(lam: float) -> float:
-        return -lam * s + m * (math.log(i0e(lam)) + lam)
+        return -lam * t + m * (math.log(i0e(lam)) + lam) + sign_patterns_bits * math.log(2)
 
     res = minimize_scalar(f, bounds=(1e-6, 50.0), method="bounded")
     return min(0.0, float(res.fun))
@@ -239,15 +245,17 @@ def log_tail_bound(s: float, m: int) -> float:
 
 @lru_cache(maxsize=4096)
 def threshold(units: int, hypotheses: int, fpr: float = DESIGN_FPR) -> float:
-    """Smallest S with hypotheses * P(S >= s | no mark) * 2^-CRC_BITS <= fpr (Chernoff bound).
+    """Smallest T with hypotheses * P(T >= t | no mark) * 2^-CRC_BITS <= fpr (Chernoff bound).
 
-    Without a mark, bit signs (sign of cos phi) are independent of cos 2*phi, so the
-    CRC passes with probability 2^-16 independently of S."""
-    target = math.log(fpr / hypotheses) + CRC_BITS * math.log(2)
+    T = sum over the word's bits of |sum of the bit's cos(phi)|. Without a mark the
+    decoded signs are independent of those magnitudes (each V_b is symmetric), so the
+    CRC passes with probability exactly 2^-16 per decoding trial, independently of T; Chase
+    decoding makes 2^CHASE_BITS trials."""
+    target = math.log(fpr / hypotheses) + (CRC_BITS - CHASE_BITS) * math.log(2)
     lo, hi = 0.0, float(units)
     for _ in range(50):
         mid = (lo + hi) / 2
-        if log_tail_bound(mid, units) > target:
+        if log_tail_bound(mid, units, WORD_BITS) > target:
             lo = mid
         else:
             hi = mid
@@ -278,10 +286,11 @@ class _Best:
 
 
 def _search(feats: tuple[np.ndarray, np.ndarray], layout: _Layout, a: np.ndarray, offset: int) -> _Best:
-    """Best cyclic block alignment of the pair features (frames-1, N_BINS) starting at
-    sample ``offset``: all BLOCK_FRAMES shifts at once."""
+    """Best cyclic block alignment and contrast scale of the pair features (frames-1, N_BINS)
+    starting at sample ``offset``, by the decision statistic T: all BLOCK_FRAMES shifts at once."""
     diff, total = feats
     rows = len(diff)
+    onehot = np.eye(WORD_BITS)[layout.bit_of_unit]
     q = np.stack([(diff @ a).reshape(rows, BLOCK_PAIRS, UNITS_PER_GROUP),
                   (total @ np.abs(a)).reshape(rows, BLOCK_PAIRS, UNITS_PER_GROUP)], axis=-1)
     best: _Best | None = None
@@ -303,11 +312,13 @@ def _search(feats: tuple[np.ndarray, np.ndarray], layout: _Layout, a: np.ndarray
             group = slot[rr, starts] // 2
             local = (group[:, None] * UNITS_PER_GROUP + np.arange(UNITS_PER_GROUP)).ravel()
             proj = sums[..., 0].ravel() / (sums[..., 1].ravel() + 1e-12)
-            phi = 2 * np.pi * (proj - layout.dither[local]) / DELTA
-            stat = float(np.cos(2 * phi).sum())
-            if best is None or stat > best.statistic:
+            phis = 2 * np.pi * (proj[None, :] / CONTRAST_SCALES[:, None] - layout.dither[local]) / DELTA
+            votes = np.cos(phis) @ onehot[local]  # (scales, WORD_BITS)
+            stats = np.abs(votes).sum(axis=1)
+            pick = int(np.argmax(stats))
+            if best is None or stats[pick] > best.statistic:
                 start_frame = first + 2 * rr
-                best = _Best(stat, len(local), offset + start_frame * HOP, phi, local)
+                best = _Best(float(stats[pick]), len(local), offset + start_frame * HOP, phis[pick], local)
     if best is None:
         raise AudioError("audio too short to analyse")
     return best
@@ -327,7 +338,7 @@ def detect(audio: np.ndarray, sample_rate: int, keys: list[Key], fpr: float = DE
     coarse = HOP // SUBHOP_STEPS
     fine = coarse // FINE_STEPS
     feats = {off: _pair_features(x, off) for off in range(0, HOP, coarse)}
-    hypotheses = len(keys) * (SUBHOP_STEPS + FINE_STEPS) * BLOCK_FRAMES
+    hypotheses = len(keys) * (SUBHOP_STEPS + FINE_STEPS) * BLOCK_FRAMES * len(CONTRAST_SCALES)
     result: Detection | None = None
     for key in keys:
         layout = _layout(key.secret)
@@ -352,13 +363,29 @@ def _unit_matrix_cached(secret: bytes) -> np.ndarray:
     return _unit_matrix(_layout(secret))
 
 
+def _chase_decode(key: Key, votes: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """Hard decision, then every flip pattern of the CHASE_BITS least reliable bits until the
+    CRC matches (Chase-2 decoding). Each pattern is one more CRC trial in the FP budget."""
+    hard = (votes < 0).astype(np.int64)
+    weak = np.argsort(np.abs(votes))[:CHASE_BITS]
+    for pattern in range(1 << CHASE_BITS):
+        bits = hard.copy()
+        for j, position in enumerate(weak):
+            if pattern >> j & 1:
+                bits[position] ^= 1
+        payload = _check_word(key, bits)
+        if payload is not None:
+            return bits, payload
+    return hard, None
+
+
 def _decide(best: _Best, layout: _Layout, key: Key, fpr: float, hypotheses: int) -> Detection:
     m = best.units
-    thr = threshold(m, hypotheses, fpr)
     votes = np.bincount(layout.bit_of_unit[best.local], weights=np.cos(best.phi), minlength=WORD_BITS)
-    bits = (votes < 0).astype(np.int64)
-    payload = _check_word(key, bits)
-    detected = best.statistic >= thr and payload is not None
-    conf = 1.0 - min(1.0, hypotheses * math.exp(log_tail_bound(best.statistic, m)) * 2.0 ** -CRC_BITS)
+    t = float(np.abs(votes).sum())
+    thr = threshold(m, hypotheses, fpr)
+    bits, payload = _chase_decode(key, votes)
+    detected = t >= thr and payload is not None
+    conf = 1.0 - min(1.0, hypotheses * math.exp(log_tail_bound(t, m, WORD_BITS)) * 2.0 ** (CHASE_BITS - CRC_BITS))
     return Detection(detected, key.key_id if detected else None, payload if detected else None,
-                     best.statistic / thr, best.statistic, m, best.offset, bits, conf)
+                     t / thr, t, m, best.offset, bits, conf)
