@@ -57,13 +57,15 @@ UNITS_PER_GROUP = (GROUP_PAIRS * N_BINS) // UNIT_PAIRS
 PAYLOAD_BITS = 32
 CRC_BITS = 16
 WORD_BITS = PAYLOAD_BITS + CRC_BITS
-DELTA = 0.13  # lattice step of a unit's contrast
+DELTA = 0.16  # lattice step of a unit's contrast
 MAX_MOVE = 0.5  # lattice step of the unit projection, in nats
-SUBHOP_STEPS = 16  # coarse sync grid: HOP / 16 = 64 samples
-FINE_STEPS = 8  # fine sync grid: 8 samples
+DECIMATE = 4  # detection runs at 11.025 kHz: 512-point frames, hop 256
+SUBHOP_STEPS = 8  # coarse sync grid: HOP / 8 = 128 samples at 44.1 kHz
+FINE_STEPS = 8  # fine sync grid: 16 samples at 44.1 kHz
 EMBED_PASSES = 3
 CONTRAST_SCALES = np.array([1.0, 0.9, 0.8, 0.7])  # noise, echo and codecs shrink contrast
-CHASE_BITS = 6  # soft decoding: try flips of the 6 least reliable bits against the CRC
+COARSE_SCALES = CONTRAST_SCALES[[0, 2]]  # the coarse sync search tries two
+CHASE_BITS = 8  # soft decoding: try flips of the 8 least reliable bits against the CRC
 DESIGN_FPR = 1e-9  # per analysed window, over every sync hypothesis
 
 
@@ -134,6 +136,7 @@ def _check_word(key: Key, bits: np.ndarray) -> int | None:
 # --- signal plumbing ----------------------------------------------------------------
 
 _WINDOW = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT))
+_WINDOW_D = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT // DECIMATE) / (N_FFT // DECIMATE)))
 
 
 def _stft(x: np.ndarray) -> np.ndarray:
@@ -149,15 +152,18 @@ def _istft(spec: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
-def to_mono_44k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+def to_mono(audio: np.ndarray, sample_rate: int, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono mix resampled to ``rate``."""
     x = np.asarray(audio, dtype=np.float64)
     if x.ndim == 2:
         x = x.mean(axis=1)
     if x.ndim != 1:
         raise AudioError("audio must be mono or (samples, channels)")
-    if sample_rate != SAMPLE_RATE:
-        g = math.gcd(SAMPLE_RATE, int(sample_rate))
-        x = resample_poly(x, SAMPLE_RATE // g, int(sample_rate) // g)
+    if sample_rate <= 0:
+        raise AudioError(f"invalid sample rate {sample_rate}")
+    if sample_rate != rate:
+        g = math.gcd(rate, int(sample_rate))
+        x = resample_poly(x, rate // g, int(sample_rate) // g)
     return x
 
 
@@ -270,9 +276,12 @@ def _unit_matrix(layout: _Layout) -> np.ndarray:
     return a.reshape(N_BINS, -1)
 
 
-def _pair_features(x: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """Band magnitudes of consecutive frames: (difference, sum), each (frames-1, N_BINS)."""
-    mag = np.abs(_stft(x[offset:])[:, BIN_LO:BIN_HI + 1])
+def _pair_features(xd: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Band magnitudes of consecutive frames of the decimated signal starting at ``offset``
+    (decimated samples): (difference, sum), each (frames-1, N_BINS). The 512-point window at
+    11.025 kHz has the same length and bin spacing as the embedder's 2048 points at 44.1 kHz."""
+    frames = np.lib.stride_tricks.sliding_window_view(xd[offset:], N_FFT // DECIMATE)[::HOP // DECIMATE]
+    mag = np.abs(np.fft.rfft(frames * _WINDOW_D, axis=-1)[:, BIN_LO:BIN_HI + 1])
     return mag[1:] - mag[:-1], mag[1:] + mag[:-1]
 
 
@@ -285,71 +294,112 @@ class _Best:
     local: np.ndarray
 
 
-def _search(feats: tuple[np.ndarray, np.ndarray], layout: _Layout, a: np.ndarray, offset: int) -> _Best:
+def _search(feats: tuple[np.ndarray, np.ndarray], layout: _Layout, a: np.ndarray, offset: int,
+            contrast: np.ndarray = COARSE_SCALES) -> _Best:
     """Best cyclic block alignment and contrast scale of the pair features (frames-1, N_BINS)
-    starting at sample ``offset``, by the decision statistic T: all BLOCK_FRAMES shifts at once."""
-    diff, total = feats
+    starting at decimated sample ``offset``, by the decision statistic T: all shifts at once.
+
+    Frame ``first + 2r`` (first in 0/1, r < BLOCK_PAIRS) is tried as a block start; pair i
+    (frames first+2i, first+2i+1) then sits in slot (i - r) mod BLOCK_PAIRS, and a unit's
+    group is two consecutive slots starting at an even one."""
+    diff, total = feats[0].astype(np.float32), feats[1].astype(np.float32)
     rows = len(diff)
-    onehot = np.eye(WORD_BITS)[layout.bit_of_unit]
     q = np.stack([(diff @ a).reshape(rows, BLOCK_PAIRS, UNITS_PER_GROUP),
                   (total @ np.abs(a)).reshape(rows, BLOCK_PAIRS, UNITS_PER_GROUP)], axis=-1)
+    scales = len(contrast)
     best: _Best | None = None
     for first in (0, 1):
-        v = q[first::2]  # pair i starts at frame first + 2i
+        v = q[first::2]
         pairs = len(v)
-        if pairs < 2:
-            continue
         i = np.arange(pairs)
-        r = np.arange(BLOCK_PAIRS)
-        slot = (i[None, :] - r[:, None]) % BLOCK_PAIRS  # (r, i)
-        g = v[i[None, :], slot]  # (r, i, k)
-        for rr in range(BLOCK_PAIRS):
-            lead = rr % 2  # pair i opens a group when slot is even, i.e. i = rr (mod 2)
-            starts = np.arange(lead, pairs - 1, 2)
+        for parity in (0, 1):
+            r = np.arange(parity, BLOCK_PAIRS, 2)
+            starts = np.arange(parity, pairs - 1, 2)  # pairs that open a group for these r
             if len(starts) == 0:
                 continue
-            sums = g[rr, starts] + g[rr, starts + 1]  # (groups, k)
-            group = slot[rr, starts] // 2
-            local = (group[:, None] * UNITS_PER_GROUP + np.arange(UNITS_PER_GROUP)).ravel()
-            proj = sums[..., 0].ravel() / (sums[..., 1].ravel() + 1e-12)
-            phis = 2 * np.pi * (proj[None, :] / CONTRAST_SCALES[:, None] - layout.dither[local]) / DELTA
-            votes = np.cos(phis) @ onehot[local]  # (scales, WORD_BITS)
-            stats = np.abs(votes).sum(axis=1)
-            pick = int(np.argmax(stats))
-            if best is None or stats[pick] > best.statistic:
-                start_frame = first + 2 * rr
-                best = _Best(float(stats[pick]), len(local), offset + start_frame * HOP, phis[pick], local)
+            slot = (i[None, :] - r[:, None]) % BLOCK_PAIRS
+            g = v[i[None, :], slot]  # (r, pairs, k, 2)
+            sums = g[:, starts] + g[:, starts + 1]  # (r, groups, k, 2)
+            group = slot[:, starts] // 2
+            local = (group[:, :, None] * UNITS_PER_GROUP + np.arange(UNITS_PER_GROUP)).reshape(len(r), -1)
+            proj = (sums[..., 0] / (sums[..., 1] + 1e-12)).reshape(len(r), -1)
+            phis = 2 * np.pi * (proj[:, None, :] / contrast[None, :, None]
+                                - layout.dither[local][:, None, :]) / DELTA  # (r, scale, units)
+            index = ((np.arange(len(r))[:, None, None] * scales + np.arange(scales)[None, :, None]) * WORD_BITS
+                     + layout.bit_of_unit[local][:, None, :])
+            votes = np.bincount(index.ravel(), weights=np.cos(phis).ravel(),
+                                minlength=len(r) * scales * WORD_BITS).reshape(len(r), scales, WORD_BITS)
+            stats = np.abs(votes).sum(axis=-1)
+            ri, ci = np.unravel_index(int(np.argmax(stats)), stats.shape)
+            if best is None or stats[ri, ci] > best.statistic:
+                start = (offset + (first + 2 * int(r[ri])) * (HOP // DECIMATE)) * DECIMATE
+                best = _Best(float(stats[ri, ci]), local.shape[1], start, phis[ri, ci], local[ri])
     if best is None:
         raise AudioError("audio too short to analyse")
     return best
 
 
-def detect(audio: np.ndarray, sample_rate: int, keys: list[Key], fpr: float = DESIGN_FPR) -> Detection:
-    """Blind detection over every key, sub-hop offset and cyclic block shift.
+def _score_alignment(feats: tuple[np.ndarray, np.ndarray], layout: _Layout, offset: int,
+                     start_frame: int) -> _Best | None:
+    """T at one block alignment (frame ``start_frame`` of the features opens a block),
+    best contrast scale; cheap, for the fine sync search."""
+    diff, total = feats
+    first, r = start_frame % 2, start_frame // 2
+    rows = np.arange(first, len(diff), 2)
+    i = np.arange(len(rows))
+    opens = i[(i - r) % 2 == 0]
+    opens = opens[opens + 1 < len(rows)]
+    if len(opens) == 0:
+        return None
+    used = np.stack([opens, opens + 1], axis=1).ravel()  # pair indices, two per group instance
+    slot = (used - r) % BLOCK_PAIRS
+    instance = np.repeat(np.arange(len(opens)), 2)
+    labels = (instance[:, None] * UNITS_PER_GROUP + layout.unit[slot] % UNITS_PER_GROUP).ravel()
+    n = len(opens) * UNITS_PER_GROUP
+    num = np.bincount(labels, weights=(diff[rows[used]] * layout.sign[slot]).ravel(), minlength=n)
+    den = np.bincount(labels, weights=total[rows[used]].ravel(), minlength=n) + 1e-12
+    group = slot[0::2] // 2
+    local = (group[:, None] * UNITS_PER_GROUP + np.arange(UNITS_PER_GROUP)).ravel()
+    phis = 2 * np.pi * ((num / den)[None, :] / CONTRAST_SCALES[:, None] - layout.dither[local]) / DELTA
+    scales = len(CONTRAST_SCALES)
+    index = np.arange(scales)[:, None] * WORD_BITS + layout.bit_of_unit[local][None, :]
+    votes = np.bincount(index.ravel(), weights=np.cos(phis).ravel(), minlength=scales * WORD_BITS)
+    stats = np.abs(votes.reshape(scales, WORD_BITS)).sum(axis=1)
+    c = int(np.argmax(stats))
+    start = (offset + start_frame * (HOP // DECIMATE)) * DECIMATE
+    return _Best(float(stats[c]), len(local), start, phis[c], local)
 
-    Coarse search on a grid of HOP / SUBHOP_STEPS samples, then a fine search of
-    +-half a coarse step around the best coarse offset of each key."""
-    x = to_mono_44k(audio, sample_rate)
-    if len(x) < (BLOCK_FRAMES // 2 + 2) * HOP + N_FFT:
-        need = ((BLOCK_FRAMES // 2 + 2) * HOP + N_FFT) / SAMPLE_RATE
+
+def detect(audio: np.ndarray, sample_rate: int, keys: list[Key], fpr: float = DESIGN_FPR) -> Detection:
+    """Blind detection over every key, sub-hop offset, cyclic block shift and contrast scale.
+
+    Runs on the mono mix decimated to 11.025 kHz (the band ends at 5 kHz). Coarse search on
+    a grid of HOP / SUBHOP_STEPS samples, then a fine search of +-half a coarse step around
+    the best coarse offset of each key. Offsets are reported in 44.1 kHz samples."""
+    rate = SAMPLE_RATE // DECIMATE
+    xd = to_mono(audio, sample_rate, rate)
+    hop, n_fft = HOP // DECIMATE, N_FFT // DECIMATE
+    if len(xd) < (BLOCK_FRAMES // 2 + 2) * hop + n_fft:
+        need = ((BLOCK_FRAMES // 2 + 2) * hop + n_fft) / rate
         raise AudioError(f"audio too short: need at least {need:.1f} s")
-    if not np.any(x):
+    if not np.any(xd):
         raise AudioError("audio is silent")
-    coarse = HOP // SUBHOP_STEPS
+    coarse = hop // SUBHOP_STEPS
     fine = coarse // FINE_STEPS
-    feats = {off: _pair_features(x, off) for off in range(0, HOP, coarse)}
+    feats = {off: _pair_features(xd, off) for off in range(0, hop, coarse)}
     hypotheses = len(keys) * (SUBHOP_STEPS + FINE_STEPS) * BLOCK_FRAMES * len(CONTRAST_SCALES)
     result: Detection | None = None
     for key in keys:
         layout = _layout(key.secret)
         a = _unit_matrix_cached(key.secret)
         best = max((_search(d, layout, a, off) for off, d in feats.items()), key=lambda b: b.statistic)
-        base = best.offset % HOP
+        base = best.offset // DECIMATE % hop
+        start_frame = (best.offset // DECIMATE - base) // hop
         for off in range(base - coarse // 2, base + coarse // 2 + 1, fine):
             if off % coarse == 0 or off < 0:
                 continue
-            cand = _search(_pair_features(x, off), layout, a, off)
-            if cand.statistic > best.statistic:
+            cand = _score_alignment(_pair_features(xd, off), layout, off, start_frame)
+            if cand is not None and cand.statistic > best.statistic:
                 best = cand
         det = _decide(best, layout, key, fpr, hypotheses)
         if result is None or det.score > result.score:
@@ -360,7 +410,7 @@ def detect(audio: np.ndarray, sample_rate: int, keys: list[Key], fpr: float = DE
 
 @lru_cache(maxsize=16)
 def _unit_matrix_cached(secret: bytes) -> np.ndarray:
-    return _unit_matrix(_layout(secret))
+    return _unit_matrix(_layout(secret)).astype(np.float32)
 
 
 def _chase_decode(key: Key, votes: np.ndarray) -> tuple[np.ndarray, int | None]:
