@@ -1,30 +1,30 @@
-"""The Entrain watermark: keyed spread-transform dither modulation of STFT log-magnitudes.
+"""The Entrain watermark: keyed spread-transform dither modulation of spectral contrast.
 
-Pure numpy; no pretrained network. The derivation and its limits are in the README
-("Watermark"); in short:
+Pure numpy; no pretrained network. The derivation and its measured limits are in the
+README ("Watermark"); in short:
 
-* **Features.** Mono mix at 44.1 kHz, STFT with a 2048-point sqrt-Hann window and hop
-  1024 (perfect reconstruction). Feature of a frame pair at bin f:
-  ``d = L(t+1, f) - L(t, f)`` with ``L = log(|X| + floor)`` over 500-5000 Hz, the band
-  that survives MP3/AAC/Opus, lowpass 5 kHz and band-pass. A difference of log
-  magnitudes is blind to gain and to any fixed filter (both add the same constant to
-  ``L(t)`` and ``L(t+1)``).
-* **Units.** A block of ``BLOCK_FRAMES`` frames repeats cyclically through the audio.
-  Each time group (``GROUP_PAIRS`` frame pairs) is split, by the key, into units of
-  ``UNIT_PAIRS`` pairs with keyed signs ``u``. Each unit carries one bit of the
-  48-bit word (32-bit payload + CRC-16 over key id and payload); the key spreads every
-  bit over ~4 units per block, far apart in time and frequency.
-* **Embedding (STDM).** For each unit, project ``p = <d, u>/sqrt(n)`` and move it to the
-  nearest point of the bit's dithered lattice ``Delta*Z + dither + bit*Delta/2`` by
-  scaling magnitudes (half the move on each frame of a pair). The host's own value of
-  ``p`` is cancelled, not fought: host music is no noise to the detector, only the
-  attack is. Three passes through ISTFT/STFT make the change consistent.
-* **Detection (blind).** Phase ``phi = 2*pi*(p - dither)/Delta``. Without a watermark
-  (or with another key) the keyed dither makes every ``phi`` independent and uniform, so
-  ``S = sum(cos 2*phi)`` has moment generating function ``I0(lambda)^M``. The Chernoff
-  bound on that gives the exact-tail threshold for a designed false-positive rate over
-  all sync hypotheses searched (sub-hop offset x cyclic block shift). Bits are soft
-  votes ``sum(cos phi)``; the CRC must also match.
+* **Feature.** Mono mix, STFT with a 2048-point sqrt-Hann window, hop 1024 at 44.1 kHz
+  (perfect reconstruction), band 500-5000 Hz (what survives MP3/AAC/Opus, lowpass 5 kHz
+  and band-pass). Frames pair up (2t, 2t+1). A *unit* is a keyed set of ~46 (pair, bin)
+  cells with keyed signs u; its contrast is ``p = sum u (A2 - A1) / sum (A2 + A1)`` with A
+  the magnitudes. A ratio of sums: blind to gain; dominated by the loud cells, so the
+  quiet cells that codecs and noise destroy barely count.
+* **Layout.** A block of ``BLOCK_FRAMES`` frames (1.86 s) repeats through the audio.
+  Each pair of pair-slots is cut by the key into 9 units; 180 units per block carry
+  the 48-bit word (32-bit payload + 16 check bits over key id and payload), each bit on
+  3-4 units per block spread over the block; the key also draws signs and dithers.
+* **Embedding (STDM).** Each unit's p moves to the nearest point of its bit's lattice
+  ``DELTA*Z + dither + bit*DELTA/2``: scaling A2 by (1+u m) and A1 by (1-u m) turns p
+  into (p+m)/(1+p m), solved exactly for m. The music's own p is cancelled, not fought,
+  so the host is no noise to the detector. Three STFT/ISTFT passes make it consistent.
+  Relative change per cell ~ DELTA/sqrt(12) in band: SNR ~33 dB overall.
+* **Detection (blind).** Phases ``phi = 2 pi (p/c - dither)/DELTA`` (c: a contrast
+  scale; noise, codecs and echo shrink contrast), bit votes ``V_b = sum cos phi`` and
+  ``T = sum_b |V_b|``, maximised over sub-hop offset, cyclic block shift and c; on the
+  mono mix decimated to 11.025 kHz. Without the mark (or with another key) the keyed
+  dither makes the phases iid uniform: the Chernoff bound with MGF I0(lambda)^M gives
+  the threshold on T for a designed false-positive rate per window over all hypotheses,
+  times the 2^-16 chance that random bits pass the check (per Chase trial).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ PAYLOAD_BITS = 32
 CRC_BITS = 16
 WORD_BITS = PAYLOAD_BITS + CRC_BITS
 DELTA = 0.16  # lattice step of a unit's contrast
-MAX_MOVE = 0.5  # lattice step of the unit projection, in nats
+MAX_MOVE = 0.5  # largest contrast move per embedding pass
 DECIMATE = 4  # detection runs at 11.025 kHz: 512-point frames, hop 256
 SUBHOP_STEPS = 8  # coarse sync grid: HOP / 8 = 128 samples at 44.1 kHz
 FINE_STEPS = 8  # fine sync grid: 16 samples at 44.1 kHz
@@ -114,6 +114,7 @@ def _layout(secret: bytes) -> _Layout:
 
 
 def crc16(data: bytes) -> int:
+    """The 16 check bits: the low half of CRC-32 (any error pattern in <= 16 bits is caught)."""
     return zlib.crc32(data) & 0xFFFF
 
 
@@ -268,9 +269,11 @@ def threshold(units: int, hypotheses: int, fpr: float = DESIGN_FPR) -> float:
     return hi
 
 
-def _unit_matrix(layout: _Layout) -> np.ndarray:
+@lru_cache(maxsize=16)
+def _unit_matrix(secret: bytes) -> np.ndarray:
     """(N_BINS, BLOCK_PAIRS * UNITS_PER_GROUP): signed bin -> unit map of every pair slot."""
-    a = np.zeros((N_BINS, BLOCK_PAIRS, UNITS_PER_GROUP))
+    layout = _layout(secret)
+    a = np.zeros((N_BINS, BLOCK_PAIRS, UNITS_PER_GROUP), dtype=np.float32)
     for slot in range(BLOCK_PAIRS):
         a[np.arange(N_BINS), slot, layout.unit[slot] % UNITS_PER_GROUP] = layout.sign[slot]
     return a.reshape(N_BINS, -1)
@@ -391,7 +394,7 @@ def detect(audio: np.ndarray, sample_rate: int, keys: list[Key], fpr: float = DE
     result: Detection | None = None
     for key in keys:
         layout = _layout(key.secret)
-        a = _unit_matrix_cached(key.secret)
+        a = _unit_matrix(key.secret)
         best = max((_search(d, layout, a, off) for off, d in feats.items()), key=lambda b: b.statistic)
         base = best.offset // DECIMATE % hop
         start_frame = (best.offset // DECIMATE - base) // hop
@@ -406,11 +409,6 @@ def detect(audio: np.ndarray, sample_rate: int, keys: list[Key], fpr: float = DE
             result = det
     assert result is not None
     return result
-
-
-@lru_cache(maxsize=16)
-def _unit_matrix_cached(secret: bytes) -> np.ndarray:
-    return _unit_matrix(_layout(secret)).astype(np.float32)
 
 
 def _chase_decode(key: Key, votes: np.ndarray) -> tuple[np.ndarray, int | None]:
