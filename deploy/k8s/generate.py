@@ -32,6 +32,8 @@ SERVICES: dict[str, dict[str, Any]] = {
                    "cpu": "1", "memory": "1Gi"},
     "inference": {"port": 9103, "group": "inference", "topic": "soundtrack.requests.v1", "replicas": 2,
                   "cpu": "1", "memory": "2Gi"},
+    "watermark": {"port": 9104, "group": "watermark", "topic": "soundtrack.segments.generated.v1", "replicas": 2,
+                  "cpu": "1", "memory": "1Gi"},
     "royalty": {"port": 9105, "group": "royalty", "topic": "listener.plays.v1", "replicas": 1,
                 "cpu": "1", "memory": "1Gi"},
 }
@@ -68,6 +70,8 @@ def workloads() -> list[dict[str, Any]]:
             env += [{"name": "ENTRAIN_INGEST_HOST", "value": "0.0.0.0"},  # noqa: S104
                     {"name": "ENTRAIN_API_KEYS_FILE", "value": "/secrets/api-keys.json"},
                     {"name": "ENTRAIN_PSEUDONYM_SECRET_FILE", "value": "/secrets/pseudonym.secret"}]
+        if name == "watermark":
+            env.append({"name": "ENTRAIN_WATERMARK_KEYS_FILE", "value": "/secrets/watermark-keys.json"})
         if name == "royalty":  # a stable transactional id per replica
             env.append({"name": "ENTRAIN_ROYALTY_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
         container: dict[str, Any] = {
@@ -81,9 +85,11 @@ def workloads() -> list[dict[str, Any]]:
                                 "readOnlyRootFilesystem": False},
         }
         pod: dict[str, Any] = {"containers": [container]}
-        if name == "ingest":
+        if name in ("ingest", "watermark"):
             container["volumeMounts"] = [{"name": "secrets", "mountPath": "/secrets", "readOnly": True}]
-            pod["volumes"] = [{"name": "secrets", "secret": {"secretName": "ingest-secrets"}}]
+            pod["volumes"] = [{"name": "secrets", "secret": {"secretName": f"{name}-secrets"}}]
+        if name == "watermark":
+            container["ports"].append({"name": "detect", "containerPort": 8084})
         kind = "StatefulSet" if name == "royalty" else "Deployment"
         workload: dict[str, Any] = {
             "apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},

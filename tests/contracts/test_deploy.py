@@ -26,7 +26,7 @@ spec.loader.exec_module(generate)
 def test_the_compose_file_is_valid_and_builds_existing_targets() -> None:
     tool = shutil.which("docker-compose")
     assert tool, "docker-compose is missing: `make venv` installs Debian's docker-compose package"
-    env = {**os.environ, "ENTRAIN_API_KEYS": "[]", "ENTRAIN_PSEUDONYM_SECRET": "x"}
+    env = {**os.environ, "ENTRAIN_API_KEYS": "[]", "ENTRAIN_PSEUDONYM_SECRET": "x", "ENTRAIN_WATERMARK_KEYS": "k=00"}
     result = subprocess.run([tool, "-p", "entrain", "-f", "compose.yaml", "config", "-q"], cwd=DEPLOY, env=env,
                             capture_output=True, check=False)
     assert result.returncode == 0, result.stderr.decode()

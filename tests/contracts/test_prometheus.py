@@ -34,11 +34,13 @@ def test_every_service_metric_follows_prometheus_conventions() -> None:
     import ingest.app  # noqa: F401  (importing registers each service's metrics)
     import royalty.service  # noqa: F401
     import soundtrack.app  # noqa: F401
+    import watermark.service  # noqa: F401
 
     exposition = generate_latest(REGISTRY)
     families = {line.split()[2] for line in exposition.decode().splitlines() if line.startswith("# TYPE")}
     assert {"entrain_ingest_requests_total", "entrain_royalty_transactions_total",
             "entrain_inference_deadline_misses_total", "entrain_soundtrack_requests_total",
-            "entrain_records_dead_lettered_total", "entrain_consumer_lag_records"} <= families
+            "entrain_records_dead_lettered_total", "entrain_consumer_lag_records",
+            "entrain_watermark_verification_failures_total", "entrain_watermark_embed_seconds"} <= families
     result = promtool("check", "metrics", stdin=exposition)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout.decode() + result.stderr.decode()
