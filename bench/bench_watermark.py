@@ -22,15 +22,15 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import time
 
-import numpy as np  # noqa: E402
-from tests.watermark_clips import music_clips  # noqa: E402
+import numpy as np
+from tests.watermark_clips import music_clips
 
-from watermark.attacks import ATTACKS  # noqa: E402
-from watermark.scheme import SAMPLE_RATE, Key, _istft, _stft, detect, embed, word_bits  # noqa: E402
+from watermark.attacks import ATTACKS
+from watermark.scheme import SAMPLE_RATE, Key, _istft, _stft, detect, embed, word_bits
 
 
 def main() -> None:

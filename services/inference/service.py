@@ -25,12 +25,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from inference.catalog import ConsentSnapshot, load_catalog
 from inference.engine import Engine, Job, Params
-from kit.store import FileStore, SegmentStore
 from inference.wav import wav_bytes
 from kit.consumer import ConsumerLoop, Record
 from kit.producer import Producer
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings
+from kit.store import FileStore, SegmentStore
 
 log = structlog.get_logger()
 SERVICE = "inference"

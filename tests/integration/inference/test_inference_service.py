@@ -14,11 +14,11 @@ from tests.kafka_helpers import read_all
 from inference.catalog import load_catalog
 from inference.engine import Engine
 from inference.service import InferenceService, segment_id_for
-from kit.store import FileStore
 from kit.consumer import ConsumerLoop
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
+from kit.store import FileStore
 
 ENGINE = Engine()
 
