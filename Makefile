@@ -10,13 +10,13 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: train generate bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
+.PHONY: train generate bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.lock pyproject.toml
-	@command -v java >/dev/null && command -v mvn >/dev/null && command -v promtool >/dev/null && command -v docker-compose >/dev/null || deploy/local/install-system-packages.sh
+	@command -v java >/dev/null && command -v mvn >/dev/null && command -v promtool >/dev/null && command -v docker-compose >/dev/null && command -v ffmpeg >/dev/null && command -v chromium >/dev/null || deploy/local/install-system-packages.sh
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-deps -r requirements.lock  # the lock is complete; pyaudio is not wanted
@@ -66,6 +66,9 @@ train: venv ## retrain the music model from the consenting demo catalog (writes 
 generate: venv ## render a segment: make generate BPM=128 ENERGY=0.7 MODE=major KEY=G BARS=8 SEED=1
 	$(PY) -m inference.cli --bpm $(or $(BPM),120) --energy $(or $(ENERGY),0.5) --mode $(or $(MODE),major) \
 	  --key $(or $(KEY),C) --bars $(or $(BARS),8) --seed $(or $(SEED),1) -o artifacts/segment.wav
+
+bench-watermark: venv ## watermark SNR, bit accuracy and detection under 18 attacks, false positives, speed
+	$(PY) bench/bench_watermark.py
 
 bench-inference: venv ## music engine real-time factor, latency and listeners per core (one core)
 	$(PY) bench/bench_inference.py

@@ -27,6 +27,7 @@ class Service:
     name: str
     port: int
     env: dict[str, str]
+    module: str = ""  # python -m <module>; default: the name
 
     @property
     def folder(self):  # type: ignore[no-untyped-def]
@@ -39,15 +40,18 @@ class Service:
 
 def services() -> dict[str, Service]:
     ingest_state = STATE_DIR / "ingest"
+    listener_auth = {
+        "ENTRAIN_API_KEYS_FILE": os.environ.get("ENTRAIN_API_KEYS_FILE", str(ingest_state / "api-keys.json")),
+        "ENTRAIN_PSEUDONYM_SECRET_FILE": os.environ.get(
+            "ENTRAIN_PSEUDONYM_SECRET_FILE", str(ingest_state / "pseudonym.secret")),
+    }
     return {
-        "ingest": Service("ingest", int(os.environ.get("ENTRAIN_INGEST_PORT", "8080")), {
-            "ENTRAIN_API_KEYS_FILE": os.environ.get("ENTRAIN_API_KEYS_FILE", str(ingest_state / "api-keys.json")),
-            "ENTRAIN_PSEUDONYM_SECRET_FILE": os.environ.get(
-                "ENTRAIN_PSEUDONYM_SECRET_FILE", str(ingest_state / "pseudonym.secret")),
-        }),
+        "ingest": Service("ingest", int(os.environ.get("ENTRAIN_INGEST_PORT", "8080")), listener_auth),
         "soundtrack": Service("soundtrack", int(os.environ.get("ENTRAIN_SOUNDTRACK_METRICS_PORT", "9102")), {}),
         "inference": Service("inference", int(os.environ.get("ENTRAIN_INFERENCE_METRICS_PORT", "9103")), {}),
         "watermark": Service("watermark", int(os.environ.get("ENTRAIN_WATERMARK_METRICS_PORT", "9104")), {}),
+        "delivery": Service("delivery", int(os.environ.get("ENTRAIN_DELIVERY_PORT", "8085")), listener_auth,
+                            module="soundtrack.delivery"),
         "royalty": Service("royalty", int(os.environ.get("ENTRAIN_ROYALTY_METRICS_PORT", "9105")), {
             "ENTRAIN_ROYALTY_INSTANCE": os.environ.get("ENTRAIN_ROYALTY_INSTANCE", "local-0"),
         }),
@@ -78,8 +82,8 @@ def up(service: Service) -> None:
     service.folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **service.env, "PYTHONPATH": str(REPO_ROOT / "services")}
     with open(service.folder / "service.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", service.name], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=REPO_ROOT)
+        proc = subprocess.Popen([sys.executable, "-m", service.module or service.name], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO_ROOT)
     (service.folder / "pid").write_text(str(proc.pid))
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -21,6 +21,8 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -218,7 +220,9 @@ def create_app(settings: IngestSettings, kafka: KafkaSettings, clock: Callable[[
         REQUESTS.labels("unrouted", str(status)).inc()
         return json_response(status, {"error": "no such endpoint" if status == 404 else "method not allowed"})
 
-    return Starlette(exception_handlers={404: http_exception, 405: http_exception}, routes=[
+    cors = Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "PUT"],
+                      allow_headers=["Authorization", "Content-Type", "X-Request-Id"], max_age=600)
+    return Starlette(middleware=[cors], exception_handlers={404: http_exception, 405: http_exception}, routes=[
         route("/v1/telemetry", telemetry, ["POST"], "telemetry"),
         route("/v1/plays", plays, ["POST"], "plays"),
         route("/v1/rights-holders/{rights_holder_id}/consent", consent, ["PUT"], "consent"),

@@ -49,18 +49,15 @@ class IngestSettings:
     max_in_flight: int = 100_000
     telemetry_window: TimeWindow = field(default_factory=lambda: TimeWindow(120_000, 259_200_000))
     plays_window: TimeWindow = field(default_factory=lambda: TimeWindow(120_000, 2_592_000_000))
+    cors_origins: tuple[str, ...] = ("http://127.0.0.1:8085", "http://localhost:8085")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IngestSettings:
         env = os.environ if env is None else env
-        secret = _secret(env, "ENTRAIN_PSEUDONYM_SECRET")
-        try:
-            pseudonymizer = Pseudonymizer(bytes.fromhex(secret) if _is_hex(secret) else secret.encode())
-        except ValueError as exc:
-            raise SettingsError(f"ENTRAIN_PSEUDONYM_SECRET: {exc}") from None
+        keys, pseudonymizer = listener_auth(env)
         max_future_ms = int(_number(env, "ENTRAIN_INGEST_MAX_FUTURE_MS", 120_000))
         settings = cls(
-            keys=KeyStore.from_json(_secret(env, "ENTRAIN_API_KEYS")),
+            keys=keys,
             pseudonymizer=pseudonymizer,
             host=env.get("ENTRAIN_INGEST_HOST", "127.0.0.1"),
             port=int(_number(env, "ENTRAIN_INGEST_PORT", 8080)),
@@ -75,10 +72,23 @@ class IngestSettings:
             # An event older than its topic's retention would be deleted on arrival.
             telemetry_window=TimeWindow(max_future_ms, contract("listener.telemetry.v1").retention_ms),
             plays_window=TimeWindow(max_future_ms, contract("listener.plays.v1").retention_ms),
+            # Browser pages allowed to call the API (the soundtrack service's listener page by default).
+            cors_origins=tuple(o.strip() for o in env.get(
+                "ENTRAIN_INGEST_CORS_ORIGINS", "http://127.0.0.1:8085,http://localhost:8085").split(",") if o.strip()),
         )
         if settings.burst_per_key < settings.max_batch:
             raise SettingsError("ENTRAIN_INGEST_BURST_PER_KEY must be at least the maximum batch size")
         return settings
+
+
+def listener_auth(env: Mapping[str, str]) -> tuple[KeyStore, Pseudonymizer]:
+    """The API key store and the user-id pseudonymizer, for every service that serves listeners."""
+    secret = _secret(env, "ENTRAIN_PSEUDONYM_SECRET")
+    try:
+        pseudonymizer = Pseudonymizer(bytes.fromhex(secret) if _is_hex(secret) else secret.encode())
+    except ValueError as exc:
+        raise SettingsError(f"ENTRAIN_PSEUDONYM_SECRET: {exc}") from None
+    return KeyStore.from_json(_secret(env, "ENTRAIN_API_KEYS")), pseudonymizer
 
 
 def _is_hex(text: str) -> bool:

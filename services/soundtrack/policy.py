@@ -140,8 +140,8 @@ def target(body: Body, now_ms: int) -> Music:
     return Music(70.0, 0.2, "MAJOR", "match:rest")
 
 
-def advance(playing: Playing, wanted: Music, now_ms: int) -> Playing:
-    """Parameters for the next bar: hold, dead band, ramp and mood dwell applied."""
+def advance(playing: Playing, wanted: Music, now_ms: int, bars: int = 1) -> Playing:
+    """Parameters for the next ``bars`` bars: hold, dead band, ramp (per bar) and mood dwell applied."""
     current = playing.music
     # A target must be wanted for HOLD_MS before it starts to apply.
     same_as_pending = playing.pending is not None and _close(playing.pending, wanted)
@@ -150,12 +150,12 @@ def advance(playing: Playing, wanted: Music, now_ms: int) -> Playing:
     tempo = current.tempo_bpm
     ramping = playing.ramping and held
     if held and (ramping or abs(wanted.tempo_bpm - tempo) > DEAD_BAND * tempo):
-        step = max(-MAX_RAMP * tempo, min(MAX_RAMP * tempo, wanted.tempo_bpm - tempo))
-        tempo = clamp_tempo(tempo + step)
+        up, down = tempo * ((1 + MAX_RAMP) ** bars - 1), tempo * (1 - (1 - MAX_RAMP) ** bars)
+        tempo = clamp_tempo(tempo + max(-down, min(up, wanted.tempo_bpm - tempo)))
         ramping = tempo != clamp_tempo(wanted.tempo_bpm)
     energy = current.energy
     if held:
-        energy = energy + max(-0.1, min(0.1, wanted.energy - energy))  # at most 0.1 per bar
+        energy = energy + max(-0.1 * bars, min(0.1 * bars, wanted.energy - energy))  # at most 0.1 per bar
     mode, mood_since = current.mode, playing.mood_since_ms
     if (held and wanted.mode != mode and now_ms - since >= MOOD_AGREE_MS
             and now_ms - playing.mood_since_ms >= MOOD_DWELL_MS):

@@ -18,7 +18,7 @@ from typing import Any
 
 from soundtrack.policy import Body, Music, Playing, advance, body_update, target
 
-SEGMENT_BARS = 2  # short segments: the tempo may change (at most 3%) at every segment boundary
+SEGMENT_BARS = 2  # short segments: the tempo may change (at most 3% per bar) at every segment boundary
 SEGMENTS_AHEAD = 2
 IDLE_MS = 60_000  # no telemetry for a minute: stop generating
 DEADLINE_MARGIN_MS = 1_500  # a segment must exist this long before it starts playing
@@ -92,7 +92,7 @@ def due_requests(state: ListenerState, now_ms: int) -> tuple[ListenerState, list
     # arrived (so silence is noticed, while late samples never move it back).
     policy_ms = state.body.last_event_ms + max(0, now_ms - state.last_seen_ms)
     while scheduled < now_ms + SEGMENTS_AHEAD * segment_ms(playing.music.tempo_bpm):
-        playing = advance(playing, target(state.body, policy_ms), policy_ms)
+        playing = advance(playing, target(state.body, policy_ms), policy_ms, SEGMENT_BARS)
         music = playing.music
         sequence = state.next_sequence + len(requests)
         rid = request_id(state.listener_id, state.session_id, sequence)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from soundtrack.policy import MAX_RAMP
 from soundtrack.schedule import (
     IDLE_MS,
+    SEGMENT_BARS,
     SEGMENTS_AHEAD,
     ListenerState,
     due_requests,
@@ -56,7 +58,8 @@ def test_the_tempo_moves_toward_the_cadence_in_small_steps() -> None:
         tempos += [r["params"]["tempo_bpm"] for r in requests]
         now += 1000
     assert tempos[-1] == 170
-    assert all(b / a <= 1.0301 for a, b in itertools.pairwise(tempos))
+    assert all(b / a <= (1 + MAX_RAMP) ** SEGMENT_BARS + 1e-4 for a, b in itertools.pairwise(tempos))  # 3%/bar
+    assert max(b / a for a, b in itertools.pairwise(tempos)) > 1.05  # and it uses the whole 2-bar allowance
 
 
 def test_idle_listeners_get_nothing_and_a_new_session_starts_over() -> None:

@@ -1,0 +1,269 @@
+"""Soundtrack delivery: soundtrack.segments.v1 -> each listener's live playlist over HTTP.
+
+``python -m soundtrack.delivery`` (port ENTRAIN_DELIVERY_PORT, default 8085). A reader
+thread follows soundtrack.segments.v1 (every partition, from ENTRAIN_DELIVERY_LOOKBACK_S
+ago) into in-memory playlists; the HTTP side serves them. Authenticated like ingest:
+a listener-app API key, and the app's own user id, pseudonymised with the same secret,
+so no raw user id is stored. Audio URLs are signed and expire, so an HLS player can
+fetch them without the API key.
+
+  GET  /                              the listener page
+  GET  /v1/playlist?user_id=U         JSON: the newest session's segments, target tempo
+  GET  /v1/playlist.m3u8?user_id=U    HLS EVENT media playlist of the same segments
+  GET  /v1/audio/{sha256}.wav?exp&sig watermarked audio (signed URL)
+  POST /v1/underruns                  the player reports it ran dry {"user_id", "segment_id"}
+  GET  /healthz /readyz /metrics
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ingest.security import AuthError, KeyStore, Pseudonymizer
+from kit.consumer import is_partition_eof
+from kit.serde import DecodeError, TopicSerde
+from kit.settings import KafkaSettings
+from kit.store import FileStore, StoreError
+from soundtrack.playlists import Entry, Playlists, hls_media_playlist
+
+log = structlog.get_logger()
+SERVICE = "soundtrack-delivery"
+SEGMENTS = "soundtrack.segments.v1"
+PAGE = Path(__file__).with_name("web") / "index.html"
+URL_TTL_S = 3600
+
+UNDERRUNS = Counter("entrain_soundtrack_buffer_underruns_total",
+                    "Segments that reached the playlist after their deadline (server) or players that ran dry "
+                    "(client).", ["source"])
+DELIVERED = Counter("entrain_soundtrack_segments_delivered_total", "Watermarked segments added to playlists.")
+SLACK = Histogram("entrain_soundtrack_segment_slack_seconds",
+                  "Time between a segment reaching the playlist and its deadline (0 or less: late).",
+                  buckets=(-1, 0, 0.5, 1, 2, 4, 8, 16, 32))
+PLAYLISTS = Gauge("entrain_soundtrack_playlists", "Listeners with a live playlist in this process.")
+HTTP = Counter("entrain_soundtrack_http_requests_total", "Delivery HTTP requests.", ["route", "status"])
+
+
+class SegmentFeed:
+    """Follows soundtrack.segments.v1 into ``playlists`` in a daemon thread."""
+
+    def __init__(self, kafka: KafkaSettings, playlists: Playlists, lookback_s: float,
+                 on_entry: Callable[[Entry], None] | None = None) -> None:
+        self.serde = TopicSerde.for_topic(SEGMENTS, kafka)
+        self.playlists, self.on_entry = playlists, on_entry
+        self.lock = threading.Lock()
+        self.caught_up = threading.Event()
+        self._stop = threading.Event()
+        self._consumer = Consumer({**kafka.client_config(), "group.id": f"{SERVICE}-reader",
+                                   "enable.auto.commit": False, "enable.partition.eof": True,
+                                   "isolation.level": "read_committed"})
+        topic = self._consumer.list_topics(self.serde.topic, timeout=30).topics[self.serde.topic]
+        since = int((time.time() - lookback_s) * 1000)
+        wanted = [TopicPartition(self.serde.topic, p, since) for p in topic.partitions]
+        starts = self._consumer.offsets_for_times(wanted, timeout=30)
+        self._pending = {tp.partition for tp in starts if tp.offset >= 0}  # -1: nothing newer to catch up on
+        if not self._pending:
+            self.caught_up.set()
+        self._consumer.assign(starts)
+        self._thread = threading.Thread(target=self._run, name="segment-feed", daemon=True)
+
+    def start(self) -> SegmentFeed:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                msg = self._consumer.poll(0.5)
+                if msg is None:
+                    continue
+                if msg.error() is not None:
+                    if is_partition_eof(msg):
+                        self._pending.discard(int(msg.partition() or 0))
+                        if not self._pending:
+                            self.caught_up.set()
+                    continue
+                try:
+                    segment = self.serde.decode_value(msg.value())
+                except DecodeError as exc:
+                    log.warning("segment_undecodable", reason=str(exc), partition=msg.partition(),
+                                offset=msg.offset())
+                    continue
+                if segment is None:
+                    continue
+                self.add(segment, int(time.time() * 1000))
+        finally:
+            self._consumer.close()
+
+    def add(self, segment: dict[str, Any], arrived_ms: int) -> None:
+        with self.lock:
+            entry = self.playlists.add(segment, arrived_ms)
+            PLAYLISTS.set(len(self.playlists))
+        if entry is None:
+            return
+        DELIVERED.inc()
+        SLACK.observe(entry.slack_ms / 1000)
+        if entry.late:
+            UNDERRUNS.labels("server").inc()
+        if self.on_entry is not None:
+            self.on_entry(entry)
+
+
+class UrlSigner:
+    def __init__(self, secret: bytes) -> None:
+        self._key = hmac.new(secret, b"entrain-delivery-audio-urls", hashlib.sha256).digest()
+
+    def sign(self, sha256: str, now_s: float) -> str:
+        expires = int(now_s) + URL_TTL_S
+        sig = hmac.new(self._key, f"{sha256}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+        return f"/v1/audio/{sha256}.wav?exp={expires}&sig={sig}"
+
+    def valid(self, sha256: str, expires: str, sig: str, now_s: float) -> bool:
+        if not expires.isdigit() or int(expires) < now_s:
+            return False
+        good = hmac.new(self._key, f"{sha256}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+        return hmac.compare_digest(good, sig)
+
+
+def create_app(keys: KeyStore, pseudonymizer: Pseudonymizer, feed: SegmentFeed, store: FileStore,
+               clock: Callable[[], float] = time.time) -> Starlette:
+    signer = UrlSigner(pseudonymizer.secret)
+
+    def listener_of(request: Request) -> str:
+        principal = keys.authenticate(request.headers.get("authorization"))
+        principal.require("listener-app")
+        user_id = request.query_params.get("user_id", "")
+        if not user_id or len(user_id) > 128:
+            raise HttpError(400, "user_id query parameter is required (at most 128 characters)")
+        return pseudonymizer.listener_id(user_id)
+
+    def session_entries(request: Request) -> list[Entry]:
+        listener = listener_of(request)
+        with feed.lock:
+            return feed.playlists.session(listener, request.query_params.get("session_id"))
+
+    async def playlist(request: Request) -> Response:
+        entries = session_entries(request)
+        now = clock()
+        segments = [{
+            "segment_id": e.segment["segment_id"], "session_id": e.segment["session_id"],
+            "sequence": e.segment["sequence"], "url": signer.sign(e.segment["audio"]["sha256"], now),
+            "duration_ms": e.segment["audio"]["duration_ms"], "params": e.segment["params"],
+            "provenance": e.segment["provenance"], "watermark": e.segment["watermark"],
+            "generated_at": e.segment["generated_at"], "deadline": e.segment["deadline"], "late": e.late,
+        } for e in entries]
+        tempo = segments[-1]["params"]["tempo_bpm"] if segments else None
+        return JSONResponse({"segments": segments, "target_tempo_bpm": tempo, "server_time": int(now * 1000)})
+
+    async def playlist_m3u8(request: Request) -> Response:
+        entries = session_entries(request)
+        now = clock()
+        body = hls_media_playlist(entries, lambda e: signer.sign(e.segment["audio"]["sha256"], now))
+        return Response(body, media_type="application/vnd.apple.mpegurl")
+
+    async def audio(request: Request) -> Response:
+        sha = request.path_params["sha256"]
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise HttpError(404, "no such audio")
+        if not signer.valid(sha, request.query_params.get("exp", ""), request.query_params.get("sig", ""), clock()):
+            raise HttpError(403, "audio URL is unsigned, tampered with or expired; fetch the playlist again")
+        try:
+            data = store.get((store.root / sha[:2] / f"{sha}.wav").as_uri())
+        except StoreError:
+            raise HttpError(404, "no such audio") from None
+        return Response(data, media_type="audio/wav", headers={"Cache-Control": "private, max-age=3600"})
+
+    async def underruns(request: Request) -> Response:
+        keys.authenticate(request.headers.get("authorization")).require("listener-app")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise HttpError(400, "body is not valid JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("user_id"), str):
+            raise HttpError(400, 'body must be {"user_id": ..., "segment_id": ...}')
+        UNDERRUNS.labels("client").inc()
+        log.warning("client_underrun", listener_id=pseudonymizer.listener_id(body["user_id"]),
+                    segment_id=str(body.get("segment_id", ""))[:64])
+        return JSONResponse({"recorded": True}, status_code=202)
+
+    async def page(request: Request) -> Response:
+        return FileResponse(PAGE, media_type="text/html")
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if not feed.caught_up.is_set():
+            return JSONResponse({"status": "not ready", "failing": ["segment-feed"]}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    def route(path: str, endpoint: Callable[[Request], Any], name: str, methods: list[str] | None = None) -> Route:
+        async def wrapped(request: Request) -> Response:
+            try:
+                response: Response = await endpoint(request)
+            except AuthError as exc:
+                response = JSONResponse({"error": exc.reason}, status_code=exc.status)
+            except HttpError as exc:
+                response = JSONResponse({"error": exc.reason}, status_code=exc.status)
+            HTTP.labels(name, str(response.status_code)).inc()
+            return response
+        return Route(path, wrapped, methods=methods or ["GET"], name=name)
+
+    return Starlette(routes=[
+        route("/", page, "page"),
+        route("/v1/playlist", playlist, "playlist"),
+        route("/v1/playlist.m3u8", playlist_m3u8, "playlist_m3u8"),
+        route("/v1/audio/{sha256}.wav", audio, "audio"),
+        route("/v1/underruns", underruns, "underruns", ["POST"]),
+        route("/healthz", healthz, "healthz"),
+        route("/readyz", readyz, "readyz"),
+        route("/metrics", metrics, "metrics"),
+    ])
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def main() -> None:
+    import uvicorn
+
+    from ingest.settings import listener_auth
+    from kit.logs import configure_logging
+
+    configure_logging(SERVICE)
+    keys, pseudonymizer = listener_auth(os.environ)
+    feed = SegmentFeed(KafkaSettings.from_env(), Playlists(),
+                       float(os.environ.get("ENTRAIN_DELIVERY_LOOKBACK_S", "3600"))).start()
+    app = create_app(keys, pseudonymizer, feed, FileStore())
+    uvicorn.run(app, host=os.environ.get("ENTRAIN_DELIVERY_HOST", "127.0.0.1"),
+                port=int(os.environ.get("ENTRAIN_DELIVERY_PORT", "8085")), log_level="warning")
+    feed.stop()
+
+
+if __name__ == "__main__":
+    main()

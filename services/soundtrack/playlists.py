@@ -1,0 +1,88 @@
+"""Live playlists: the watermarked segments each listener's session has, in order. Pure.
+
+A segment that arrives after its deadline (the moment playback needed it) is a buffer
+underrun: the listener's player ran dry, or would have without its safety margin.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+KEEP_PER_LISTENER = 64
+MAX_LISTENERS = 100_000
+
+
+@dataclass(frozen=True)
+class Entry:
+    segment: dict[str, Any]
+    arrived_ms: int
+
+    @property
+    def late(self) -> bool:
+        return self.arrived_ms > int(self.segment["deadline"])
+
+    @property
+    def slack_ms(self) -> int:
+        """How long before its deadline the segment was available (negative: late)."""
+        return int(self.segment["deadline"]) - self.arrived_ms
+
+
+class Playlists:
+    def __init__(self, keep: int = KEEP_PER_LISTENER, max_listeners: int = MAX_LISTENERS) -> None:
+        self.keep, self.max_listeners = keep, max_listeners
+        self._by_listener: OrderedDict[str, deque[Entry]] = OrderedDict()
+
+    def add(self, segment: dict[str, Any], arrived_ms: int) -> Entry | None:
+        """Remember a segment; None if it is a redelivery of one already held."""
+        listener = segment["listener_id"]
+        entries = self._by_listener.get(listener)
+        if entries is None:
+            entries = self._by_listener[listener] = deque(maxlen=self.keep)
+            while len(self._by_listener) > self.max_listeners:
+                self._by_listener.popitem(last=False)
+        self._by_listener.move_to_end(listener)
+        if any(e.segment["segment_id"] == segment["segment_id"] for e in entries):
+            return None
+        entry = Entry(segment, arrived_ms)
+        entries.append(entry)
+        if len(entries) > 1 and _order(entries[-2]) > _order(entry):  # out-of-order arrival: keep sessions sorted
+            ordered = sorted(entries, key=_order)
+            entries.clear()
+            entries.extend(ordered)
+        return entry
+
+    def session(self, listener_id: str, session_id: str | None = None) -> list[Entry]:
+        """The listener's segments of ``session_id`` (default: their newest session), in sequence order."""
+        entries = list(self._by_listener.get(listener_id, ()))
+        if not entries:
+            return []
+        wanted = session_id or max(entries, key=lambda e: e.segment["generated_at"]).segment["session_id"]
+        return [e for e in entries if e.segment["session_id"] == wanted]
+
+    def __len__(self) -> int:
+        return len(self._by_listener)
+
+
+def _order(entry: Entry) -> tuple[str, int]:
+    return entry.segment["session_id"], int(entry.segment["sequence"])
+
+
+def hls_media_playlist(entries: list[Entry], url_of: Any, ended: bool = False) -> str:
+    """An HLS EVENT media playlist (RFC 8216) of the session's segments; ``url_of(entry)`` names each."""
+    target = max((e.segment["audio"]["duration_ms"] for e in entries), default=4000)
+    first = int(entries[0].segment["sequence"]) if entries else 0
+    lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{-(-target // 1000)}",
+             f"#EXT-X-MEDIA-SEQUENCE:{first}", "#EXT-X-PLAYLIST-TYPE:EVENT"]
+    previous = None
+    for entry in entries:
+        sequence = int(entry.segment["sequence"])
+        if previous is not None and sequence != previous + 1:
+            lines.append("#EXT-X-DISCONTINUITY")
+        lines.append(f"#EXTINF:{entry.segment['audio']['duration_ms'] / 1000:.3f},")
+        lines.append(url_of(entry))
+        previous = sequence
+    if ended:
+        lines.append("#EXT-X-ENDLIST")
+    return "\n".join(lines) + "\n"

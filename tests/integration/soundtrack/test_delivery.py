@@ -1,0 +1,97 @@
+"""Delivery on the real broker: watermarked segments become each listener's playlist (JSON and
+HLS), audio behind signed URLs, authentication like ingest, late segments counted as underruns."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import REGISTRY
+from starlette.testclient import TestClient
+
+from ingest.security import KeyStore, Pseudonymizer, hash_key
+from kit.producer import Producer
+from kit.serde import TopicSerde
+from kit.settings import KafkaSettings
+from kit.store import FileStore
+from soundtrack.delivery import SegmentFeed, create_app
+from soundtrack.playlists import Playlists
+
+APP_KEY = "app-key-for-delivery-tests-0123456789"
+KEYS = KeyStore.from_json(json.dumps([{"key_id": "app", "sha256": hash_key(APP_KEY), "scopes": ["listener-app"]},
+                                      {"key_id": "rh", "sha256": hash_key("rh-key-0123456789abcdef"),
+                                       "scopes": ["rights-holder"], "rights_holder_id": "rh-1"}]))
+PSEUDO = Pseudonymizer(b"p" * 32)
+AUTH = {"Authorization": f"Bearer {APP_KEY}"}
+
+
+def segment(listener: str, n: int, uri: str, sha: str, tempo: float, late: bool) -> dict[str, Any]:
+    now = int(time.time() * 1000)
+    return {"segment_id": f"seg-{listener[:6]}-{n}", "request_id": f"r-{n}", "listener_id": listener,
+            "session_id": "s-1", "sequence": n,
+            "params": {"tempo_bpm": tempo, "energy": 0.5, "mode": "MAJOR", "key_tonic": 0, "bars": 2},
+            "audio": {"uri": uri, "sha256": sha, "format": "WAV", "sample_rate_hz": 44100, "channels": 2,
+                      "duration_ms": 3000},
+            "provenance": {"model_id": "m", "model_version": "v", "training_manifest_sha256": "0" * 64, "seed": n,
+                           "influences": [{"work_id": "w-1", "weight_ppm": 1_000_000}]},
+            "generated_at": now, "deadline": now - 1000 if late else now + 60_000, "source_sha256": "1" * 64,
+            "watermark": {"key_id": "wk", "payload_hex": "00000001", "verification_score": 2.0,
+                          "verified_at": now}}
+
+
+def underruns(source: str) -> float:
+    return REGISTRY.get_sample_value("entrain_soundtrack_buffer_underruns_total", {"source": source}) or 0.0
+
+
+def test_playlists_audio_auth_and_underruns(isolated: KafkaSettings, tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    uri, sha = store.put(b"RIFF-not-really-a-wav", "wav")
+    alice, bob = PSEUDO.listener_id("alice"), PSEUDO.listener_id("bob")
+    serde = TopicSerde.for_topic("soundtrack.segments.v1", isolated)
+    producer = Producer(isolated, "test")
+    records = [segment(alice, 1, uri, sha, 92.7, late=False), segment(alice, 0, uri, sha, 90.0, late=True),
+               segment(bob, 0, uri, sha, 120.0, late=False)]
+    for record in records:
+        producer.produce(serde, {"listener_id": record["listener_id"]}, record)
+    producer.produce_raw(serde.topic, serde.encode_key({"listener_id": alice}), b"garbage")  # skipped, logged
+    assert producer.flush(30) == 0
+    server_before = underruns("server")
+
+    feed = SegmentFeed(isolated, Playlists(), lookback_s=600).start()
+    try:
+        client = TestClient(create_app(KEYS, PSEUDO, feed, store))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(client.get("/v1/playlist?user_id=alice", headers=AUTH).json()
+                                                  ["segments"]) < 2:
+            time.sleep(0.2)
+        body = client.get("/v1/playlist?user_id=alice", headers=AUTH).json()
+        assert [s["sequence"] for s in body["segments"]] == [0, 1]  # in sequence order, whatever the arrival
+        assert body["target_tempo_bpm"] == 92.7 and [s["late"] for s in body["segments"]] == [True, False]
+        assert underruns("server") == server_before + 1
+        assert client.get("/v1/playlist?user_id=bob", headers=AUTH).json()["segments"][0]["params"]["tempo_bpm"] == 120
+        assert feed.caught_up.wait(15) and client.get("/readyz").status_code == 200
+
+        hls = client.get("/v1/playlist.m3u8?user_id=alice", headers=AUTH)
+        assert hls.status_code == 200 and hls.text.startswith("#EXTM3U")
+        assert hls.text.count("#EXTINF:3.000,") == 2 and "#EXT-X-MEDIA-SEQUENCE:0" in hls.text
+
+        url = body["segments"][0]["url"]
+        audio = client.get(url)
+        assert audio.status_code == 200 and audio.content == b"RIFF-not-really-a-wav"
+        assert client.get(url.replace("sig=", "sig=0")).status_code == 403
+        assert client.get(f"/v1/audio/{sha}.wav").status_code == 403
+
+        assert client.get("/v1/playlist?user_id=alice").status_code == 401
+        assert client.get("/v1/playlist?user_id=alice",
+                          headers={"Authorization": "Bearer rh-key-0123456789abcdef"}).status_code == 403
+        assert client.get("/v1/playlist", headers=AUTH).status_code == 400
+        client_before = underruns("client")
+        assert client.post("/v1/underruns", headers=AUTH, content=b'{"user_id":"alice","segment_id":"x"}'
+                           ).status_code == 202
+        assert underruns("client") == client_before + 1
+        assert client.post("/v1/underruns", headers=AUTH, content=b"nope").status_code == 400
+        assert "Entrain" in client.get("/").text
+    finally:
+        feed.stop()
