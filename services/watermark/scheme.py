@@ -19,12 +19,15 @@ README ("Watermark"); in short:
   so the host is no noise to the detector. Three STFT/ISTFT passes make it consistent.
   Relative change per cell ~ DELTA/sqrt(12) in band: SNR ~33 dB overall.
 * **Detection (blind).** Phases ``phi = 2 pi (p/c - dither)/DELTA`` (c: a contrast
-  scale; noise, codecs and echo shrink contrast), bit votes ``V_b = sum cos phi`` and
-  ``T = sum_b |V_b|``, maximised over sub-hop offset, cyclic block shift and c; on the
-  mono mix decimated to 11.025 kHz. Without the mark (or with another key) the keyed
-  dither makes the phases iid uniform: the Chernoff bound with MGF I0(lambda)^M gives
-  the threshold on T for a designed false-positive rate per window over all hypotheses,
-  times the 2^-16 chance that random bits pass the check (per Chase trial).
+  scale; noise, codecs and echo shrink contrast), on the mono mix decimated to 11.025 kHz,
+  for every sub-hop offset, cyclic block shift and c. The occurrences of one unit label
+  share its dither, so each label contributes once: the cosine of the circular mean of
+  its occurrences' phases. Bit votes sum those per bit; the decoder takes their signs
+  (and Chase flips) until the check bits match; T is the votes' correlation with the
+  decoded codeword. Without the mark (or with another key) each label's angle is
+  uniform (its dither is), so for any fixed codeword T has MGF at most I0(lambda)^M; the
+  Chernoff bound with a union over all 2^32 valid codewords and all hypotheses gives the
+  threshold on T for the designed false-positive rate per analysed window.
 """
 
 from __future__ import annotations
@@ -227,24 +230,21 @@ class Detection:
     key_id: str | None
     payload: int | None
     score: float  # T / threshold: >= 1 means the presence test passed
-    statistic: float  # T = sum over bits of |sum of the bit's cos phi| at the best hypothesis
+    statistic: float  # T: correlation of the bit votes with the decoded codeword
     units: int
     offset_samples: int
     bits: np.ndarray | None
     confidence: float  # 1 - upper bound on the false-positive probability
 
 
-def log_tail_bound(t: float, m: int, sign_patterns_bits: int = 0) -> float:
-    """ln of the Chernoff bound on P(X >= t) for m iid cos(k*phi) terms, phi uniform.
-
-    ``sign_patterns_bits`` = 0: X = sum of the m terms (MGF I0(lam)^m).
-    ``sign_patterns_bits`` = B: X = sum over B bits of |V_b|, V_b the sum of a bit's terms;
-    E exp(lam |V|) <= 2 E exp(lam V) gives the bound 2^B I0(lam)^m exp(-lam t)."""
+def log_tail_bound(t: float, m: int) -> float:
+    """ln of the Chernoff bound on P(X >= t), X a sum of m independent terms w cos(theta) with
+    theta uniform and |w| <= 1 (MGF at most I0(lambda)^m)."""
     if t <= 0 or m == 0:
         return 0.0
 
     def f(lam: float) -> float:
-        return -lam * t + m * (math.log(i0e(lam)) + lam) + sign_patterns_bits * math.log(2)
+        return -lam * t + m * (math.log(i0e(lam)) + lam)
 
     res = minimize_scalar(f, bounds=(1e-6, 50.0), method="bounded")
     return min(0.0, float(res.fun))
@@ -252,17 +252,18 @@ def log_tail_bound(t: float, m: int, sign_patterns_bits: int = 0) -> float:
 
 @lru_cache(maxsize=4096)
 def threshold(units: int, hypotheses: int, fpr: float = DESIGN_FPR) -> float:
-    """Smallest T with hypotheses * P(T >= t | no mark) * 2^-CRC_BITS <= fpr (Chernoff bound).
+    """Smallest t with hypotheses * 2^32 * P(sum_b c_b V_b >= t | no mark) <= fpr (Chernoff).
 
-    T = sum over the word's bits of |sum of the bit's cos(phi)|. Without a mark the
-    decoded signs are independent of those magnitudes (each V_b is symmetric), so the
-    CRC passes with probability exactly 2^-16 per decoding trial, independently of T; Chase
-    decoding makes 2^CHASE_BITS trials."""
-    target = math.log(fpr / hypotheses) + (CRC_BITS - CHASE_BITS) * math.log(2)
+    The decision statistic is the correlation of the bit votes with the decoded codeword
+    c. Without a mark, each unit label's term is w cos(theta) with theta uniform (its
+    keyed dither) and |w| <= 1, so for any fixed codeword the MGF is at most
+    I0(lambda)^M; a union over the 2^32 valid codewords (payload + check) covers whatever
+    the decoder picks, Chase trials included."""
+    target = math.log(fpr / hypotheses) - PAYLOAD_BITS * math.log(2)
     lo, hi = 0.0, float(units)
     for _ in range(50):
         mid = (lo + hi) / 2
-        if log_tail_bound(mid, units, WORD_BITS) > target:
+        if log_tail_bound(mid, units) > target:
             lo = mid
         else:
             hi = mid
@@ -291,10 +292,28 @@ def _pair_features(xd: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]
 @dataclass(frozen=True)
 class _Best:
     statistic: float
-    units: int
+    units: int  # distinct unit labels seen (the independent terms under no mark)
     offset: int
-    phi: np.ndarray
-    local: np.ndarray
+    votes: np.ndarray  # (WORD_BITS,)
+
+
+def _label_votes(phis: np.ndarray, local: np.ndarray, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """Bit votes from the phases of unit occurrences (lead dims..., occurrences), labels ``local``.
+
+    The occurrences of one unit label (the block repeats) share a dither, so without a
+    mark they are not independent: each label contributes once, the cosine of the circular
+    mean of its occurrences' phases (uniform without a mark, since its dither is).
+    Returns votes (lead..., WORD_BITS) and the number of labels present (lead...)."""
+    lead = phis.shape[:-1]
+    n = int(np.prod(lead)) if lead else 1
+    labels = layout.units
+    index = (np.arange(n).reshape((*lead, 1)) * labels + np.broadcast_to(local, phis.shape)).ravel()
+    c = np.bincount(index, weights=np.cos(phis).ravel(), minlength=n * labels).reshape(n, labels)
+    s = np.bincount(index, weights=np.sin(phis).ravel(), minlength=n * labels).reshape(n, labels)
+    norm = np.hypot(c, s)
+    present = norm > 0
+    votes = np.where(present, c / np.where(present, norm, 1.0), 0.0) @ np.eye(WORD_BITS)[layout.bit_of_unit]
+    return votes.reshape((*lead, WORD_BITS)), present.sum(axis=1).reshape(lead)
 
 
 def _search(feats: tuple[np.ndarray, np.ndarray], layout: _Layout, a: np.ndarray, offset: int,
@@ -309,7 +328,6 @@ def _search(feats: tuple[np.ndarray, np.ndarray], layout: _Layout, a: np.ndarray
     rows = len(diff)
     q = np.stack([(diff @ a).reshape(rows, BLOCK_PAIRS, UNITS_PER_GROUP),
                   (total @ np.abs(a)).reshape(rows, BLOCK_PAIRS, UNITS_PER_GROUP)], axis=-1)
-    scales = len(contrast)
     best: _Best | None = None
     for first in (0, 1):
         v = q[first::2]
@@ -328,15 +346,12 @@ def _search(feats: tuple[np.ndarray, np.ndarray], layout: _Layout, a: np.ndarray
             proj = (sums[..., 0] / (sums[..., 1] + 1e-12)).reshape(len(r), -1)
             phis = 2 * np.pi * (proj[:, None, :] / contrast[None, :, None]
                                 - layout.dither[local][:, None, :]) / DELTA  # (r, scale, units)
-            index = ((np.arange(len(r))[:, None, None] * scales + np.arange(scales)[None, :, None]) * WORD_BITS
-                     + layout.bit_of_unit[local][:, None, :])
-            votes = np.bincount(index.ravel(), weights=np.cos(phis).ravel(),
-                                minlength=len(r) * scales * WORD_BITS).reshape(len(r), scales, WORD_BITS)
+            votes, present = _label_votes(phis, local[:, None, :], layout)
             stats = np.abs(votes).sum(axis=-1)
             ri, ci = np.unravel_index(int(np.argmax(stats)), stats.shape)
             if best is None or stats[ri, ci] > best.statistic:
                 start = (offset + (first + 2 * int(r[ri])) * (HOP // DECIMATE)) * DECIMATE
-                best = _Best(float(stats[ri, ci]), local.shape[1], start, phis[ri, ci], local[ri])
+                best = _Best(float(stats[ri, ci]), int(present[ri, ci]), start, votes[ri, ci])
     if best is None:
         raise AudioError("audio too short to analyse")
     return best
@@ -364,13 +379,11 @@ def _score_alignment(feats: tuple[np.ndarray, np.ndarray], layout: _Layout, offs
     group = slot[0::2] // 2
     local = (group[:, None] * UNITS_PER_GROUP + np.arange(UNITS_PER_GROUP)).ravel()
     phis = 2 * np.pi * ((num / den)[None, :] / CONTRAST_SCALES[:, None] - layout.dither[local]) / DELTA
-    scales = len(CONTRAST_SCALES)
-    index = np.arange(scales)[:, None] * WORD_BITS + layout.bit_of_unit[local][None, :]
-    votes = np.bincount(index.ravel(), weights=np.cos(phis).ravel(), minlength=scales * WORD_BITS)
-    stats = np.abs(votes.reshape(scales, WORD_BITS)).sum(axis=1)
+    votes, present = _label_votes(phis, local[None, :], layout)
+    stats = np.abs(votes).sum(axis=1)
     c = int(np.argmax(stats))
     start = (offset + start_frame * (HOP // DECIMATE)) * DECIMATE
-    return _Best(float(stats[c]), len(local), start, phis[c], local)
+    return _Best(float(stats[c]), int(present[c]), start, votes[c])
 
 
 def detect(audio: np.ndarray, sample_rate: int, keys: list[Key], fpr: float = DESIGN_FPR) -> Detection:
@@ -428,12 +441,11 @@ def _chase_decode(key: Key, votes: np.ndarray) -> tuple[np.ndarray, int | None]:
 
 
 def _decide(best: _Best, layout: _Layout, key: Key, fpr: float, hypotheses: int) -> Detection:
-    m = best.units
-    votes = np.bincount(layout.bit_of_unit[best.local], weights=np.cos(best.phi), minlength=WORD_BITS)
-    t = float(np.abs(votes).sum())
-    thr = threshold(m, hypotheses, fpr)
+    m, votes = best.units, best.votes
     bits, payload = _chase_decode(key, votes)
+    t = float(np.sum(votes * (1 - 2 * bits)))  # correlation with the decoded codeword (bit 0 -> +1)
+    thr = threshold(m, hypotheses, fpr)
     detected = t >= thr and payload is not None
-    conf = 1.0 - min(1.0, hypotheses * math.exp(log_tail_bound(t, m, WORD_BITS)) * 2.0 ** (CHASE_BITS - CRC_BITS))
+    conf = 1.0 - min(1.0, hypotheses * math.exp(log_tail_bound(t, m)) * 2.0 ** PAYLOAD_BITS)
     return Detection(detected, key.key_id if detected else None, payload if detected else None,
                      t / thr, t, m, best.offset, bits, conf)
