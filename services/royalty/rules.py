@@ -49,12 +49,13 @@ class Play:
     territory: str
     subscription_tier: str
     fraud_flags: tuple[str, ...]
+    completed: bool = False
 
     @classmethod
     def from_record(cls, value: Mapping[str, Any]) -> Play:
         return cls(value["play_id"], value["content_kind"], value["segment_id"], value["work_id"],
                    value["started_at"], value["ms_played"], value["territory"], value["subscription_tier"],
-                   tuple(value["fraud_flags"]))
+                   tuple(value["fraud_flags"]), bool(value["completed"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +174,8 @@ def decide(
         return Unpaid("duplicate_play")
     if play.fraud_flags:
         return Unpaid("fraud_flagged")
-    if play.ms_played < MIN_PLAY_MS:
-        return Unpaid("short_play")
+    if play.ms_played < MIN_PLAY_MS and not (play.content_kind == "AI_SEGMENT" and play.completed):
+        return Unpaid("short_play")  # AI segments are a few seconds by design: heard to the end counts
     rate = rates.price(play.territory, play.subscription_tier, play.started_at)
 
     if play.content_kind == "AI_SEGMENT":

@@ -100,7 +100,7 @@ def test_no_consenting_influence_pays_nothing() -> None:
 
 
 @pytest.mark.parametrize(("change", "seen", "expected"), [
-    ({"ms_played": 29_999}, False, Unpaid("short_play")),
+    ({"ms_played": 29_999, "completed": False}, False, Unpaid("short_play")),
     ({"fraud_flags": ("burst_rate",)}, False, Unpaid("fraud_flagged")),
     ({}, True, Unpaid("duplicate_play")),
     ({"segment_id": "seg-unknown"}, False, Waiting("segment_provenance_unknown")),
@@ -108,6 +108,14 @@ def test_no_consenting_influence_pays_nothing() -> None:
 ])
 def test_ineligible_and_waiting_plays(change: dict, seen: bool, expected: object) -> None:
     assert decide(replace(AI_PLAY, **change), RATES, WORKS, SEGMENTS, everyone_consents(), seen) == expected
+
+
+def test_a_short_ai_segment_heard_to_the_end_pays_and_a_short_catalog_play_does_not() -> None:
+    segment = replace(AI_PLAY, ms_played=3_200, completed=True)
+    assert isinstance(decide(segment, RATES, WORKS, SEGMENTS, everyone_consents(), False), Paid)
+    catalog = replace(AI_PLAY, content_kind="CATALOG_WORK", segment_id=None, work_id="wk-a", ms_played=3_200,
+                      completed=True)
+    assert decide(catalog, RATES, WORKS, SEGMENTS, everyone_consents(), False) == Unpaid("short_play")
 
 
 def test_a_catalog_play_splits_by_the_work_s_shares_without_consent() -> None:
