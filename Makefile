@@ -85,8 +85,8 @@ statement: venv ## royalty statements for PERIOD=YYYY-MM (default: this month) w
 bench-ingest: topics dev-secrets ## ingest HTTP throughput and latency vs the raw producer
 	$(PY) bench/bench_ingest.py
 
-demo: ## the end-to-end demo (arrives with the services; see README)
-	@echo "make demo arrives with the services (issue 8); today: make up && make test"; exit 1
+demo: topics dev-secrets ## the whole platform with a simulated cohort; writes artifacts/demo/
+	$(PY) deploy/local/demo.py
 
 clean: ## stop the broker and delete local state (topics, data, logs)
 	-$(PY) deploy/local/kafka.py down
