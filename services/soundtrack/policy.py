@@ -16,7 +16,9 @@ Numbers and why:
   MAX_RAMP (3%) per bar, so every step is below the noticeable threshold.
 - A new target must hold for HOLD_MS (4 s, about one watch report interval plus
   one) before it is applied; Spotify Running locked onto cadence over 10-15 s, we react
-  faster but not to a single sample.
+  faster but not to a single sample. "Held" means the wish stayed on the same side of
+  the playing tempo (or stayed the same wish) with the same mood: a steadily rising
+  cadence is one sustained wish to go faster, and the ramp follows it.
 - Match mode: moving with cadence >= 100 spm -> tempo = cadence (one beat per step),
   halved above 180 (half-time), clamped to 60-200 BPM. Exercising without cadence ->
   tempo from heart-rate reserve, 95 + 45 x HRR, topping out at 140: preferred music tempo
@@ -83,6 +85,7 @@ class Playing:
     pending_since_ms: int = -1
     mood_since_ms: int = 0
     ramping: bool = False  # a change under way runs to its target, dead band or not
+    mood_wish_since_ms: int = -1  # since when the wished mood has been the same
 
 
 def _smooth(old: float | None, new: float) -> float:
@@ -143,11 +146,18 @@ def target(body: Body, now_ms: int) -> Music:
 def advance(playing: Playing, wanted: Music, now_ms: int, bars: int = 1) -> Playing:
     """Parameters for the next ``bars`` bars: hold, dead band, ramp (per bar) and mood dwell applied."""
     current = playing.music
-    # A target must be wanted for HOLD_MS before it starts to apply.
-    same_as_pending = playing.pending is not None and _close(playing.pending, wanted)
-    pending, since = (playing.pending, playing.pending_since_ms) if same_as_pending else (wanted, now_ms)
-    held = now_ms - since >= HOLD_MS
     tempo = current.tempo_bpm
+    # A tempo change must be wanted for HOLD_MS before it applies: the wish stays on the same
+    # side of the playing tempo (beyond the dead band), or stays the same wish. A steadily
+    # rising cadence is one sustained wish to go faster, not a new wish every sample. Mood
+    # keeps its own agreement clock.
+    previous = playing.pending
+    side = _side(wanted, tempo)
+    sustained = previous is not None and ((side != 0 and side == _side(previous, tempo)) or _close(previous, wanted))
+    pending, since = wanted, (playing.pending_since_ms if sustained else now_ms)
+    same_mood = previous is not None and previous.mode == wanted.mode
+    mood_wish_since = playing.mood_wish_since_ms if same_mood else now_ms
+    held = now_ms - since >= HOLD_MS
     ramping = playing.ramping and held
     if held and (ramping or abs(wanted.tempo_bpm - tempo) > DEAD_BAND * tempo):
         up, down = tempo * ((1 + MAX_RAMP) ** bars - 1), tempo * (1 - (1 - MAX_RAMP) ** bars)
@@ -157,14 +167,20 @@ def advance(playing: Playing, wanted: Music, now_ms: int, bars: int = 1) -> Play
     if held:
         energy = energy + max(-0.1 * bars, min(0.1 * bars, wanted.energy - energy))  # at most 0.1 per bar
     mode, mood_since = current.mode, playing.mood_since_ms
-    if (held and wanted.mode != mode and now_ms - since >= MOOD_AGREE_MS
+    if (wanted.mode != mode and now_ms - mood_wish_since >= MOOD_AGREE_MS
             and now_ms - playing.mood_since_ms >= MOOD_DWELL_MS):
         mode, mood_since = wanted.mode, now_ms
     music = Music(tempo, round(energy, 3), mode, wanted.reason if held else current.reason)
     return replace(playing, music=music, pending=pending, pending_since_ms=since, mood_since_ms=mood_since,
-                   ramping=ramping)
+                   ramping=ramping, mood_wish_since_ms=mood_wish_since)
+
+
+def _side(wish: Music, tempo: float) -> int:
+    """-1 / +1 when the wish is below / above the tempo by more than the dead band, else 0."""
+    gap = wish.tempo_bpm - tempo
+    return 0 if abs(gap) <= DEAD_BAND * tempo else (1 if gap > 0 else -1)
 
 
 def _close(a: Music, b: Music) -> bool:
-    """Two targets are 'the same wish' when tempo is within the dead band and mood agrees."""
-    return abs(a.tempo_bpm - b.tempo_bpm) <= DEAD_BAND * a.tempo_bpm and a.mode == b.mode
+    """Two targets are 'the same wish' for tempo when they are within the dead band."""
+    return abs(a.tempo_bpm - b.tempo_bpm) <= DEAD_BAND * a.tempo_bpm

@@ -162,7 +162,8 @@ def run(plays_n: int, kills: int, broker_restart: bool, seed: int = 1, timeout_s
     start = int(time.time() * 1000) - 3_600_000
     plays = catalog.plays(plays_n, start)
     for i in range(0, plays_n, 50):  # every 50th play is ineligible one way or another
-        plays[i] = {**plays[i], "ms_played": 5_000, "completed": False} if i % 100 else {**plays[i], "fraud_flags": ["burst_rate"]}
+        short = {**plays[i], "ms_played": 5_000, "completed": False}
+        plays[i] = short if i % 100 else {**plays[i], "fraud_flags": ["burst_rate"]}
     repeats = [dict(plays[i]) for i in range(7, plays_n, 97)]  # repeated play ids, sent again later
     all_plays = plays + repeats
     catalog.send_plays(all_plays)

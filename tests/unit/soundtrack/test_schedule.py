@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from soundtrack.policy import MAX_RAMP
+from soundtrack.policy import HOLD_MS, MAX_RAMP
 from soundtrack.schedule import (
     IDLE_MS,
     SEGMENT_BARS,
@@ -60,6 +60,25 @@ def test_the_tempo_moves_toward_the_cadence_in_small_steps() -> None:
     assert tempos[-1] == 170
     assert all(b / a <= (1 + MAX_RAMP) ** SEGMENT_BARS + 1e-4 for a, b in itertools.pairwise(tempos))  # 3%/bar
     assert max(b / a for a, b in itertools.pairwise(tempos)) > 1.05  # and it uses the whole 2-bar allowance
+
+
+def test_a_ramp_follows_a_steadily_rising_cadence_without_stalling() -> None:
+    state = observe(ListenerState("l1"), sample(T0, cadence=110), T0)
+    tempos, changed_at, now = [], None, T0
+    for n in range(1, 90):  # cadence climbs 110 -> 170 over 30 s, then stays
+        state = observe(state, sample(T0 + n * 1000, cadence=min(170, 110 + 2 * n)), now)
+        state, requests = due_requests(state, now)
+        tempos += [r["params"]["tempo_bpm"] for r in requests]
+        if changed_at is None and tempos and tempos[-1] != tempos[0]:
+            changed_at = n
+        now += 1000
+    # the wish to go faster is sustained from the first sample: the change starts after the
+    # hold plus at most one segment, not when the cadence stops rising
+    assert changed_at is not None and changed_at * 1000 <= HOLD_MS + 6_000
+    start = tempos.index(next(t for t in tempos if t != tempos[0]))
+    climb = tempos[start - 1:tempos.index(max(tempos)) + 1]
+    assert all(b > a for a, b in itertools.pairwise(climb))  # and it never pauses on the way up
+    assert max(tempos) == 170
 
 
 def test_idle_listeners_get_nothing_and_a_new_session_starts_over() -> None:
