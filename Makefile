@@ -47,7 +47,11 @@ down: venv ## stop the services and the local Kafka
 	$(PY) deploy/local/services.py down
 	$(PY) deploy/local/kafka.py down
 
-test: topics dev-secrets ## install what is missing, start Kafka, run unit, contract and integration tests
+BROWSER_DEPS := tests/browser/node_modules/.package-lock.json
+$(BROWSER_DEPS): tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund  # playwright-core only: it drives Debian's chromium
+
+test: topics dev-secrets $(BROWSER_DEPS) ## install what is missing, start Kafka, run unit, contract and integration tests
 	$(PY) -m pytest -q
 
 test-unit: venv ## tests that need no broker
