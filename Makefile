@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: train generate bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
+.PHONY: train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ generate: venv ## render a segment: make generate BPM=128 ENERGY=0.7 MODE=major 
 
 bench-watermark: venv ## watermark SNR, bit accuracy and detection under 18 attacks, false positives, speed
 	$(PY) bench/bench_watermark.py
+
+bench-adapt: topics dev-secrets ## adaptation delay (step change, N listeners) and one soundtrack worker's events/s
+	$(PY) bench/bench_adapt.py
 
 bench-inference: venv ## music engine real-time factor, latency and listeners per core (one core)
 	$(PY) bench/bench_inference.py
