@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported from the C module
     AdminClient,
@@ -93,9 +94,14 @@ def _check_partitions(admin: AdminClient, expected: dict[str, int], timeout_s: f
     (metadata propagates asynchronously) and refuse a partition-count mismatch."""
     wrong = []
     for name, parts in expected.items():
-        topic = admin.list_topics(topic=name, timeout=timeout_s).topics[name]
-        if len(topic.partitions) != parts:
-            wrong.append(f"{name}: has {len(topic.partitions)} partitions, manifest says {parts}")
+        deadline = time.monotonic() + timeout_s
+        while True:  # a topic created a moment ago may list no partitions yet
+            found = len(admin.list_topics(topic=name, timeout=timeout_s).topics[name].partitions)
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if found != parts:
+            wrong.append(f"{name}: has {found} partitions, manifest says {parts}")
     _refuse_mismatches(wrong)
 
 

@@ -36,7 +36,7 @@ def test_plays_become_exact_lines_and_ledger_entries(isolated: KafkaSettings) ->
     catalog = Catalog(isolated)
     now = int(time.time() * 1000) - 60_000
     plays = catalog.plays(40, now)
-    short = play_record(str(uuid.uuid4()), "seg-0", now, ms_played=10_000)
+    short = {**play_record(str(uuid.uuid4()), "seg-0", now, ms_played=10_000), "completed": False}  # skipped away
     flagged = play_record(str(uuid.uuid4()), "seg-0", now, fraud=("played_longer_than_elapsed",))
     catalog_play = play_record(str(uuid.uuid4()), None, now, work_id="wk-3", territory="US", tier="FREE")
     catalog.send_plays([*plays, short, flagged, catalog_play, plays[0]])  # plays[0] again: a repeated play id
@@ -127,7 +127,7 @@ def test_statements_from_the_committed_topics_reconcile(isolated: KafkaSettings)
     catalog = Catalog(isolated)
     now = int(time.time() * 1000) - 60_000
     plays = catalog.plays(30, now)
-    plays[0]["ms_played"] = 1_000  # not paid
+    plays[0].update(ms_played=1_000, completed=False)  # skipped after a second: not paid
     catalog.send_plays(plays)
     run_royalty(isolated)
     period = time.strftime("%Y-%m", time.gmtime(now / 1000))
