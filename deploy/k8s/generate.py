@@ -30,6 +30,7 @@ SERVICES: dict[str, dict[str, Any]] = {
     "ingest": {"port": 8080, "replicas": 2, "cpu": "1", "memory": "512Mi"},
     "soundtrack": {"port": 9102, "group": "soundtrack", "topic": "listener.telemetry.v1", "replicas": 2,
                    "cpu": "1", "memory": "1Gi"},
+    "delivery": {"port": 8085, "replicas": 2, "cpu": "500m", "memory": "512Mi"},
     "inference": {"port": 9103, "group": "inference", "topic": "soundtrack.requests.v1", "replicas": 2,
                   "cpu": "1", "memory": "2Gi"},
     "watermark": {"port": 9104, "group": "watermark", "topic": "soundtrack.segments.generated.v1", "replicas": 2,
@@ -66,8 +67,8 @@ def workloads() -> list[dict[str, Any]]:
                {"name": "KAFKA_SASL_PASSWORD",
                 "valueFrom": {"secretKeyRef": {"name": f"{name}-kafka", "key": "password"}}},
                {"name": "ENTRAIN_METRICS_HOST", "value": "0.0.0.0"}]  # noqa: S104 (in a pod, on purpose)
-        if name == "ingest":
-            env += [{"name": "ENTRAIN_INGEST_HOST", "value": "0.0.0.0"},  # noqa: S104
+        if name in ("ingest", "delivery"):
+            env += [{"name": f"ENTRAIN_{name.upper()}_HOST", "value": "0.0.0.0"},  # noqa: S104
                     {"name": "ENTRAIN_API_KEYS_FILE", "value": "/secrets/api-keys.json"},
                     {"name": "ENTRAIN_PSEUDONYM_SECRET_FILE", "value": "/secrets/pseudonym.secret"}]
         if name == "watermark":
@@ -85,7 +86,7 @@ def workloads() -> list[dict[str, Any]]:
                                 "readOnlyRootFilesystem": False},
         }
         pod: dict[str, Any] = {"containers": [container]}
-        if name in ("ingest", "watermark"):
+        if name in ("ingest", "delivery", "watermark"):
             container["volumeMounts"] = [{"name": "secrets", "mountPath": "/secrets", "readOnly": True}]
             pod["volumes"] = [{"name": "secrets", "secret": {"secretName": f"{name}-secrets"}}]
         if name == "watermark":

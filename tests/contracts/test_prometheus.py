@@ -33,7 +33,8 @@ def test_every_service_metric_follows_prometheus_conventions() -> None:
     import inference.service  # noqa: F401
     import ingest.app  # noqa: F401  (importing registers each service's metrics)
     import royalty.service  # noqa: F401
-    import soundtrack.app  # noqa: F401
+    import soundtrack.app
+    import soundtrack.delivery  # noqa: F401
     import watermark.service  # noqa: F401
 
     exposition = generate_latest(REGISTRY)
@@ -41,6 +42,7 @@ def test_every_service_metric_follows_prometheus_conventions() -> None:
     assert {"entrain_ingest_requests_total", "entrain_royalty_transactions_total",
             "entrain_inference_deadline_misses_total", "entrain_soundtrack_requests_total",
             "entrain_records_dead_lettered_total", "entrain_consumer_lag_records",
-            "entrain_watermark_verification_failures_total", "entrain_watermark_embed_seconds"} <= families
+            "entrain_watermark_verification_failures_total", "entrain_watermark_embed_seconds",
+            "entrain_soundtrack_buffer_underruns_total"} <= families
     result = promtool("check", "metrics", stdin=exposition)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout.decode() + result.stderr.decode()
