@@ -346,12 +346,20 @@ def _search(feats: tuple[np.ndarray, np.ndarray], layout: _Layout, a: np.ndarray
             proj = (sums[..., 0] / (sums[..., 1] + 1e-12)).reshape(len(r), -1)
             phis = 2 * np.pi * (proj[:, None, :] / contrast[None, :, None]
                                 - layout.dither[local][:, None, :]) / DELTA  # (r, scale, units)
-            votes, present = _label_votes(phis, local[:, None, :], layout)
-            stats = np.abs(votes).sum(axis=-1)
-            ri, ci = np.unravel_index(int(np.argmax(stats)), stats.shape)
-            if best is None or stats[ri, ci] > best.statistic:
+            # Pick the alignment by a cheap proxy (votes over every occurrence), then score it
+            # with the decision statistic (one term per label). Any selection rule is covered by
+            # the threshold's union over all hypotheses.
+            n_r, n_c = phis.shape[:2]
+            index = ((np.arange(n_r)[:, None, None] * n_c + np.arange(n_c)[None, :, None]) * WORD_BITS
+                     + layout.bit_of_unit[local][:, None, :])
+            proxy = np.bincount(index.ravel(), weights=np.cos(phis).ravel(), minlength=n_r * n_c * WORD_BITS)
+            ri, ci = np.unravel_index(int(np.argmax(np.abs(proxy.reshape(n_r, n_c, WORD_BITS)).sum(axis=-1))),
+                                      (n_r, n_c))
+            votes, present = _label_votes(phis[ri, ci], local[ri], layout)
+            stat = float(np.abs(votes).sum())
+            if best is None or stat > best.statistic:
                 start = (offset + (first + 2 * int(r[ri])) * (HOP // DECIMATE)) * DECIMATE
-                best = _Best(float(stats[ri, ci]), int(present[ri, ci]), start, votes[ri, ci])
+                best = _Best(stat, int(present), start, votes)
     if best is None:
         raise AudioError("audio too short to analyse")
     return best
