@@ -10,7 +10,8 @@ For each listener:
   ready      when the first watermarked segment at the new tempo reached soundtrack.segments.v1
              (inference + watermark), read by this process
   request_delay = request - designed (the system part); segment_ready = ready - designed
-Underruns: delivery's count of segments that reached the playlist after their deadline.
+Underruns: segments that reached a playlist after their deadline (delivery) plus requests
+inference dropped because their deadline had passed (the player gets nothing for them).
 
 Phase 2 (throughput): inference and watermark are stopped; E telemetry events for 2,000
 listeners are produced to listener.telemetry.v1 as fast as possible; the worker's rate is E
@@ -216,9 +217,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pipeline = Pipeline(kafka, Path(tmp)).start()
         try:
-            before = underruns(pipeline)
+            late_before, missed_before = underruns(pipeline)
             step = step_change(pipeline, args.listeners, args.rest_s, args.run_s)
-            step["underruns"] = int(underruns(pipeline) - before)
+            late, missed = underruns(pipeline)
+            step["late_segments"], step["dropped_requests"] = int(late - late_before), int(missed - missed_before)
+            step["underruns"] = step["late_segments"] + step["dropped_requests"]
             print(f"step change, {args.listeners} listeners: {json.dumps(step)}")
             rate = throughput(pipeline, args.events)
             print(f"one soundtrack worker: {json.dumps(rate)}")

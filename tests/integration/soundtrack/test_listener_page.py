@@ -28,6 +28,7 @@ def test_the_page_speeds_up_after_a_heart_rate_change(isolated: KafkaSettings, t
                              capture_output=True, text=True, timeout=240)
         assert run.stdout.strip(), run.stderr
         result = json.loads(run.stdout.strip().splitlines()[-1])
+        print(result)  # seconds from the change to faster playback, underruns: visible with -s
         assert result["ok"], (result, run.stderr[-2000:], pipeline.log("soundtrack")[-1500:])
         assert result["new_tempo"] >= result["rest_tempo"] * 1.05
         assert float(result["shown_tempo"]) >= result["new_tempo"] - 0.05  # the page shows what it plays
