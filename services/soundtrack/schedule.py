@@ -3,11 +3,12 @@
 A listener's state folds telemetry (``observe``) and, when asked (``due_requests``),
 emits the segment requests that keep them SEGMENTS_AHEAD segments ahead of playback.
 Playback is assumed continuous from the session's first request; a segment lasts
-SEGMENT_BARS bars at its tempo. Every request carries the policy's parameters for
-that point in time, so a change reaches the next request. Request ids derive from
-(listener, session, sequence): a replay after a crash emits the same ids (idempotent
-downstream), and the segment id inference gives a request is known in advance, so a
-request can name the segment it continues.
+SEGMENT_BARS bars at its tempo, one bar up to SHORT_SEGMENT_MAX_BPM (so a change reaches the
+ear sooner at slow tempos; a bar there is >= 2.2 s, more than the watermark's 1.9 s block).
+Every request carries the policy's parameters for that point in time, so a change reaches
+the next request. Request ids derive from (listener, session, sequence): a replay after a
+crash emits the same ids (idempotent downstream), and the segment id inference gives a
+request is known in advance, so a request can name the segment it continues.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from soundtrack.policy import Body, Music, Playing, advance, body_update, target
 
 SEGMENT_BARS = 2  # short segments: the tempo may change (at most 3% per bar) at every segment boundary
+SHORT_SEGMENT_MAX_BPM = 110.0
 SEGMENTS_AHEAD = 2
 IDLE_MS = 60_000  # no telemetry for a minute: stop generating
 DEADLINE_MARGIN_MS = 1_500  # a segment must exist this long before it starts playing
@@ -76,8 +78,12 @@ def observe(state: ListenerState, telemetry: dict[str, Any], now_ms: int) -> Lis
     return replace(state, body=body, last_seen_ms=max(state.last_seen_ms, now_ms))
 
 
-def segment_ms(tempo_bpm: float) -> int:
-    return round(SEGMENT_BARS * 4 * 60_000 / tempo_bpm)
+def bars_for(tempo_bpm: float) -> int:
+    return 1 if tempo_bpm <= SHORT_SEGMENT_MAX_BPM else SEGMENT_BARS
+
+
+def segment_ms(tempo_bpm: float, bars: int | None = None) -> int:
+    return round((bars or bars_for(tempo_bpm)) * 4 * 60_000 / tempo_bpm)
 
 
 def due_requests(state: ListenerState, now_ms: int) -> tuple[ListenerState, list[dict[str, Any]]]:
@@ -93,7 +99,8 @@ def due_requests(state: ListenerState, now_ms: int) -> tuple[ListenerState, list
     # arrived (so silence is noticed, while late samples never move it back).
     policy_ms = state.body.last_event_ms + max(0, now_ms - state.last_seen_ms)
     while scheduled < now_ms + SEGMENTS_AHEAD * segment_ms(playing.music.tempo_bpm):
-        playing = advance(playing, target(state.body, policy_ms), policy_ms, SEGMENT_BARS)
+        bars = bars_for(playing.music.tempo_bpm)  # the ramp allowance and the segment agree
+        playing = advance(playing, target(state.body, policy_ms), policy_ms, bars)
         music = playing.music
         sequence = state.next_sequence + len(requests)
         rid = request_id(state.listener_id, state.session_id, sequence)
@@ -102,10 +109,10 @@ def due_requests(state: ListenerState, now_ms: int) -> tuple[ListenerState, list
             "request_id": rid, "listener_id": state.listener_id, "session_id": state.session_id,
             "sequence": sequence, "previous_segment_id": segment_id(previous) if previous else None,
             "params": {"tempo_bpm": round(music.tempo_bpm, 3), "energy": music.energy, "mode": music.mode,
-                       "key_tonic": state.key_tonic, "bars": SEGMENT_BARS},
+                       "key_tonic": state.key_tonic, "bars": bars},
             "seed": seed_of(rid), "requested_at": now_ms,
             "deadline": max(scheduled - DEADLINE_MARGIN_MS, now_ms + 500), "policy_reason": music.reason,
         })
-        scheduled += segment_ms(music.tempo_bpm)
+        scheduled += segment_ms(music.tempo_bpm, bars)
     return replace(state, playing=playing, next_sequence=state.next_sequence + len(requests),
                    scheduled_until_ms=scheduled), requests
