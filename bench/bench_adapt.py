@@ -149,12 +149,21 @@ def step_change(pipeline: Pipeline, listeners: int, rest_s: float, run_s: float)
             "segment_ready_p99_ms": p99(ready_delays)}
 
 
-def underruns(pipeline: Pipeline) -> float:
-    with urllib.request.urlopen(f"{pipeline.delivery_url}/metrics", timeout=5) as response:
+def metric(url: str, prefix: str) -> float:
+    with urllib.request.urlopen(url, timeout=5) as response:
         for line in response.read().decode().splitlines():
-            if line.startswith('entrain_soundtrack_buffer_underruns_total{source="server"}'):
+            if line.startswith(prefix):
                 return float(line.split()[-1])
     return 0.0
+
+
+def underruns(pipeline: Pipeline) -> tuple[float, float]:
+    """Segments that reached a playlist after their deadline, and requests inference dropped as
+    already too late (a gap the player cannot fill)."""
+    late = metric(f"{pipeline.delivery_url}/metrics", 'entrain_soundtrack_buffer_underruns_total{source="server"}')
+    missed = metric(f"http://127.0.0.1:{pipeline.ports['inference']}/metrics",
+                    "entrain_inference_deadline_misses_total")
+    return late, missed
 
 
 def throughput(pipeline: Pipeline, events: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, HealthSer
 from kit.producer import Producer
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import STATE_DIR, KafkaSettings, ServiceSettings
-from soundtrack.schedule import ListenerState, due_requests, observe
+from soundtrack.schedule import IDLE_MS, ListenerState, due_requests, next_due_ms, observe
 
 log = structlog.get_logger()
 SERVICE = "soundtrack"
@@ -71,7 +71,7 @@ def now_ms() -> int:
 
 
 async def _emit(key: bytes, state: ListenerState, partition: int, requests: list[dict[str, Any]]) -> None:
-    listeners[state.listener_id] = {**state.to_dict(), "partition": partition}
+    listeners[state.listener_id] = {**state.to_dict(), "partition": partition, "due_at": next_due_ms(state)}
     for request in requests:
         await requests_topic.send(key=key, value=requests_serde.encode_value(request))
         REQUESTS_EMITTED.labels(request["policy_reason"]).inc()
@@ -122,17 +122,16 @@ async def on_tick(stream: Any) -> None:
             await _emit(event.key, state, event.message.partition, requests)
 
 
-@app.timer(interval=0.5)
+@app.timer(interval=0.1)  # a due request waits at most this long for its tick
 async def schedule() -> None:
     """Tick every local listener that needs a request before its next telemetry arrives."""
     now, active = now_ms(), 0
     for key, stored in list(listeners.items()):
         if not stored:
             continue
-        state = ListenerState.from_dict(stored)
-        _, due = due_requests(state, now)
-        active += now - state.last_seen_ms <= 60_000
-        if due:
+        live = now - stored["last_seen_ms"] <= IDLE_MS
+        active += live
+        if live and stored.get("due_at", 0) <= now:  # cheap: no state decoding for listeners not due
             await ticks_topic.send(key=telemetry_serde.encode_key({"listener_id": key}), value=b"",
                                    partition=stored["partition"])
     ACTIVE.set(active)

@@ -24,7 +24,8 @@ SHORT_SEGMENT_MAX_BPM = 110.0
 SEGMENTS_AHEAD = 2
 IDLE_MS = 60_000  # no telemetry for a minute: stop generating
 DEADLINE_MARGIN_MS = 1_500  # a segment must exist this long before it starts playing
-STARTUP_MS = 2_000  # a new (or resumed) session starts playing this long after its first request
+STARTUP_MS = 4_000  # a new (or resumed) session starts playing this long after its first request
+# (generation plus watermarking of the first two segments must fit, also when many sessions start at once)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,11 @@ def observe(state: ListenerState, telemetry: dict[str, Any], now_ms: int) -> Lis
     return replace(state, body=body, last_seen_ms=max(state.last_seen_ms, now_ms))
 
 
+def next_due_ms(state: ListenerState) -> int:
+    """When the listener next needs a request (the scheduler's timer compares only this)."""
+    return state.scheduled_until_ms - SEGMENTS_AHEAD * segment_ms(state.playing.music.tempo_bpm)
+
+
 def bars_for(tempo_bpm: float) -> int:
     return 1 if tempo_bpm <= SHORT_SEGMENT_MAX_BPM else SEGMENT_BARS
 
@@ -91,14 +97,14 @@ def due_requests(state: ListenerState, now_ms: int) -> tuple[ListenerState, list
     if not state.session_id or now_ms - state.last_seen_ms > IDLE_MS:
         return state, []
     requests: list[dict[str, Any]] = []
-    scheduled = state.scheduled_until_ms
-    if scheduled < now_ms:  # a new session, or playback ran dry: (re)start shortly
-        scheduled = now_ms + STARTUP_MS
+    scheduled, playback = state.scheduled_until_ms, now_ms
+    if scheduled < now_ms:  # a new session, or playback ran dry: (re)start shortly, two segments ready
+        scheduled = playback = now_ms + STARTUP_MS
     playing = state.playing
     # Policy time is event time: the newest sample's time, moved on by the wall time since it
     # arrived (so silence is noticed, while late samples never move it back).
     policy_ms = state.body.last_event_ms + max(0, now_ms - state.last_seen_ms)
-    while scheduled < now_ms + SEGMENTS_AHEAD * segment_ms(playing.music.tempo_bpm):
+    while scheduled < playback + SEGMENTS_AHEAD * segment_ms(playing.music.tempo_bpm):
         bars = bars_for(playing.music.tempo_bpm)  # the ramp allowance and the segment agree
         playing = advance(playing, target(state.body, policy_ms), policy_ms, bars)
         music = playing.music
