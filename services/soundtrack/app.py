@@ -22,7 +22,7 @@ from typing import Any
 
 import faust
 import structlog
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from kit.consumer import dlq_headers
 from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, HealthServer
@@ -37,6 +37,10 @@ TELEMETRY, REQUESTS = "listener.telemetry.v1", "soundtrack.requests.v1"
 
 REQUESTS_EMITTED = Counter("entrain_soundtrack_requests_total", "Segment requests emitted.", ["reason"])
 ACTIVE = Gauge("entrain_soundtrack_active_listeners", "Listeners with recent telemetry on this worker.")
+REQUEST_DELAY = Histogram("entrain_soundtrack_request_delay_seconds",
+                          "From a telemetry record's broker timestamp to the requests its processing emitted "
+                          "(the system part of the adaptation delay).",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
 kafka = KafkaSettings.from_env()
 DATADIR = Path(os.environ.get("ENTRAIN_SOUNDTRACK_DATADIR", STATE_DIR / "soundtrack" / "faust"))
@@ -106,6 +110,8 @@ async def on_telemetry(stream: Any) -> None:
         now = now_ms()
         state, requests = due_requests(observe(state, sample, now), now)
         await _emit(event.key, state, event.message.partition, requests)
+        if requests and event.message.timestamp:
+            REQUEST_DELAY.observe(max(0.0, time.time() - event.message.timestamp))
 
 
 @app.agent(ticks_topic)
