@@ -139,8 +139,11 @@ def _check_word(key: Key, bits: np.ndarray) -> int | None:
 
 # --- signal plumbing ----------------------------------------------------------------
 
-_WINDOW = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT))
-_WINDOW_D = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT // DECIMATE) / (N_FFT // DECIMATE)))
+def _sqrt_hann(n: int) -> np.ndarray:
+    return np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n))
+
+
+_WINDOW, _WINDOW_D = _sqrt_hann(N_FFT), _sqrt_hann(N_FFT // DECIMATE)
 
 
 def _stft(x: np.ndarray) -> np.ndarray:
@@ -173,6 +176,13 @@ def to_mono(audio: np.ndarray, sample_rate: int, rate: int = SAMPLE_RATE) -> np.
 
 # --- embedding ----------------------------------------------------------------------
 
+def _change(gain: np.ndarray, bins: int) -> np.ndarray:
+    """The spectral change a band log-gain makes: exp(gain) - 1 in band, 0 elsewhere."""
+    change = np.zeros((len(gain), bins))
+    change[:, BIN_LO:BIN_HI + 1] = np.expm1(gain)
+    return change
+
+
 def embed(audio: np.ndarray, key: Key, payload: int) -> np.ndarray:
     """Watermark 44.1 kHz audio, (samples,) or (samples, channels). The same gain mask is
     applied to every channel, so the mono mix carries the mark. Returns float32."""
@@ -187,7 +197,8 @@ def embed(audio: np.ndarray, key: Key, payload: int) -> np.ndarray:
     mono = stereo.mean(axis=1)
     length = len(mono)
     gain = np.zeros((n_frames, N_BINS))  # accumulated log gain on the band
-    spec = _stft(mono)
+    host = _stft(mono)
+    spec = host
     pairs = n_frames // 2
     rows = np.arange(pairs) % BLOCK_PAIRS
     occurrence = np.arange(pairs) // BLOCK_PAIRS
@@ -208,14 +219,12 @@ def embed(audio: np.ndarray, key: Key, payload: int) -> np.ndarray:
         per_pair = move[unit_ids] * signs
         gain[1:2 * pairs:2] += np.log1p(per_pair)
         gain[0:2 * pairs:2] += np.log1p(-per_pair)
-        full = np.ones((n_frames, spec.shape[1]))
-        full[:, BIN_LO:BIN_HI + 1] = np.exp(gain)
-        spec = _stft(mono + _istft(_stft(mono) * (full - 1.0), length))
-    full = np.ones((n_frames, spec.shape[1]))
-    full[:, BIN_LO:BIN_HI + 1] = np.exp(gain)
+        spec = _stft(mono + _istft(host * _change(gain, host.shape[1]), length))
+    change = _change(gain, host.shape[1])
     out = np.empty_like(stereo)
     for c in range(stereo.shape[1]):
-        out[:, c] = stereo[:, c] + _istft(_stft(stereo[:, c]) * (full - 1.0), length)
+        channel = host if stereo.shape[1] == 1 else _stft(stereo[:, c])
+        out[:, c] = stereo[:, c] + _istft(channel * change, length)
     peak = np.max(np.abs(out))
     if peak > 1.0:
         out /= peak
