@@ -199,8 +199,8 @@ def write_artifacts(listeners: list[Listener], segments: list[dict[str, Any]], o
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from kit.audio import decode_bytes, encode_wav, ffmpeg
     from kit.store import FileStore
-    from watermark.audio import decode_bytes, encode_wav, ffmpeg
     from watermark.detector import report
     from watermark.keys import KeyRing
     from watermark.registry import Registry

@@ -1,20 +1,17 @@
-"""Writing and reading audio files (WAV/FLAC via soundfile)."""
+"""Writing rendered segments as 16-bit WAV (encoding lives in kit.audio)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-import soundfile
 
 from inference.render import SAMPLE_RATE
+from kit.audio import encode_wav
 
 
 def wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, audio, sample_rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
+    return encode_wav(audio, sample_rate, "PCM_16")
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

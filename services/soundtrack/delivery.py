@@ -47,6 +47,7 @@ SERVICE = "soundtrack-delivery"
 SEGMENTS = "soundtrack.segments.v1"
 PAGE = Path(__file__).with_name("web") / "index.html"
 URL_TTL_S = 3600
+MAX_REPORT_BYTES = 4096
 
 UNDERRUNS = Counter("entrain_soundtrack_buffer_underruns_total",
                     "Segments that reached the playlist after their deadline (server) or players that ran dry "
@@ -194,8 +195,14 @@ def create_app(keys: KeyStore, pseudonymizer: Pseudonymizer, feed: SegmentFeed, 
 
     async def underruns(request: Request) -> Response:
         keys.authenticate(request.headers.get("authorization")).require("listener-app")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_REPORT_BYTES:
+            raise HttpError(413, f"an underrun report is at most {MAX_REPORT_BYTES} bytes")
+        raw = await request.body()
+        if len(raw) > MAX_REPORT_BYTES:
+            raise HttpError(413, f"an underrun report is at most {MAX_REPORT_BYTES} bytes")
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except ValueError:
             raise HttpError(400, "body is not valid JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("user_id"), str):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from watermark.audio import decode_bytes, encode_wav, ffmpeg
+from kit.audio import decode_bytes, encode_wav, ffmpeg
 
 Attack = Callable[[np.ndarray, int, np.random.Generator], tuple[np.ndarray, int]]
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from watermark.audio import decode_bytes
+from kit.audio import AudioError, decode_bytes
 from watermark.keys import KeyRing
 from watermark.registry import Registry
 from watermark.scheme import DESIGN_FPR, detect
@@ -85,8 +85,6 @@ def http_app(keys: KeyRing, registry: Registry | None) -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from watermark.scheme import AudioError
-
     async def detect_endpoint(request: Request) -> JSONResponse:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
@@ -105,8 +103,6 @@ def http_app(keys: KeyRing, registry: Registry | None) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from watermark.scheme import AudioError
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)

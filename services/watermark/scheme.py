@@ -44,6 +44,8 @@ from scipy.optimize import minimize_scalar
 from scipy.signal import resample_poly
 from scipy.special import i0e
 
+from kit.audio import AudioError
+
 SAMPLE_RATE = 44_100
 N_FFT = 2048
 HOP = N_FFT // 2
@@ -70,10 +72,6 @@ CONTRAST_SCALES = np.array([1.0, 0.9, 0.8, 0.7])  # noise, echo and codecs shrin
 COARSE_SCALES = CONTRAST_SCALES[[0, 2]]  # the coarse sync search tries two
 CHASE_BITS = 8  # soft decoding: try flips of the 8 least reliable bits against the CRC
 DESIGN_FPR = 1e-9  # per analysed window, over every sync hypothesis
-
-
-class AudioError(ValueError):
-    """The audio cannot be watermarked or analysed (too short, silent, malformed)."""
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,15 @@ import numpy as np
 import structlog
 from prometheus_client import Counter, Histogram
 
+from kit.audio import AudioError, decode_bytes, encode_wav
 from kit.consumer import ConsumerLoop, InvalidRecord, Record
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings
 from kit.store import FileStore, SegmentStore, StoreError
-from watermark.audio import decode_bytes, encode_wav
 from watermark.keys import KeyRing
 from watermark.registry import Registry
-from watermark.scheme import SAMPLE_RATE, AudioError, detect, embed
+from watermark.scheme import SAMPLE_RATE, detect, embed
 
 log = structlog.get_logger()
 SERVICE = "watermark"

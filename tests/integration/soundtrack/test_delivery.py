@@ -92,6 +92,7 @@ def test_playlists_audio_auth_and_underruns(isolated: KafkaSettings, tmp_path: P
                            ).status_code == 202
         assert underruns("client") == client_before + 1
         assert client.post("/v1/underruns", headers=AUTH, content=b"nope").status_code == 400
+        assert client.post("/v1/underruns", headers=AUTH, content=b" " * 5000).status_code == 413
         assert "Entrain" in client.get("/").text
     finally:
         feed.stop()

@@ -14,12 +14,12 @@ from starlette.testclient import TestClient
 from tests.kafka_helpers import read_all
 
 from inference.engine import Engine, Params
+from kit.audio import decode_bytes, encode_wav
 from kit.consumer import ConsumerLoop
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
 from kit.store import FileStore
-from watermark.audio import decode_bytes, encode_wav
 from watermark.detector import http_app, report
 from watermark.keys import KeyRing
 from watermark.registry import Registry

@@ -1,4 +1,5 @@
-"""Audio files in and out: soundfile for WAV/FLAC/OGG, ffmpeg for everything else (MP3, AAC, Opus...)."""
+"""Audio files in and out, for every service: soundfile for WAV/FLAC/OGG, ffmpeg for everything
+else (MP3, AAC, Opus...)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import subprocess
 import numpy as np
 import soundfile
 
-from watermark.scheme import AudioError
-
 MAX_DECODE_SECONDS = 600
+
+
+class AudioError(ValueError):
+    """The audio cannot be read, written or analysed (not audio, too short, silent...)."""
 
 
 def encode_wav(audio: np.ndarray, sample_rate: int, subtype: str = "FLOAT") -> bytes:
