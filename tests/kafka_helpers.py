@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from kit.consumer import is_partition_eof
 from kit.settings import KafkaSettings
 
 
@@ -33,3 +35,41 @@ def committed(settings: KafkaSettings, group: str, topic: str, partitions: int) 
     offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
     consumer.close()
     return {tp.partition: tp.offset for tp in offsets if tp.offset >= 0}
+
+
+def read_to_end(settings: KafkaSettings, topic: str, timeout_s: float = 300.0) -> list[Any]:
+    """Every committed message on a physical topic, from its beginning to its end now."""
+    consumer = Consumer({**settings.client_config(), "group.id": f"reader-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                         "enable.partition.eof": True})
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    out: list[Any] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(at_end) < len(partitions):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{topic} not read to its end within {timeout_s:.0f}s")
+        for msg in consumer.consume(10_000, 0.5):
+            if msg.error() is None:
+                out.append(msg)
+            elif is_partition_eof(msg):
+                at_end.add(int(msg.partition()))
+    consumer.close()
+    return out
+
+
+def scram_client(settings: KafkaSettings, user: str) -> KafkaSettings:
+    """Settings for ``user`` on the local broker's SCRAM listener, with a fresh password set
+    through the admin API (the plaintext listener's principal is a super user)."""
+    from confluent_kafka.admin import AdminClient, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+    password = secrets.token_urlsafe(16)
+    upsert = UserScramCredentialUpsertion(user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096),
+                                          password.encode())
+    for future in AdminClient(settings.client_config()).alter_user_scram_credentials([upsert]).values():
+        future.result()
+    return KafkaSettings.from_env({
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{settings.kafka_scram_port}",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD": password,
+        "ENTRAIN_TOPIC_PREFIX": settings.topic_prefix})

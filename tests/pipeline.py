@@ -1,5 +1,6 @@
 """The whole pipeline as processes on a private topic prefix and private ports, for end-to-end
-tests and benchmarks: ingest, soundtrack (worker + delivery), inference, watermark.
+tests, benchmarks and the chaos run: ingest, soundtrack (worker + delivery), inference,
+watermark and, when asked, royalty.
 
 It never touches a stack started by ``make up``: topics carry the prefix, the Faust app id and
 data dir are its own, and every port is picked free.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -33,8 +35,11 @@ class Pipeline:
     kafka: KafkaSettings
     workdir: Path
     app_key: str = field(default_factory=lambda: "test-app-" + secrets.token_hex(16))
+    admin_key: str = field(default_factory=lambda: "test-admin-" + secrets.token_hex(16))
+    royalty: bool = False
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    exits: dict[str, int] = field(default_factory=dict)  # exits nobody asked for, per service
 
     @property
     def ingest_url(self) -> str:
@@ -47,12 +52,15 @@ class Pipeline:
     def env(self) -> dict[str, str]:
         keys = self.workdir / "api-keys.json"
         keys.write_text(json.dumps([{"key_id": "test-app", "sha256": hash_key(self.app_key),
-                                     "scopes": ["listener-app"]}]))
+                                     "scopes": ["listener-app"]},
+                                    {"key_id": "test-admin", "sha256": hash_key(self.admin_key),
+                                     "scopes": ["admin"]}]))
         secret = self.workdir / "pseudonym.secret"
         if not secret.exists():
             secret.write_text(secrets.token_hex(32))
         wm_keys = self.workdir / "watermark-keys.json"
-        wm_keys.write_text(json.dumps({"active": "wk-test", "keys": {"wk-test": secrets.token_hex(32)}}))
+        if not wm_keys.exists():  # kept across restarts: segments marked before must still verify
+            wm_keys.write_text(json.dumps({"active": "wk-test", "keys": {"wk-test": secrets.token_hex(32)}}))
         return {
             **os.environ, "PYTHONPATH": str(REPO_ROOT / "services"), "ENTRAIN_TOPIC_PREFIX": self.kafka.topic_prefix,
             "ENTRAIN_API_KEYS_FILE": str(keys), "ENTRAIN_PSEUDONYM_SECRET_FILE": str(secret),
@@ -67,29 +75,58 @@ class Pipeline:
             "ENTRAIN_WATERMARK_METRICS_PORT": str(self.ports["watermark"]),
             "ENTRAIN_WATERMARK_DETECT_PORT": str(self.ports["detect"]),
             "ENTRAIN_DELIVERY_LOOKBACK_S": "600",
+            "ENTRAIN_WATERMARK_DETECTIONS_PER_S": "1000",  # end-to-end checks verify every segment
+            "ENTRAIN_INSTANCE_ID": "0",  # one process per service: static group members, restarts rejoin at once
+            "ENTRAIN_ROYALTY_METRICS_PORT": str(self.ports["royalty"]),
+            "ENTRAIN_ROYALTY_INSTANCE": "pipeline-0", "ENTRAIN_ROYALTY_GROUP": f"{self.kafka.topic_prefix}royalty",
         }
+
+    @property
+    def modules(self) -> dict[str, str]:
+        modules = {"ingest": "ingest", "soundtrack": "soundtrack", "inference": "inference",
+                   "watermark": "watermark", "delivery": "soundtrack.delivery"}
+        return {**modules, "royalty": "royalty"} if self.royalty else modules
 
     def start(self, timeout_s: float = 120) -> Pipeline:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ports = {name: free_port() for name in
-                      ("ingest", "delivery", "soundtrack", "inference", "watermark", "detect")}
-        env = self.env()
-        modules = {"ingest": "ingest", "soundtrack": "soundtrack", "inference": "inference",
-                   "watermark": "watermark", "delivery": "soundtrack.delivery"}
-        for name, module in modules.items():
-            with open(self.workdir / f"{name}.log", "ab") as log:
-                self.procs[name] = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log,
-                                                    stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+                      ("ingest", "delivery", "soundtrack", "inference", "watermark", "detect", "royalty")}
+        for name in self.modules:
+            self.launch(name)
+        self.wait_ready(list(self.modules), timeout_s)
+        return self
+
+    def launch(self, name: str) -> None:
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", self.modules[name]], env=self.env(),
+                                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+
+    def ready(self, name: str) -> bool:
+        return _ready(f"http://127.0.0.1:{self.ports[name]}/readyz")
+
+    def wait_ready(self, names: list[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        for name in modules:
-            url = f"http://127.0.0.1:{self.ports[name]}/readyz"
-            while not _ready(url):
+        for name in names:
+            while not self.ready(name):
                 if self.procs[name].poll() is not None:
                     raise RuntimeError(f"{name} exited: {self.log(name)[-2000:]}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{name} not ready in {timeout_s}s: {self.log(name)[-2000:]}")
                 time.sleep(0.3)
-        return self
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one service (no clean shutdown) and start it again at once."""
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait()
+        self.launch(name)
+
+    def supervise(self) -> list[str]:
+        """Restart services that exited on their own (as an orchestrator would); return their names."""
+        restarted = [name for name, proc in self.procs.items() if proc.poll() is not None]
+        for name in restarted:
+            self.exits[name] = self.exits.get(name, 0) + 1
+            self.launch(name)
+        return restarted
 
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")

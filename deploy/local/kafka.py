@@ -42,6 +42,10 @@ listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLA
 # through the admin API on the plaintext listener).
 sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+# Kafka's authorizer: plaintext clients (the local services, tests) and the controller are
+# ANONYMOUS, a super user; a SCRAM user may do only what ACLs grant (python -m kit.acls).
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
 log.dirs={data}
 num.partitions=3
 offsets.topic.replication.factor=1

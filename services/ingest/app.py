@@ -20,7 +20,6 @@ import structlog
 import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -32,6 +31,7 @@ from ingest.publisher import Overloaded, Publisher, Unavailable
 from ingest.security import AuthError, Principal
 from ingest.settings import IngestSettings
 from ingest.validation import Invalid, parse_consent, parse_play, parse_telemetry
+from kit.http import error_handlers
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
 
@@ -215,14 +215,10 @@ def create_app(settings: IngestSettings, kafka: KafkaSettings, clock: Callable[[
         finally:
             state.pop("publisher").close()
 
-    async def http_exception(request: Request, exc: Exception) -> Response:
-        status = exc.status_code if isinstance(exc, HTTPException) else 500
-        REQUESTS.labels("unrouted", str(status)).inc()
-        return json_response(status, {"error": "no such endpoint" if status == 404 else "method not allowed"})
-
     cors = Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "PUT"],
                       allow_headers=["Authorization", "Content-Type", "X-Request-Id"], max_age=600)
-    return Starlette(middleware=[cors], exception_handlers={404: http_exception, 405: http_exception}, routes=[
+    return Starlette(middleware=[cors], exception_handlers=error_handlers(
+        lambda status: REQUESTS.labels("unrouted", str(status)).inc()), routes=[
         route("/v1/telemetry", telemetry, ["POST"], "telemetry"),
         route("/v1/plays", plays, ["POST"], "plays"),
         route("/v1/rights-holders/{rights_holder_id}/consent", consent, ["PUT"], "consent"),

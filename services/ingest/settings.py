@@ -10,7 +10,7 @@ from pathlib import Path
 from ingest.security import KeyStore, Pseudonymizer
 from ingest.validation import TimeWindow
 from kit.contracts import contract
-from kit.settings import SettingsError
+from kit.settings import SettingsError, refuse_dev_secret
 
 
 def _secret(env: Mapping[str, str], name: str) -> str:
@@ -19,6 +19,7 @@ def _secret(env: Mapping[str, str], name: str) -> str:
         return env[name]
     path = env.get(f"{name}_FILE")
     if path:
+        refuse_dev_secret(env, f"{name}_FILE", Path(path))
         try:
             return Path(path).read_text().strip()
         except OSError as exc:
@@ -88,7 +89,12 @@ def listener_auth(env: Mapping[str, str]) -> tuple[KeyStore, Pseudonymizer]:
         pseudonymizer = Pseudonymizer(bytes.fromhex(secret) if _is_hex(secret) else secret.encode())
     except ValueError as exc:
         raise SettingsError(f"ENTRAIN_PSEUDONYM_SECRET: {exc}") from None
-    return KeyStore.from_json(_secret(env, "ENTRAIN_API_KEYS")), pseudonymizer
+    return api_keys(env), pseudonymizer
+
+
+def api_keys(env: Mapping[str, str]) -> KeyStore:
+    """The API key store (hashes and scopes) every authenticated HTTP endpoint checks."""
+    return KeyStore.from_json(_secret(env, "ENTRAIN_API_KEYS"))
 
 
 def _is_hex(text: str) -> bool:

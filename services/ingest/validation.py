@@ -57,6 +57,7 @@ class Telemetry:
     session_mode: str
     guide_target: str
     device: str | None
+    music: bool
 
     def record(self, listener_id: str, received_time: int) -> dict[str, Any]:
         """The listener.telemetry.v1 value, with the pseudonymous id instead of the app user id."""
@@ -65,6 +66,7 @@ class Telemetry:
             "event_time": self.event_time, "received_time": received_time,
             "heart_rate_bpm": self.heart_rate_bpm, "cadence_spm": self.cadence_spm, "activity": self.activity,
             "session_mode": self.session_mode, "guide_target": self.guide_target, "device": self.device,
+            "music": self.music,
         }
 
 
@@ -196,6 +198,9 @@ def parse_telemetry(item: Any, now_ms: int, window: TimeWindow) -> Telemetry:
     target = _enum(item, "guide_target", GUIDE_TARGETS, "NONE")
     if mode == "MATCH" and target != "NONE":
         raise Invalid("guide_target", "must be NONE in MATCH sessions")
+    music = item.get("music", True)
+    if not isinstance(music, bool):
+        raise Invalid("music", "must be true or false")
     return Telemetry(
         event_id=_uuid(item, "event_id"),
         app_user_id=str(_id(item, "user_id", USER_ID_PATTERN)),
@@ -207,6 +212,7 @@ def parse_telemetry(item: Any, now_ms: int, window: TimeWindow) -> Telemetry:
         session_mode=mode,
         guide_target=target,
         device=device,
+        music=music,
     )
 
 

@@ -28,7 +28,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from kit.observability import CONSUMER_LAG, PROCESSING_SECONDS, RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
 from kit.producer import Headers, Producer
 from kit.serde import DecodeError, TopicSerde
-from kit.settings import KafkaSettings
+from kit.settings import KafkaSettings, group_membership
 
 log = structlog.get_logger()
 
@@ -99,6 +99,7 @@ class ConsumerLoop:
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "cooperative-sticky",
+            **group_membership(self.service),
             **self.consumer_config,
         })
 

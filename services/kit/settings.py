@@ -23,6 +23,25 @@ class SettingsError(ValueError):
     """A setting from the environment is missing or malformed."""
 
 
+ENVIRONMENTS = ("development", "production")
+
+
+def is_production(env: Mapping[str, str] | None = None) -> bool:
+    """``ENTRAIN_ENV=production``: no development fallbacks (plaintext Kafka, secrets from .state/)."""
+    env = os.environ if env is None else env
+    mode = env.get("ENTRAIN_ENV", "development")
+    if mode not in ENVIRONMENTS:
+        raise SettingsError(f"ENTRAIN_ENV must be one of {', '.join(ENVIRONMENTS)}, got {mode!r}")
+    return mode == "production"
+
+
+def refuse_dev_secret(env: Mapping[str, str], name: str, path: Path) -> None:
+    """In production, a secret file from the development state folder (``make dev-secrets``) is refused."""
+    if is_production(env) and path.resolve().is_relative_to(STATE_DIR.resolve()):
+        raise SettingsError(f"{name}: {path} is a development secret (under {STATE_DIR}); "
+                            "production secrets come from the environment or a mounted secret file")
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -76,6 +95,8 @@ class KafkaSettings:
             kafka_controller_port=_int(env, "ENTRAIN_KAFKA_CONTROLLER_PORT", kafka_port + 1),
             kafka_scram_port=_int(env, "ENTRAIN_KAFKA_SCRAM_PORT", kafka_port + 2),
         )
+        if is_production(env) and protocol not in ("SSL", "SASL_SSL"):
+            raise SettingsError(f"ENTRAIN_ENV=production needs KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL, got {protocol}")
         if protocol.startswith("SASL") and not (settings.sasl_username and settings.sasl_password):
             raise SettingsError(f"{protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
         return settings
@@ -121,3 +142,23 @@ class ServiceSettings:
             metrics_port=_int(env, f"ENTRAIN_{name.upper()}_METRICS_PORT", default_port),
             log_level=env.get("ENTRAIN_LOG_LEVEL", "INFO").upper(),
         )
+
+
+SESSION_TIMEOUT_MS = 15_000  # a consumer that died silently gives up its partitions this fast
+
+
+def group_membership(service: str, env: Mapping[str, str] | None = None,
+                     instance_id: str | None = None) -> dict[str, str | int]:
+    """Consumer-group settings for a service's consumers (librdkafka names).
+
+    With ``ENTRAIN_INSTANCE_ID`` (or ``instance_id``) set, the consumer is a *static* member
+    (``group.instance.id``): a restarted process with the same id takes its partitions back at
+    once, without a rebalance. The id must be unique among running processes of a service and
+    stable across restarts of one (a pod name, a supervisor's slot), so there is no default.
+    """
+    env = os.environ if env is None else env
+    config: dict[str, str | int] = {"session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": 3_000}
+    instance = instance_id or env.get("ENTRAIN_INSTANCE_ID")
+    if instance:
+        config["group.instance.id"] = f"{service}-{instance}"
+    return config

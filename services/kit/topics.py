@@ -76,6 +76,7 @@ def ensure_topics(settings: KafkaSettings, check_only: bool = False, timeout_s: 
                 raced.append(name)
         _check_partitions(admin, {name: wanted[name][0] for name in raced}, timeout_s)
         missing = [name for name in missing if name not in raced]
+        _wait_for_leaders(admin, missing, timeout_s)
     present = [name for name in wanted if name in existing]
     if present:
         resources = [
@@ -103,6 +104,22 @@ def _check_partitions(admin: AdminClient, expected: dict[str, int], timeout_s: f
         if found != parts:
             wrong.append(f"{name}: has {found} partitions, manifest says {parts}")
     _refuse_mismatches(wrong)
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """Return once every partition of ``names`` has a leader: a client that asks a new topic for
+    offsets before its leader is elected gets NOT_LEADER_FOR_PARTITION."""
+    deadline = time.monotonic() + timeout_s
+    waiting = list(names)
+    while waiting:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        waiting = [name for name in waiting
+                   if name not in topics or topics[name].error is not None or not topics[name].partitions
+                   or any(p.leader < 0 or p.error is not None for p in topics[name].partitions.values())]
+        if waiting and time.monotonic() > deadline:
+            raise TimeoutError(f"no leader after {timeout_s:.0f} s for: {', '.join(sorted(waiting))}")
+        if waiting:
+            time.sleep(0.1)
 
 
 def _refuse_mismatches(lines: list[str]) -> None:

@@ -35,7 +35,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from kit.consumer import dlq_headers, is_partition_eof, source_of
 from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
 from kit.serde import DecodeError, TopicSerde
-from kit.settings import KafkaSettings, ServiceSettings
+from kit.settings import KafkaSettings, ServiceSettings, group_membership
+from royalty import reference_check
 from royalty.rates import DEFAULT_RATE_CARD, RateCard, RateCardMissing
 from royalty.rules import Paid, Play, Unpaid, Waiting, decide, line_record
 from royalty.tables import ReferenceTables, TableFeed
@@ -121,6 +122,7 @@ class RoyaltyProcessor:
         self.consumer = Consumer({
             **kafka.client_config(), "group.id": settings.group_id, "isolation.level": "read_committed",
             "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": False,
+            **group_membership(SERVICE, instance_id=settings.instance_id),
         })
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -375,7 +377,10 @@ def main() -> None:
     processor = RoyaltyProcessor(kafka, RoyaltySettings.from_env(), RateCard.load(rate_card))
     health = HealthServer.for_service(ServiceSettings.from_env("royalty", 9105)).start()
     health.add_ready_check("reference_data_loaded", lambda: processor.ready)
+    checker, checker_thread = reference_check.start(kafka, processor.settings.group_id)
     signal.signal(signal.SIGTERM, processor.stop)
     signal.signal(signal.SIGINT, processor.stop)
     processor.run()
+    checker.stop()
+    checker_thread.join(10)
     health.stop()

@@ -24,11 +24,12 @@ import faust
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from ingest.validation import CADENCE_SPM, HEART_RATE_BPM
 from kit.consumer import dlq_headers
 from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, HealthServer
 from kit.producer import Producer
 from kit.serde import DecodeError, TopicSerde
-from kit.settings import STATE_DIR, KafkaSettings, ServiceSettings
+from kit.settings import SESSION_TIMEOUT_MS, STATE_DIR, KafkaSettings, ServiceSettings, group_membership
 from soundtrack.schedule import IDLE_MS, ListenerState, due_requests, next_due_ms, observe
 
 log = structlog.get_logger()
@@ -57,6 +58,8 @@ app = faust.App(
     web_enabled=False,
     datadir=str(DATADIR),
     broker_commit_interval=1.0,
+    broker_session_timeout=SESSION_TIMEOUT_MS / 1000,
+    consumer_group_instance_id=group_membership(SERVICE).get("group.instance.id"),
 )
 telemetry_topic = app.topic(telemetry_serde.topic, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw")
@@ -81,15 +84,24 @@ async def _emit(key: bytes, state: ListenerState, partition: int, requests: list
         REQUESTS_EMITTED.labels(request["policy_reason"]).inc()
 
 
-def _dead_letter(event: Any, reason: str) -> None:
+def out_of_range(sample: dict[str, Any]) -> str | None:
+    """Why a decoded sample is physiologically impossible (ingest's ranges), or None."""
+    for name, (low, high) in (("heart_rate_bpm", HEART_RATE_BPM), ("cadence_spm", CADENCE_SPM)):
+        value = sample[name]
+        if value is not None and not low <= value <= high:
+            return f"{name}: {value} is outside {low}-{high}"
+    return None
+
+
+def _dead_letter(event: Any, reason_class: str, reason: str) -> None:
     global _dlq_producer
     if _dlq_producer is None:
         _dlq_producer = Producer(kafka, SERVICE)
     message = event.message
-    headers = dlq_headers(message.topic, message.partition, message.offset, SERVICE, "undecodable", reason)
+    headers = dlq_headers(message.topic, message.partition, message.offset, SERVICE, reason_class, reason)
     _dlq_producer.produce_raw(kafka.topic(TELEMETRY + ".dlq"), message.key, message.value, headers=headers)
     _dlq_producer.flush(10)  # before the offset moves on
-    RECORDS_DEAD_LETTERED.labels(SERVICE, message.topic, "undecodable").inc()
+    RECORDS_DEAD_LETTERED.labels(SERVICE, message.topic, reason_class).inc()
     log.warning("dead_lettered", partition=message.partition, offset=message.offset, reason=reason)
 
 
@@ -103,7 +115,11 @@ async def on_telemetry(stream: Any) -> None:
             if sample is None:
                 raise DecodeError("telemetry record is a tombstone")
         except DecodeError as exc:
-            _dead_letter(event, str(exc))
+            _dead_letter(event, "undecodable", str(exc))
+            continue
+        problem = out_of_range(sample)
+        if problem:  # ingest never lets these through; someone wrote to the topic directly
+            _dead_letter(event, "invalid", problem)
             continue
         stored = listeners.get(listener)
         state = ListenerState.from_dict(stored) if stored else ListenerState(listener)

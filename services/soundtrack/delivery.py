@@ -28,15 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ingest.limits import RateLimiter
 from ingest.security import AuthError, KeyStore, Pseudonymizer
 from kit.consumer import is_partition_eof
+from kit.http import error_handlers
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings
 from kit.store import FileStore, StoreError
@@ -48,6 +50,7 @@ SEGMENTS = "soundtrack.segments.v1"
 PAGE = Path(__file__).with_name("web") / "index.html"
 URL_TTL_S = 3600
 MAX_REPORT_BYTES = 4096
+RATE_PER_LISTENER, BURST_PER_LISTENER = 5.0, 20.0  # requests/s; a player polls about once a segment
 
 UNDERRUNS = Counter("entrain_soundtrack_buffer_underruns_total",
                     "Segments that reached the playlist after their deadline (server) or players that ran dry "
@@ -76,12 +79,22 @@ class SegmentFeed:
         topic = self._consumer.list_topics(self.serde.topic, timeout=30).topics[self.serde.topic]
         since = int((time.time() - lookback_s) * 1000)
         wanted = [TopicPartition(self.serde.topic, p, since) for p in topic.partitions]
-        starts = self._consumer.offsets_for_times(wanted, timeout=30)
+        starts = self._offsets_for_times(wanted, deadline=time.monotonic() + 30)
         self._pending = {tp.partition for tp in starts if tp.offset >= 0}  # -1: nothing newer to catch up on
         if not self._pending:
             self.caught_up.set()
         self._consumer.assign(starts)
         self._thread = threading.Thread(target=self._run, name="segment-feed", daemon=True)
+
+    def _offsets_for_times(self, wanted: list[TopicPartition], deadline: float) -> list[TopicPartition]:
+        while True:  # retriable errors (a leader being elected) clear within seconds
+            try:
+                return list(self._consumer.offsets_for_times(wanted, timeout=max(1.0, deadline - time.monotonic())))
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+                log.warning("offsets_retry", reason=str(exc))
+                time.sleep(0.5)
 
     def start(self) -> SegmentFeed:
         self._thread.start()
@@ -111,7 +124,8 @@ class SegmentFeed:
                     continue
                 if segment is None:
                     continue
-                self.add(segment, int(time.time() * 1000))
+                _, produced_ms = msg.timestamp()  # when it became available, also when replayed after a restart
+                self.add(segment, produced_ms if produced_ms > 0 else int(time.time() * 1000))
         finally:
             self._consumer.close()
 
@@ -146,8 +160,14 @@ class UrlSigner:
 
 
 def create_app(keys: KeyStore, pseudonymizer: Pseudonymizer, feed: SegmentFeed, store: FileStore,
-               clock: Callable[[], float] = time.time) -> Starlette:
+               clock: Callable[[], float] = time.time,
+               limiter: RateLimiter | None = None) -> Starlette:
     signer = UrlSigner(pseudonymizer.secret)
+    limiter = limiter or RateLimiter(RATE_PER_LISTENER, BURST_PER_LISTENER)
+
+    def limit(listener: str) -> None:
+        if limiter.take(listener, 1, int(clock() * 1000)):
+            raise HttpError(429, f"at most {limiter.rate:g} requests/s per listener; retry shortly")
 
     def listener_of(request: Request) -> str:
         principal = keys.authenticate(request.headers.get("authorization"))
@@ -155,7 +175,9 @@ def create_app(keys: KeyStore, pseudonymizer: Pseudonymizer, feed: SegmentFeed, 
         user_id = request.query_params.get("user_id", "")
         if not user_id or len(user_id) > 128:
             raise HttpError(400, "user_id query parameter is required (at most 128 characters)")
-        return pseudonymizer.listener_id(user_id)
+        listener = pseudonymizer.listener_id(user_id)
+        limit(listener)
+        return listener
 
     def session_entries(request: Request) -> list[Entry]:
         listener = listener_of(request)
@@ -207,8 +229,10 @@ def create_app(keys: KeyStore, pseudonymizer: Pseudonymizer, feed: SegmentFeed, 
             raise HttpError(400, "body is not valid JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("user_id"), str):
             raise HttpError(400, 'body must be {"user_id": ..., "segment_id": ...}')
+        listener = pseudonymizer.listener_id(body["user_id"])
+        limit(listener)
         UNDERRUNS.labels("client").inc()
-        log.warning("client_underrun", listener_id=pseudonymizer.listener_id(body["user_id"]),
+        log.warning("client_underrun", listener_id=listener,
                     segment_id=str(body.get("segment_id", ""))[:64])
         return JSONResponse({"recorded": True}, status_code=202)
 
@@ -238,7 +262,8 @@ def create_app(keys: KeyStore, pseudonymizer: Pseudonymizer, feed: SegmentFeed, 
             return response
         return Route(path, wrapped, methods=methods or ["GET"], name=name)
 
-    return Starlette(routes=[
+    unrouted = error_handlers(lambda status: HTTP.labels("unrouted", str(status)).inc())
+    return Starlette(exception_handlers=unrouted, routes=[
         route("/", page, "page"),
         route("/v1/playlist", playlist, "playlist"),
         route("/v1/playlist.m3u8", playlist_m3u8, "playlist_m3u8"),

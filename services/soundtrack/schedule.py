@@ -22,6 +22,7 @@ from soundtrack.policy import Body, Music, Playing, advance, body_update, target
 SEGMENT_BARS = 2  # short segments: the tempo may change (at most 3% per bar) at every segment boundary
 SHORT_SEGMENT_MAX_BPM = 110.0
 SEGMENTS_AHEAD = 2
+NEVER_MS = 2**62
 IDLE_MS = 60_000  # no telemetry for a minute: stop generating
 DEADLINE_MARGIN_MS = 1_500  # a segment must exist this long before it starts playing
 STARTUP_MS = 4_000  # a new (or resumed) session starts playing this long after its first request
@@ -38,6 +39,7 @@ class ListenerState:
     next_sequence: int = 0
     scheduled_until_ms: int = 0  # wall time up to which audio has been requested
     last_seen_ms: int = 0  # wall time of the newest telemetry
+    music: bool = True  # the player wants music (telemetry's ``music``); false: track the body only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +55,7 @@ class ListenerState:
                             playing.get("mood_wish_since_ms", -1)),
             key_tonic=data["key_tonic"], next_sequence=data["next_sequence"],
             scheduled_until_ms=data["scheduled_until_ms"], last_seen_ms=data["last_seen_ms"],
+            music=data.get("music", True),
         )
 
 
@@ -76,11 +79,15 @@ def observe(state: ListenerState, telemetry: dict[str, Any], now_ms: int) -> Lis
         state = ListenerState(state.listener_id, telemetry["session_id"], key_tonic=key)
     body = body_update(state.body, telemetry["event_time"], telemetry["heart_rate_bpm"], telemetry["cadence_spm"],
                        telemetry["activity"], telemetry["session_mode"], telemetry["guide_target"])
-    return replace(state, body=body, last_seen_ms=max(state.last_seen_ms, now_ms))
+    return replace(state, body=body, last_seen_ms=max(state.last_seen_ms, now_ms),
+                   music=telemetry.get("music", True))
 
 
 def next_due_ms(state: ListenerState) -> int:
-    """When the listener next needs a request (the scheduler's timer compares only this)."""
+    """When the listener next needs a request (the scheduler's timer compares only this);
+    never while their player wants no music (their next telemetry recomputes it)."""
+    if not state.music:
+        return NEVER_MS
     return state.scheduled_until_ms - SEGMENTS_AHEAD * segment_ms(state.playing.music.tempo_bpm)
 
 
@@ -93,8 +100,9 @@ def segment_ms(tempo_bpm: float, bars: int | None = None) -> int:
 
 
 def due_requests(state: ListenerState, now_ms: int) -> tuple[ListenerState, list[dict[str, Any]]]:
-    """Requests needed now to stay SEGMENTS_AHEAD segments ahead; none for an idle listener."""
-    if not state.session_id or now_ms - state.last_seen_ms > IDLE_MS:
+    """Requests needed now to stay SEGMENTS_AHEAD segments ahead; none for an idle listener
+    or one whose player wants no music (a later ``music`` sample restarts playback)."""
+    if not state.session_id or not state.music or now_ms - state.last_seen_ms > IDLE_MS:
         return state, []
     requests: list[dict[str, Any]] = []
     scheduled, playback = state.scheduled_until_ms, now_ms

@@ -2,9 +2,10 @@
 
 CLI:  python -m watermark.detector FILE [FILE ...]   (JSON per file; exit 0 all read, 2 on a bad file)
       A file longer than 12 s is scanned in 4 s windows: every segment in it is listed.
-HTTP: POST /v1/detect with the file as the body (served by the watermark service, port
-      ENTRAIN_WATERMARK_DETECT_PORT, default 8084). 413 over the size limit, 422 for a
-      file that is not decodable audio or is too short, with the reason.
+HTTP: POST /v1/detect with the file as the body and any Entrain API key (Authorization:
+      Bearer <key>; served by the watermark service, port ENTRAIN_WATERMARK_DETECT_PORT,
+      default 8084). 401 without a valid key, 429 over DETECTIONS_PER_S per key, 413 over
+      the size limit, 422 for a file that is not decodable audio or is too short, with the reason.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ingest.limits import RateLimiter
+from ingest.security import AuthError, KeyStore
 from kit.audio import AudioError, decode_bytes
+from kit.http import error_handlers
 from watermark.keys import KeyRing
 from watermark.registry import Registry
 from watermark.scheme import DESIGN_FPR, detect
 
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+DETECTIONS_PER_S, DETECTION_BURST = 5.0, 20.0  # per API key: detection costs CPU
 
 
 WINDOW_S, WINDOW_HOP_S = 4.0, 2.0  # long files: segments restart the mark's block, so scan windows
@@ -79,13 +84,22 @@ def report(data: bytes, keys: KeyRing, registry: Registry | None) -> dict[str, A
     }
 
 
-def http_app(keys: KeyRing, registry: Registry | None) -> Any:
+def http_app(keys: KeyRing, registry: Registry | None, api_keys: KeyStore,
+             limiter: RateLimiter | None = None) -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    limiter = limiter or RateLimiter(DETECTIONS_PER_S, DETECTION_BURST)
+
     async def detect_endpoint(request: Request) -> JSONResponse:
+        try:
+            principal = api_keys.authenticate(request.headers.get("authorization"))
+        except AuthError as exc:
+            return JSONResponse({"error": exc.reason}, status_code=exc.status)
+        if limiter.take(principal.key_id, 1, int(time.time() * 1000)):
+            return JSONResponse({"error": f"at most {limiter.rate:g} detections/s per API key"}, status_code=429)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
             return JSONResponse({"error": f"file larger than {MAX_UPLOAD_BYTES} bytes"}, status_code=413)
@@ -99,7 +113,8 @@ def http_app(keys: KeyRing, registry: Registry | None) -> Any:
         except AudioError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
 
-    return Starlette(routes=[Route("/v1/detect", detect_endpoint, methods=["POST"])])
+    return Starlette(exception_handlers=error_handlers(),
+                     routes=[Route("/v1/detect", detect_endpoint, methods=["POST"])])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit.settings import STATE_DIR
+from kit.settings import STATE_DIR, SettingsError, is_production, refuse_dev_secret
 from watermark.scheme import Key
 
 DEFAULT_FILE = STATE_DIR / "watermark" / "keys.json"
@@ -58,7 +58,15 @@ class KeyRing:
             if any(len(p) != 2 for p in pairs):
                 raise KeyConfigError("ENTRAIN_WATERMARK_KEYS must be id=hexsecret[,id=hexsecret...]")
             return cls.from_mapping({k.strip(): v.strip() for k, v in pairs}, active)
-        path = Path(os.environ.get("ENTRAIN_WATERMARK_KEYS_FILE", DEFAULT_FILE))
+        configured = os.environ.get("ENTRAIN_WATERMARK_KEYS_FILE")
+        if configured is None and is_production():
+            raise KeyConfigError("ENTRAIN_ENV=production: set ENTRAIN_WATERMARK_KEYS or ENTRAIN_WATERMARK_KEYS_FILE "
+                                 "(the development key file is never used)")
+        path = Path(configured or DEFAULT_FILE)
+        try:
+            refuse_dev_secret(os.environ, "ENTRAIN_WATERMARK_KEYS_FILE", path)
+        except SettingsError as exc:
+            raise KeyConfigError(str(exc)) from None
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError as exc:

@@ -12,6 +12,7 @@ same bytes, the same store URI and the same record.
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import time
 from typing import Any
@@ -20,6 +21,9 @@ import numpy as np
 import structlog
 from prometheus_client import Counter, Histogram
 
+from ingest.limits import RateLimiter
+from ingest.security import KeyStore
+from ingest.settings import api_keys
 from kit.audio import AudioError, decode_bytes, encode_wav
 from kit.consumer import ConsumerLoop, InvalidRecord, Record
 from kit.producer import Producer
@@ -98,8 +102,6 @@ class WatermarkService:
 
 
 def main() -> None:
-    import os
-
     from kit.logs import configure_logging
     from kit.observability import HealthServer
 
@@ -113,7 +115,8 @@ def main() -> None:
                         ["soundtrack.segments.generated.v1"], service.handle, producer, batch_size=8)
     health = HealthServer.for_service(ServiceSettings.from_env("watermark", 9104)).start()
     health.add_ready_check("kafka", lambda: producer.reachable(2.0))
-    detect_server = serve_detection(keys, os.environ.get("ENTRAIN_METRICS_HOST", "127.0.0.1"),
+    detect_server = serve_detection(keys, api_keys(os.environ),
+                                    os.environ.get("ENTRAIN_METRICS_HOST", "127.0.0.1"),
                                     int(os.environ.get("ENTRAIN_WATERMARK_DETECT_PORT", "8084")))
     health.add_ready_check("detect-api", lambda: detect_server.started)
     signal.signal(signal.SIGTERM, loop.stop)
@@ -123,14 +126,17 @@ def main() -> None:
     health.stop()
 
 
-def serve_detection(keys: KeyRing, host: str, port: int) -> Any:
+def serve_detection(keys: KeyRing, api: KeyStore, host: str, port: int) -> Any:
     """The public detection endpoint (POST /v1/detect) in a daemon thread."""
     import threading
 
     import uvicorn
 
-    from watermark.detector import http_app
+    from watermark.detector import DETECTION_BURST, DETECTIONS_PER_S, http_app
 
-    server = uvicorn.Server(uvicorn.Config(http_app(keys, Registry()), host=host, port=port, log_level="warning"))
+    rate = float(os.environ.get("ENTRAIN_WATERMARK_DETECTIONS_PER_S", DETECTIONS_PER_S))
+    limiter = RateLimiter(rate, max(rate * 4, DETECTION_BURST))
+    app = http_app(keys, Registry(), api, limiter)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     threading.Thread(target=server.run, name="detect-http", daemon=True).start()
     return server

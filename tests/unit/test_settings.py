@@ -46,3 +46,30 @@ def test_settings_are_frozen() -> None:
     s = KafkaSettings.from_env({})
     with pytest.raises(AttributeError):
         s.bootstrap_servers = "elsewhere:9092"  # type: ignore[misc]
+
+
+def test_production_mode_refuses_plaintext_kafka_and_development_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingest.settings import listener_auth
+    from kit.settings import STATE_DIR
+    from watermark.keys import KeyConfigError, KeyRing
+
+    with pytest.raises(SettingsError, match="ENTRAIN_ENV must be one of"):
+        KafkaSettings.from_env({"ENTRAIN_ENV": "prod"})
+    with pytest.raises(SettingsError, match="needs KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL"):
+        KafkaSettings.from_env({"ENTRAIN_ENV": "production", "KAFKA_BOOTSTRAP_SERVERS": "kafka:9093"})
+    secure = KafkaSettings.from_env({"ENTRAIN_ENV": "production", "KAFKA_BOOTSTRAP_SERVERS": "kafka:9093",
+                                     "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "ingest",
+                                     "KAFKA_SASL_PASSWORD": "from-a-secret"})
+    assert secure.client_config()["security.protocol"] == "SASL_SSL"
+
+    dev_file = str(STATE_DIR / "ingest" / "pseudonym.secret")
+    with pytest.raises(SettingsError, match="is a development secret"):
+        listener_auth({"ENTRAIN_ENV": "production", "ENTRAIN_PSEUDONYM_SECRET_FILE": dev_file})
+
+    monkeypatch.setenv("ENTRAIN_ENV", "production")
+    monkeypatch.delenv("ENTRAIN_WATERMARK_KEYS", raising=False)
+    monkeypatch.delenv("ENTRAIN_WATERMARK_KEYS_FILE", raising=False)
+    with pytest.raises(KeyConfigError, match="development key file is never used"):
+        KeyRing.from_env()
+    monkeypatch.setenv("ENTRAIN_WATERMARK_KEYS", "wk-prod=" + "ab" * 32)
+    assert KeyRing.from_env().active.key_id == "wk-prod"

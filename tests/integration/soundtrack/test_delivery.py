@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 
+from ingest.limits import RateLimiter
 from ingest.security import KeyStore, Pseudonymizer, hash_key
 from kit.producer import Producer
 from kit.serde import TopicSerde
@@ -94,5 +95,10 @@ def test_playlists_audio_auth_and_underruns(isolated: KafkaSettings, tmp_path: P
         assert client.post("/v1/underruns", headers=AUTH, content=b"nope").status_code == 400
         assert client.post("/v1/underruns", headers=AUTH, content=b" " * 5000).status_code == 413
         assert "Entrain" in client.get("/").text
+
+        strict = TestClient(create_app(KEYS, PSEUDO, feed, store, limiter=RateLimiter(0.01, 2)))
+        answers = [strict.get("/v1/playlist?user_id=carol", headers=AUTH) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429] and "per listener" in answers[2].json()["error"]
+        assert strict.get("/v1/playlist?user_id=dave", headers=AUTH).status_code == 200  # per listener, not per key
     finally:
         feed.stop()

@@ -4,6 +4,7 @@ verified with their provenance registered; bad ones go to the DLQ; the detector 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +15,8 @@ from starlette.testclient import TestClient
 from tests.kafka_helpers import read_all
 
 from inference.engine import Engine, Params
+from ingest.limits import RateLimiter
+from ingest.security import KeyStore, hash_key
 from kit.audio import decode_bytes, encode_wav
 from kit.consumer import ConsumerLoop
 from kit.producer import Producer
@@ -95,7 +98,12 @@ def test_segments_are_marked_verified_registered_and_detectable_across_a_key_rot
 
 def test_detection_api_answers_for_audio_files_and_rejects_bad_ones(tmp_path: Path) -> None:
     keys = KeyRing.from_mapping(OLD, None)
-    client = TestClient(http_app(keys, Registry(tmp_path / "r.sqlite")))
+    api = KeyStore.from_json(json.dumps([{"key_id": "k", "sha256": hash_key("detect-key-0123456789"),
+                                          "scopes": ["rights-holder"], "rights_holder_id": "rh-1"}]))
+    client = TestClient(http_app(keys, Registry(tmp_path / "r.sqlite"), api, RateLimiter(0.01, 4)),
+                        headers={"Authorization": "Bearer detect-key-0123456789"})
+    assert client.post("/v1/detect", content=b"x", headers={"Authorization": ""}).status_code == 401
+    assert client.post("/v1/detect", content=b"x", headers={"Authorization": "Bearer wrong"}).status_code == 401
     from watermark.scheme import embed
 
     audio = Engine().generate(Params(120.0, 0.5, "MINOR", 9, 3), seed=5).rendered.audio
@@ -115,3 +123,4 @@ def test_detection_api_answers_for_audio_files_and_rejects_bad_ones(tmp_path: Pa
     short = encode_wav(np.ones(4410) * 0.1, SAMPLE_RATE)
     assert "too short" in client.post("/v1/detect", content=short).json()["error"]
     assert client.post("/v1/detect", content=b"", headers={"content-length": str(10**9)}).status_code == 413
+    assert client.post("/v1/detect", content=b"x").status_code == 429  # the burst of 4 is spent

@@ -63,6 +63,7 @@ def test_sensors_are_optional() -> None:
     ({"session_mode": "FOLLOW"}, "session_mode", "must be one of"),
     ({"guide_target": "SLEEP"}, "guide_target", "must be NONE in MATCH sessions"),
     ({"device": "d" * 65}, "device", "at most 64 characters"),
+    ({"music": "yes"}, "music", "must be true or false"),
 ])
 def test_bad_telemetry_names_field_and_reason(changes: dict[str, Any], field: str, reason: str) -> None:
     with pytest.raises(Invalid) as exc:

@@ -10,10 +10,12 @@ import pytest
 from soundtrack.policy import HOLD_MS, MAX_RAMP
 from soundtrack.schedule import (
     IDLE_MS,
+    NEVER_MS,
     SEGMENT_BARS,
     SEGMENTS_AHEAD,
     ListenerState,
     due_requests,
+    next_due_ms,
     observe,
     request_id,
     segment_id,
@@ -89,6 +91,17 @@ def test_idle_listeners_get_nothing_and_a_new_session_starts_over() -> None:
     assert due_requests(state, T0 + IDLE_MS + 1)[1] == []
     restarted = observe(state, sample(T0 + 5000, session="s-2"), T0 + 5000)
     assert restarted.next_sequence == 0 and restarted.session_id == "s-2"
+
+
+def test_a_paused_player_gets_no_segments_and_resumes_with_a_fresh_start() -> None:
+    state = observe(ListenerState("l1"), sample(T0), T0)
+    state, first = due_requests(state, T0)
+    paused = observe(state, {**sample(T0 + 1000), "music": False}, T0 + 1000)
+    assert due_requests(paused, T0 + 30_000)[1] == [] and next_due_ms(paused) == NEVER_MS
+    resumed = observe(paused, sample(T0 + 31_000), T0 + 31_000)
+    resumed, again = due_requests(resumed, T0 + 31_000)
+    assert again[0]["sequence"] == len(first)  # the session continues where it stopped
+    assert again[0]["deadline"] > T0 + 31_000 and len(again) >= SEGMENTS_AHEAD
 
 
 def test_state_round_trips_through_its_dict_form() -> None:
