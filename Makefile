@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
+.PHONY: chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ bench-adapt: topics dev-secrets ## adaptation delay (step change, N listeners) a
 
 bench-inference: venv ## music engine real-time factor, latency and listeners per core (one core)
 	$(PY) bench/bench_inference.py
+
+chaos: topics dev-secrets ## the whole pipeline for 6 minutes under load, SIGKILLs, a broker restart and hostile input; RESULT with violations
+	$(PY) -m tests.chaos.pipeline_chaos --listeners 200 --seconds 360
 
 crash-royalty: topics ## the full royalty crash test: 100,000 plays, 6 SIGKILLs, one broker restart
 	$(PY) -m tests.chaos.royalty_crash --plays 100000 --kills 6

@@ -10,7 +10,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from kit.consumer import is_partition_eof
-from kit.settings import KafkaSettings
+from kit.settings import STATE_DIR, KafkaSettings
 
 
 def read_all(settings: KafkaSettings, topic: str, expected: int, timeout_s: float = 20.0) -> list[Any]:
@@ -59,17 +59,21 @@ def read_to_end(settings: KafkaSettings, topic: str, timeout_s: float = 300.0) -
     return out
 
 
-def scram_client(settings: KafkaSettings, user: str) -> KafkaSettings:
-    """Settings for ``user`` on the local broker's SCRAM listener, with a fresh password set
-    through the admin API (the plaintext listener's principal is a super user)."""
+def scram_client(settings: KafkaSettings, user: str, tls: bool = False) -> KafkaSettings:
+    """Settings for ``user`` on the local broker's SCRAM listener (``tls``: the SASL_SSL one,
+    trusting the local CA), with a fresh password set through the admin API (the plaintext
+    listener's principal is a super user)."""
     from confluent_kafka.admin import AdminClient, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
 
     password = secrets.token_urlsafe(16)
     upsert = UserScramCredentialUpsertion(user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096),
                                           password.encode())
-    for future in AdminClient(settings.client_config()).alter_user_scram_credentials([upsert]).values():
+    admin = AdminClient(settings.client_config())  # kept alive until the futures resolve
+    for future in admin.alter_user_scram_credentials([upsert]).values():
         future.result()
+    port = settings.kafka_sasl_ssl_port if tls else settings.kafka_scram_port
     return KafkaSettings.from_env({
-        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{settings.kafka_scram_port}",
-        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD": password,
-        "ENTRAIN_TOPIC_PREFIX": settings.topic_prefix})
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL" if tls else "SASL_PLAINTEXT",
+        "KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD": password, "ENTRAIN_TOPIC_PREFIX": settings.topic_prefix,
+        "KAFKA_SSL_CA_LOCATION": str(STATE_DIR / "kafka" / "tls" / "ca.pem") if tls else ""})

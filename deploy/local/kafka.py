@@ -21,12 +21,14 @@ import time
 import uuid
 
 from confluent_kafka.admin import AdminClient
+from tls import ensure_certificates
 
 from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
 
 KAFKA_DIR = REPO_ROOT / "deploy" / "kafka"
 STATE = STATE_DIR / "kafka"
 PID_FILE = STATE / "kafka.pid"
+TLS = STATE / "tls"
 START_TIMEOUT_S = 90
 
 SERVER_PROPERTIES = """\
@@ -34,14 +36,18 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
 listeners={listeners}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{scram_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{scram_port},SASL_SSL://127.0.0.1:{sasl_ssl_port}
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
-# A SCRAM listener, so clients' SASL settings are tested against a real broker (users are created
-# through the admin API on the plaintext listener).
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
+# SCRAM listeners, plain and over TLS, so clients' security settings are tested against a real
+# broker (users are created through the admin API on the plaintext listener). The TLS listener's
+# certificate comes from a local CA (deploy/local/tls.py; clients trust {tls}/ca.pem).
 sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location={tls}/broker.pem
 # Kafka's authorizer: plaintext clients (the local services, tests) and the controller are
 # ANONYMOUS, a super user; a SCRAM user may do only what ACLs grant (python -m kit.acls).
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
@@ -129,12 +135,14 @@ def up(settings: KafkaSettings) -> None:
     cp = class_path()
     data = STATE / "data"
     props = STATE / "server.properties"
+    ensure_certificates(TLS)
     props.write_text(SERVER_PROPERTIES.format(
         port=settings.kafka_port, controller_port=settings.kafka_controller_port,
-        scram_port=settings.kafka_scram_port, data=data,
+        scram_port=settings.kafka_scram_port, sasl_ssl_port=settings.kafka_sasl_ssl_port, data=data, tls=TLS,
         listeners=",".join([f"PLAINTEXT://127.0.0.1:{settings.kafka_port}",
                             f"CONTROLLER://127.0.0.1:{settings.kafka_controller_port}",
-                            f"SASL_PLAINTEXT://127.0.0.1:{settings.kafka_scram_port}"])))
+                            f"SASL_PLAINTEXT://127.0.0.1:{settings.kafka_scram_port}",
+                            f"SASL_SSL://127.0.0.1:{settings.kafka_sasl_ssl_port}"])))
     if not (data / "meta.properties").exists():
         cluster_id = subprocess.run(java(cp, "kafka.tools.StorageTool", "random-uuid", heap="128m"),
                                     check=True, capture_output=True, text=True).stdout.strip() or str(uuid.uuid4())

@@ -30,7 +30,7 @@ from ingest.limits import DedupWindow, RateLimiter
 from ingest.publisher import Overloaded, Publisher, Unavailable
 from ingest.security import AuthError, Principal
 from ingest.settings import IngestSettings
-from ingest.validation import Invalid, parse_consent, parse_play, parse_telemetry
+from ingest.validation import Invalid, parse_consent, parse_erasure, parse_play, parse_telemetry
 from kit.http import error_handlers
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
@@ -60,7 +60,7 @@ def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | N
 def create_app(settings: IngestSettings, kafka: KafkaSettings, clock: Callable[[], float] = time.time) -> Starlette:
     state: dict[str, Publisher] = {}
     serdes = {name: TopicSerde.for_topic(name, kafka)
-              for name in ("listener.telemetry.v1", "listener.plays.v1", "catalog.consent.v1")}
+              for name in ("listener.telemetry.v1", "listener.plays.v1", "catalog.consent.v1", "listener.erasures.v1")}
     dedup = {"telemetry": DedupWindow(settings.dedup_window_ms), "plays": DedupWindow(settings.dedup_window_ms)}
     limiter = RateLimiter(settings.rate_per_key, settings.burst_per_key)
     openapi = yaml.safe_load(OPENAPI_PATH.read_text())
@@ -164,6 +164,24 @@ def create_app(settings: IngestSettings, kafka: KafkaSettings, clock: Callable[[
                  change_id=change_id, ai_generation=parsed.ai_generation, ai_training=parsed.ai_training)
         return json_response(202, {"change_id": change_id, "effective_from": parsed.effective_from})
 
+    async def erasure(request: Request) -> Response:
+        principal = settings.keys.authenticate(request.headers.get("authorization"))
+        principal.require("listener-app")
+        try:
+            user_id = parse_erasure(await read_json(request))
+        except Invalid as exc:
+            raise HttpError(422, exc.reason, field=exc.field) from None
+        listener_id, erasure_id = settings.pseudonymizer.listener_id(user_id), str(uuid.uuid4())
+        record = {"erasure_id": erasure_id, "listener_id": listener_id, "requested_at": now_ms()}
+        try:
+            await state["publisher"].publish(serdes["listener.erasures.v1"], [({"listener_id": listener_id}, record)])
+        except Overloaded as exc:
+            raise HttpError(429, "ingest is overloaded", retry_after_s=exc.retry_after_s) from None
+        except Unavailable as exc:
+            raise HttpError(503, str(exc), retry_after_s=5) from None
+        log.info("erasure_requested", listener_id=listener_id, erasure_id=erasure_id)
+        return json_response(202, {"erasure_id": erasure_id})
+
     async def healthz(request: Request) -> Response:
         return json_response(200, {"status": "ok"})
 
@@ -222,6 +240,7 @@ def create_app(settings: IngestSettings, kafka: KafkaSettings, clock: Callable[[
         route("/v1/telemetry", telemetry, ["POST"], "telemetry"),
         route("/v1/plays", plays, ["POST"], "plays"),
         route("/v1/rights-holders/{rights_holder_id}/consent", consent, ["PUT"], "consent"),
+        route("/v1/erasures", erasure, ["POST"], "erasure"),
         route("/healthz", healthz, ["GET"], "healthz"),
         route("/readyz", readyz, ["GET"], "readyz"),
         route("/metrics", metrics, ["GET"], "metrics"),

@@ -248,6 +248,11 @@ def parse_play(item: Any, now_ms: int, window: TimeWindow) -> Play:
     )
 
 
+def parse_erasure(item: Any) -> str:
+    """The app user id whose data is to be erased."""
+    return str(_id(_object(item), "user_id", USER_ID_PATTERN))
+
+
 def parse_consent(rights_holder_id: str, item: Any, now_ms: int, skew_ms: int) -> Consent:
     if not ID_PATTERN.fullmatch(rights_holder_id):
         raise Invalid("rights_holder_id", f"must match {ID_PATTERN.pattern}")

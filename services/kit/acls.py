@@ -109,7 +109,8 @@ def apply(settings: KafkaSettings, rules: list[Acl]) -> int:
 
     bindings = [AclBinding(ResourceType[a.resource], a.name, ResourcePatternType[a.pattern], a.principal, "*",
                            AclOperation[a.operation], AclPermissionType.ALLOW) for a in rules]
-    for future in AdminClient(settings.client_config()).create_acls(bindings).values():
+    admin = AdminClient(settings.client_config())  # kept alive until the futures resolve
+    for future in admin.create_acls(bindings).values():
         future.result()
     return len(bindings)
 

@@ -71,6 +71,9 @@ class KafkaSettings:
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_scram_port: int = 9094
+    kafka_sasl_ssl_port: int = 9095
+    ssl_certificate_location: str | None = None  # mutual TLS: the client's certificate and key
+    ssl_key_location: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
@@ -94,6 +97,9 @@ class KafkaSettings:
             kafka_port=kafka_port,
             kafka_controller_port=_int(env, "ENTRAIN_KAFKA_CONTROLLER_PORT", kafka_port + 1),
             kafka_scram_port=_int(env, "ENTRAIN_KAFKA_SCRAM_PORT", kafka_port + 2),
+            kafka_sasl_ssl_port=_int(env, "ENTRAIN_KAFKA_SASL_SSL_PORT", kafka_port + 3),
+            ssl_certificate_location=env.get("KAFKA_SSL_CERTIFICATE_LOCATION") or None,
+            ssl_key_location=env.get("KAFKA_SSL_KEY_LOCATION") or None,
         )
         if is_production(env) and protocol not in ("SSL", "SASL_SSL"):
             raise SettingsError(f"ENTRAIN_ENV=production needs KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL, got {protocol}")
@@ -121,6 +127,10 @@ class KafkaSettings:
             config["sasl.password"] = self.sasl_password
         if self.ssl_ca_location:
             config["ssl.ca.location"] = self.ssl_ca_location
+        if self.ssl_certificate_location:
+            config["ssl.certificate.location"] = self.ssl_certificate_location
+        if self.ssl_key_location:
+            config["ssl.key.location"] = self.ssl_key_location
         return config
 
 

@@ -34,9 +34,10 @@ from soundtrack.schedule import IDLE_MS, ListenerState, due_requests, next_due_m
 
 log = structlog.get_logger()
 SERVICE = "soundtrack"
-TELEMETRY, REQUESTS = "listener.telemetry.v1", "soundtrack.requests.v1"
+TELEMETRY, REQUESTS, ERASURES = "listener.telemetry.v1", "soundtrack.requests.v1", "listener.erasures.v1"
 
 REQUESTS_EMITTED = Counter("entrain_soundtrack_requests_total", "Segment requests emitted.", ["reason"])
+ERASED = Counter("entrain_soundtrack_erasures_total", "Listener erasure requests applied.")
 ACTIVE = Gauge("entrain_soundtrack_active_listeners", "Listeners with recent telemetry on this worker.")
 REQUEST_DELAY = Histogram("entrain_soundtrack_request_delay_seconds",
                           "From a telemetry record's broker timestamp to the requests its processing emitted "
@@ -48,6 +49,7 @@ DATADIR = Path(os.environ.get("ENTRAIN_SOUNDTRACK_DATADIR", STATE_DIR / "soundtr
 DATADIR.mkdir(parents=True, exist_ok=True)
 telemetry_serde = TopicSerde.for_topic(TELEMETRY, kafka)
 requests_serde = TopicSerde.for_topic(REQUESTS, kafka)
+erasures_serde = TopicSerde.for_topic(ERASURES, kafka)
 
 app = faust.App(
     os.environ.get("ENTRAIN_SOUNDTRACK_APP_ID", f"{kafka.topic_prefix}soundtrack"),
@@ -64,6 +66,8 @@ app = faust.App(
 telemetry_topic = app.topic(telemetry_serde.topic, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw")
 requests_topic = app.topic(requests_serde.topic, key_type=bytes, value_type=bytes,
+                           key_serializer="raw", value_serializer="raw")
+erasures_topic = app.topic(erasures_serde.topic, key_type=bytes, value_type=bytes,
                            key_serializer="raw", value_serializer="raw")
 ticks_topic = app.topic(f"{kafka.topic_prefix}soundtrack.ticks", key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw", partitions=telemetry_serde.contract.partitions,
@@ -99,7 +103,7 @@ def _dead_letter(event: Any, reason_class: str, reason: str) -> None:
         _dlq_producer = Producer(kafka, SERVICE)
     message = event.message
     headers = dlq_headers(message.topic, message.partition, message.offset, SERVICE, reason_class, reason)
-    _dlq_producer.produce_raw(kafka.topic(TELEMETRY + ".dlq"), message.key, message.value, headers=headers)
+    _dlq_producer.produce_raw(message.topic + ".dlq", message.key, message.value, headers=headers)
     _dlq_producer.flush(10)  # before the offset moves on
     RECORDS_DEAD_LETTERED.labels(SERVICE, message.topic, reason_class).inc()
     log.warning("dead_lettered", partition=message.partition, offset=message.offset, reason=reason)
@@ -128,6 +132,23 @@ async def on_telemetry(stream: Any) -> None:
         await _emit(event.key, state, event.message.partition, requests)
         if requests and event.message.timestamp:
             REQUEST_DELAY.observe(max(0.0, time.time() - event.message.timestamp))
+
+
+@app.agent(erasures_topic)
+async def on_erasure(stream: Any) -> None:
+    """A listener asked to be forgotten: delete their state (Faust writes the changelog tombstone)."""
+    async for event in stream.events():
+        RECORDS_CONSUMED.labels(SERVICE, event.message.topic).inc()
+        try:
+            listener = erasures_serde.decode_key(event.key)["listener_id"]
+            if erasures_serde.decode_value(event.value) is None:
+                raise DecodeError("erasure record is a tombstone")
+        except DecodeError as exc:
+            _dead_letter(event, "undecodable", str(exc))
+            continue
+        held = listeners.pop(listener, None) is not None
+        ERASED.inc()
+        log.info("listener_erased", listener_id=listener, had_state=held)
 
 
 @app.agent(ticks_topic)

@@ -46,7 +46,7 @@ from soundtrack.playlists import Entry, Playlists, hls_media_playlist
 
 log = structlog.get_logger()
 SERVICE = "soundtrack-delivery"
-SEGMENTS = "soundtrack.segments.v1"
+SEGMENTS, ERASURES = "soundtrack.segments.v1", "listener.erasures.v1"
 PAGE = Path(__file__).with_name("web") / "index.html"
 URL_TTL_S = 3600
 MAX_REPORT_BYTES = 4096
@@ -64,11 +64,13 @@ HTTP = Counter("entrain_soundtrack_http_requests_total", "Delivery HTTP requests
 
 
 class SegmentFeed:
-    """Follows soundtrack.segments.v1 into ``playlists`` in a daemon thread."""
+    """Follows soundtrack.segments.v1 (and listener.erasures.v1, which empties a listener's
+    playlist) into ``playlists`` in a daemon thread."""
 
     def __init__(self, kafka: KafkaSettings, playlists: Playlists, lookback_s: float,
                  on_entry: Callable[[Entry], None] | None = None) -> None:
         self.serde = TopicSerde.for_topic(SEGMENTS, kafka)
+        self.erasures = TopicSerde.for_topic(ERASURES, kafka)
         self.playlists, self.on_entry = playlists, on_entry
         self.lock = threading.Lock()
         self.caught_up = threading.Event()
@@ -76,11 +78,11 @@ class SegmentFeed:
         self._consumer = Consumer({**kafka.client_config(), "group.id": f"{SERVICE}-reader",
                                    "enable.auto.commit": False, "enable.partition.eof": True,
                                    "isolation.level": "read_committed"})
-        topic = self._consumer.list_topics(self.serde.topic, timeout=30).topics[self.serde.topic]
         since = int((time.time() - lookback_s) * 1000)
-        wanted = [TopicPartition(self.serde.topic, p, since) for p in topic.partitions]
+        wanted = [TopicPartition(name, p, since) for name in (self.serde.topic, self.erasures.topic)
+                  for p in self._consumer.list_topics(name, timeout=30).topics[name].partitions]
         starts = self._offsets_for_times(wanted, deadline=time.monotonic() + 30)
-        self._pending = {tp.partition for tp in starts if tp.offset >= 0}  # -1: nothing newer to catch up on
+        self._pending = {(tp.topic, tp.partition) for tp in starts if tp.offset >= 0}  # -1: nothing to catch up on
         if not self._pending:
             self.caught_up.set()
         self._consumer.assign(starts)
@@ -112,9 +114,12 @@ class SegmentFeed:
                     continue
                 if msg.error() is not None:
                     if is_partition_eof(msg):
-                        self._pending.discard(int(msg.partition() or 0))
+                        self._pending.discard((msg.topic(), int(msg.partition() or 0)))
                         if not self._pending:
                             self.caught_up.set()
+                    continue
+                if msg.topic() == self.erasures.topic:
+                    self._erase(msg)
                     continue
                 try:
                     segment = self.serde.decode_value(msg.value())
@@ -128,6 +133,16 @@ class SegmentFeed:
                 self.add(segment, produced_ms if produced_ms > 0 else int(time.time() * 1000))
         finally:
             self._consumer.close()
+
+    def _erase(self, msg: Any) -> None:
+        try:
+            listener = self.erasures.decode_key(msg.key())["listener_id"]
+        except DecodeError as exc:
+            log.warning("erasure_undecodable", reason=str(exc))
+            return
+        with self.lock:
+            dropped = self.playlists.forget(listener)
+        log.info("playlist_erased", listener_id=listener, segments=dropped)
 
     def add(self, segment: dict[str, Any], arrived_ms: int) -> None:
         with self.lock:

@@ -53,6 +53,10 @@ class Playlists:
             entries.extend(ordered)
         return entry
 
+    def forget(self, listener_id: str) -> int:
+        """Drop everything held for a listener (an erasure); return how many segments."""
+        return len(self._by_listener.pop(listener_id, ()))
+
     def session(self, listener_id: str, session_id: str | None = None) -> list[Entry]:
         """The listener's segments of ``session_id`` (default: their newest session), in sequence order."""
         entries = list(self._by_listener.get(listener_id, ()))

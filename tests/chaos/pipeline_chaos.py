@@ -48,8 +48,11 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from http.client import HTTPConnection
 from typing import Any
+from urllib.parse import urlsplit
 
 from confluent_kafka import Producer as RawProducer
 
@@ -350,7 +353,6 @@ def bad_requests(pipe: Pipeline, acked: Acked) -> None:
         ("POST", f"{ingest}/v1/telemetry", None, {"events": []}, None),
         ("POST", f"{ingest}/v1/telemetry", "not-a-key", {"events": []}, None),
         ("POST", f"{ingest}/v1/telemetry", key, None, b"{not json"),
-        ("POST", f"{ingest}/v1/telemetry", key, None, b"[" + b"1," * 800_000 + b"1]"),
         ("POST", f"{ingest}/v1/telemetry", key, {"events": [{}] * 1001}, None),
         ("POST", f"{ingest}/v1/plays", None, {"plays": []}, None),
         ("POST", f"{ingest}/v1/plays", key, None, b"\xff\xfe"),
@@ -368,8 +370,10 @@ def bad_requests(pipe: Pipeline, acked: Acked) -> None:
         ("POST", f"{detect}/v1/detect", None, None, b"RIFF"),
         ("POST", f"{detect}/v1/detect", key, None, b"RIFF\x00\x00garbage"),
     ]
-    for method, url, auth, body, raw in cases:
-        status, answer = http(method, url, auth, body, raw)
+    answers = [(method, url, *http(method, url, auth, body, raw)) for method, url, auth, body, raw in cases]
+    for url in (f"{ingest}/v1/telemetry", f"{ingest}/v1/plays", f"{detect}/v1/detect", f"{delivery}/v1/underruns"):
+        answers.append(("POST", url + " (declares 2 GB)", *declared_too_large(url, key)))
+    for method, url, status, answer in answers:
         acked.bad_requests += 1
         text = answer.decode(errors="replace")
         try:
@@ -378,6 +382,23 @@ def bad_requests(pipe: Pipeline, acked: Acked) -> None:
             reason = None
         if not 400 <= status < 500 or not reason or "Traceback" in text or 'File "' in text:
             acked.bad_request_problems.append(f"{method} {url[:80]}: {status} {text[:120]!r}")
+
+
+def declared_too_large(url: str, key: str) -> tuple[int, bytes]:
+    """Announce a 2 GB body and send none: the server must refuse it from the header alone."""
+    parts = urlsplit(url)
+    connection = HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=15)
+    try:
+        connection.putrequest("POST", parts.path)
+        connection.putheader("Authorization", f"Bearer {key}")
+        connection.putheader("Content-Length", str(2 * 1024**3))
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read()
+    except OSError:
+        return 0, b""
+    finally:
+        connection.close()
 
 
 # --- faults ------------------------------------------------------------------------------
@@ -496,27 +517,30 @@ def check_royalty(kafka: KafkaSettings, acked: Acked, began_ms: int, timeout_s: 
 
 
 def check_watermarks(pipe: Pipeline, listeners: list[Listener]) -> dict[str, int]:
-    checked = failed = 0
+    """Every segment in every playlist, fetched as a player would and sent to the detection API."""
+    segments = []
     for listener in listeners:
-        if not listener.music:
-            continue
-        status, raw = http("GET", f"{pipe.delivery_url}/v1/playlist?user_id={listener.user_id}"
-                                  f"&session_id={listener.session_id}", pipe.app_key)
-        segments = json.loads(raw)["segments"] if status == 200 else []
-        for seg in segments:
-            status, audio = http("GET", pipe.delivery_url + seg["url"], timeout=30)
-            verdict: dict[str, Any] = {}
-            if status == 200:
-                while (answer := http("POST", f"http://127.0.0.1:{pipe.ports['detect']}/v1/detect", pipe.app_key,
-                                      raw=audio, timeout=60))[0] == 429:
-                    time.sleep(0.2)
-                verdict = json.loads(answer[1]) if answer[0] == 200 else {}
-            checked += 1
-            if not (verdict.get("detected") and verdict.get("segment_id") == seg["segment_id"]):
-                failed += 1
-                print(f"  watermark check failed for {seg['segment_id']}: HTTP {status}, {str(verdict)[:200]}")
-            time.sleep(0.2)  # within the detection API's per-key rate
-    return {"segments_checked": checked, "segments_failed": failed}
+        if listener.music:
+            status, raw = http("GET", f"{pipe.delivery_url}/v1/playlist?user_id={listener.user_id}"
+                                      f"&session_id={listener.session_id}", pipe.app_key)
+            segments += json.loads(raw)["segments"] if status == 200 else []
+
+    def verifies(seg: dict[str, Any]) -> bool:
+        status, audio = http("GET", pipe.delivery_url + seg["url"], timeout=30)
+        if status != 200:
+            print(f"  audio of {seg['segment_id']} not served: HTTP {status}")
+            return False
+        status, answer = http("POST", f"http://127.0.0.1:{pipe.ports['detect']}/v1/detect", pipe.app_key,
+                              raw=audio, timeout=60)
+        verdict = json.loads(answer) if status == 200 else {}
+        if not (verdict.get("detected") and verdict.get("segment_id") == seg["segment_id"]):
+            print(f"  watermark check failed for {seg['segment_id']}: HTTP {status}, {str(verdict)[:200]}")
+            return False
+        return True
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(verifies, segments))
+    return {"segments_checked": len(results), "segments_failed": results.count(False)}
 
 
 def check_dlqs(kafka: KafkaSettings, injected: Injected) -> dict[str, Any]:
@@ -547,7 +571,8 @@ def check_dlqs(kafka: KafkaSettings, injected: Injected) -> dict[str, Any]:
             "dlq_redeliveries": duplicates}
 
 
-def check_underruns(kafka: KafkaSettings, listeners: set[str], faults: list[Fault], until_ms: int) -> dict[str, int]:
+def check_underruns(kafka: KafkaSettings, listeners: set[str], faults: list[Fault], began: float,
+                    until_ms: int) -> dict[str, Any]:
     """Every request of the cohort whose deadline passed: was its segment on soundtrack.segments.v1
     by then? Late or missing ones are underruns, attributed to the fault they followed."""
     produced: dict[str, int] = {}
@@ -558,13 +583,17 @@ def check_underruns(kafka: KafkaSettings, listeners: set[str], faults: list[Faul
     for _, _, value in decode_all(kafka, "soundtrack.requests.v1"):
         if value is not None and value["listener_id"] in listeners and value["deadline"] <= until_ms:
             requests[value["request_id"]] = value
-    out = {"requests_due": len(requests), "underruns_near_broker_restart": 0, "underruns_near_service_kill": 0,
-           "underruns_elsewhere": 0}
+    out: dict[str, Any] = {"requests_due": len(requests), "underruns_near_broker_restart": 0,
+                           "underruns_near_service_kill": 0, "underruns_elsewhere": 0}
+    per_10s: Counter[int] = Counter()
+    missing = 0
     for request in requests.values():
         ready_at = produced.get(segment_id(request["request_id"]))
         if ready_at is not None and ready_at <= request["deadline"]:
             continue
         at = request["deadline"] / 1000
+        per_10s[int((at - began) // 10) * 10] += 1
+        missing += ready_at is None
         near = [f for f in faults if f.started - 1 <= at <= (f.over or f.started + 120) + RECOVERY_S]
         if any(f.what == "broker" for f in near):
             out["underruns_near_broker_restart"] += 1
@@ -572,7 +601,24 @@ def check_underruns(kafka: KafkaSettings, listeners: set[str], faults: list[Faul
             out["underruns_near_service_kill"] += 1
         else:
             out["underruns_elsewhere"] += 1
-    return out
+    return out | {"underruns_never_made": missing, "underruns_by_10s": dict(sorted(per_10s.items()))}
+
+
+def check_erasure(kafka: KafkaSettings, pipe: Pipeline, listener: Listener) -> dict[str, int]:
+    """One listener asks to be forgotten: their soundtrack state gets a tombstone on the worker's
+    compacted changelog and delivery serves them an empty playlist."""
+    status, _ = http("POST", f"{pipe.ingest_url}/v1/erasures", pipe.app_key, {"user_id": listener.user_id})
+    listener_id = driver_listener_id(pipe, listener).encode()
+    changelog = kafka.topic("soundtrack-listeners-changelog")
+    deadline, tombstones, left = time.monotonic() + 60, 0, -1
+    while time.monotonic() < deadline:
+        tombstones = sum(1 for m in read_to_end(kafka, changelog) if m.key() == listener_id and m.value() is None)
+        answer = http("GET", f"{pipe.delivery_url}/v1/playlist?user_id={listener.user_id}", pipe.app_key)
+        left = len(json.loads(answer[1])["segments"]) if answer[0] == 200 else -1
+        if tombstones and left == 0:
+            break
+        time.sleep(1)
+    return {"erasure_status": status, "erasure_tombstones": tombstones, "erased_playlist_segments": left}
 
 
 def check_secrets(kafka: KafkaSettings, pipe: Pipeline, listeners: list[Listener]) -> dict[str, int]:
@@ -601,7 +647,7 @@ def check_secrets(kafka: KafkaSettings, pipe: Pipeline, listeners: list[Listener
 # --- the run -----------------------------------------------------------------------------
 
 def run(listeners_n: int, generating: int | None, seconds: float, seed: int = 1,
-        broker_restart: bool = True) -> dict[str, Any]:
+        broker_restart: bool = True, keep_topics: bool = False) -> dict[str, Any]:
     base = KafkaSettings.from_env()
     if broker_restart and not base.local_kafka:
         raise SystemExit("the broker restart needs the local broker (KAFKA_BOOTSTRAP_SERVERS is set)")
@@ -632,7 +678,7 @@ def run(listeners_n: int, generating: int | None, seconds: float, seed: int = 1,
         began = time.time()
         fault_thread = threading.Thread(target=run_faults, args=(pipe, kafka, plan, began, faults, stop), daemon=True)
         fault_thread.start()
-        last_plays = last_consent = 0.0
+        last_plays = last_consent = last_report = 0.0
         while (t := time.time() - began) < seconds:
             driver.tick_telemetry(t)
             if t - last_plays >= 2:
@@ -647,7 +693,8 @@ def run(listeners_n: int, generating: int | None, seconds: float, seed: int = 1,
                 bad_requests(pipe, driver.acked)
             for name in pipe.supervise():
                 print(f"  {name} exited on its own; restarted", flush=True)
-            if int(t) % 30 == 0:
+            if t - last_report >= 30:
+                last_report = t
                 print(f"  t={t:5.0f}s  telemetry acked {len(driver.acked.telemetry):7d}  plays acked "
                       f"{len(driver.acked.plays):5d}  segments heard {sum(len(lt.heard) for lt in listeners):5d}",
                       flush=True)
@@ -669,8 +716,9 @@ def run(listeners_n: int, generating: int | None, seconds: float, seed: int = 1,
         result |= {"bad_requests": driver.acked.bad_requests,
                    "bad_requests_mishandled": len(driver.acked.bad_request_problems),
                    "bad_request_problems": driver.acked.bad_request_problems}
+        result |= check_erasure(kafka, pipe, listeners[0])
         listener_ids = {driver_listener_id(pipe, lt) for lt in listeners if lt.music}
-        result |= check_underruns(kafka, listener_ids, faults, load_over_ms - 5000)
+        result |= check_underruns(kafka, listener_ids, faults, began, load_over_ms - 5000)
         pipe.supervise()
         result["services_down_at_end"] = [n for n in pipe.procs if not pipe.ready(n)]
         result |= check_secrets(kafka, pipe, listeners)
@@ -678,7 +726,8 @@ def run(listeners_n: int, generating: int | None, seconds: float, seed: int = 1,
         stop.set()
         pipe.stop()
     result["violations"] = violations(result)
-    delete_prefixed_topics(kafka)
+    if not keep_topics:
+        delete_prefixed_topics(kafka)
     return result
 
 
@@ -701,7 +750,9 @@ def violations(r: dict[str, Any]) -> int:
             + r.get("segments_failed", 1) + r.get("bad_records_missing", 1) + r.get("dlq_without_reason", 1)
             + r.get("good_records_in_dlq", 1) + r.get("bad_requests_mishandled", 1)
             + len(r.get("services_down_at_end", ["?"])) + r.get("underruns_elsewhere", 1)
-            + r.get("secret_hits_in_logs", 1) + r.get("secret_hits_on_topics", 1))
+            + r.get("secret_hits_in_logs", 1) + r.get("secret_hits_on_topics", 1)
+            + (r.get("erasure_status") != 202) + (not r.get("erasure_tombstones"))
+            + (r.get("erased_playlist_segments") != 0))
 
 
 def main() -> None:
@@ -712,8 +763,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=360)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-broker-restart", action="store_true")
+    parser.add_argument("--keep-topics", action="store_true", help="leave the run's topics for a look")
     args = parser.parse_args()
-    result = run(args.listeners, args.generating, args.seconds, args.seed, not args.no_broker_restart)
+    result = run(args.listeners, args.generating, args.seconds, args.seed, not args.no_broker_restart,
+                 args.keep_topics)
     print(f"violations: {result['violations']}")
     print("RESULT " + json.dumps(result))
     sys.exit(1 if result["violations"] else 0)

@@ -20,6 +20,7 @@ DESIGN_TOPICS = {
     "soundtrack.requests.v1", "soundtrack.segments.generated.v1", "soundtrack.segments.v1", "royalty.events.v1",
 }
 INTERNAL_TOPICS = {"royalty.play-ledger.v1"}  # a service's own state, still a contract
+INTERNAL_TOPICS |= {"listener.erasures.v1"}  # the data-deletion path (issue: data lifecycle)
 CONTRACTS = load_contracts()
 SIDES = [(c, side) for c in CONTRACTS.values() for side in (c.key, c.value)]
 

@@ -1,5 +1,6 @@
-"""The kit's SASL settings and the generated ACLs against the local broker's SCRAM-SHA-512
-listener (the broker runs Kafka's StandardAuthorizer: a SCRAM user gets only what ACLs grant)."""
+"""The kit's SASL and TLS settings and the generated ACLs against the local broker's SCRAM-SHA-512
+listeners, plain and TLS (the broker runs Kafka's StandardAuthorizer: a SCRAM user gets only what
+ACLs grant)."""
 
 from __future__ import annotations
 
@@ -62,9 +63,10 @@ def read_outcome(settings: KafkaSettings, topic: str, group: str, timeout_s: flo
     return count, error
 
 
-def test_a_scram_user_produces_and_consumes_and_a_wrong_password_cannot(local: KafkaSettings) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["sasl_plaintext", "sasl_ssl"])
+def test_a_scram_user_produces_and_consumes_and_a_wrong_password_cannot(local: KafkaSettings, tls: bool) -> None:
     user = f"svc-{uuid.uuid4().hex[:6]}"
-    scram = scram_client(local, user)
+    scram = scram_client(local, user, tls)
     assert scram.client_config()["sasl.mechanism"] == "SCRAM-SHA-512"
     telemetry = scram.topic("listener.telemetry.v1")
     apply(local, [Acl(f"User:{user}", "TOPIC", telemetry, "LITERAL", op) for op in ("WRITE", "READ", "DESCRIBE")]
@@ -81,6 +83,8 @@ def test_a_scram_user_produces_and_consumes_and_a_wrong_password_cannot(local: K
     rejected.produce(TopicSerde.for_topic("listener.telemetry.v1", wrong), key, value)
     assert rejected.flush(15) == 0  # the delivery failed (counted), it did not hang
     assert len(read_all(scram, telemetry, 2, timeout_s=3)) == 1
+    if tls:  # a client that does not trust the local CA cannot complete the TLS handshake
+        assert produce_error(replace(scram, ssl_ca_location=None), "listener.telemetry.v1") is not None
 
 
 def test_generated_acls_let_each_principal_do_its_job_and_nothing_else(local: KafkaSettings) -> None:
