@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Pipeline:
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     exits: dict[str, int] = field(default_factory=dict)  # exits nobody asked for, per service
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # kill() and supervise() run in two threads
 
     @property
     def ingest_url(self) -> str:
@@ -78,7 +80,7 @@ class Pipeline:
             "ENTRAIN_WATERMARK_DETECTIONS_PER_S": "1000",  # end-to-end checks verify every segment
             "ENTRAIN_INSTANCE_ID": "0",  # one process per service: static group members, restarts rejoin at once
             "ENTRAIN_ROYALTY_METRICS_PORT": str(self.ports["royalty"]),
-            "ENTRAIN_ROYALTY_INSTANCE": "pipeline-0", "ENTRAIN_ROYALTY_GROUP": f"{self.kafka.topic_prefix}royalty",
+            "ENTRAIN_ROYALTY_INSTANCE": "pipeline-0",
         }
 
     @property
@@ -116,16 +118,18 @@ class Pipeline:
 
     def kill(self, name: str) -> None:
         """SIGKILL one service (no clean shutdown) and start it again at once."""
-        self.procs[name].send_signal(signal.SIGKILL)
-        self.procs[name].wait()
-        self.launch(name)
+        with self._lock:
+            self.procs[name].send_signal(signal.SIGKILL)
+            self.procs[name].wait()
+            self.launch(name)
 
     def supervise(self) -> list[str]:
         """Restart services that exited on their own (as an orchestrator would); return their names."""
-        restarted = [name for name, proc in self.procs.items() if proc.poll() is not None]
-        for name in restarted:
-            self.exits[name] = self.exits.get(name, 0) + 1
-            self.launch(name)
+        with self._lock:
+            restarted = [name for name, proc in self.procs.items() if proc.poll() is not None]
+            for name in restarted:
+                self.exits[name] = self.exits.get(name, 0) + 1
+                self.launch(name)
         return restarted
 
     def log(self, name: str) -> str:

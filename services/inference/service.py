@@ -168,7 +168,7 @@ def main() -> None:
     producer = Producer(kafka, SERVICE)
     service = InferenceService(kafka, Engine(), FileStore(), producer)
     log.info("catalog_published", works=service.publish_catalog())
-    loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_INFERENCE_GROUP", "inference"),
+    loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_INFERENCE_GROUP", kafka.group("inference")),
                         ["soundtrack.requests.v1"], lambda r: None, producer, batch_handler=service.handle,
                         batch_size=16)
     health = HealthServer.for_service(ServiceSettings.from_env("inference", 9103)).start()

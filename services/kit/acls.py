@@ -28,8 +28,8 @@ EXTERNAL = ("listener-app", "finance")
 ALIASES = {"royalty statements": "finance"}
 # principal -> consumer-group name prefixes it uses (PREFIXED ACLs)
 GROUPS = {"soundtrack": ("{prefix}soundtrack",), "delivery": ("soundtrack-reader",),
-          "inference": ("inference",), "watermark": ("watermark",), "royalty": ("royalty",),
-          "finance": ("finance", "statement-")}
+          "inference": ("{prefix}inference", "inference-consent-reader"), "watermark": ("{prefix}watermark",),
+          "royalty": ("{prefix}royalty", "royalty-"), "finance": ("finance", "statement-")}
 # Topics a principal reads although no manifest names it a consumer.
 EXTRA_READS = {"delivery": ("soundtrack.segments.v1",)}
 

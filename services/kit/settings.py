@@ -111,6 +111,10 @@ class KafkaSettings:
         """The physical topic name for a logical one (environment prefix applied)."""
         return f"{self.topic_prefix}{logical_name}"
 
+    def group(self, name: str) -> str:
+        """A consumer group's id: environments on one cluster never share a group (the same prefix)."""
+        return f"{self.topic_prefix}{name}"
+
     def client_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka settings common to producers, consumers and admin clients."""
         config: dict[str, str | int | float | bool] = {

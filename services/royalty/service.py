@@ -65,10 +65,10 @@ class RoyaltySettings:
     transactional: bool = True
 
     @classmethod
-    def from_env(cls) -> RoyaltySettings:
+    def from_env(cls, kafka: KafkaSettings) -> RoyaltySettings:
         return cls(
             instance_id=os.environ.get("ENTRAIN_ROYALTY_INSTANCE", socket.gethostname()),
-            group_id=os.environ.get("ENTRAIN_ROYALTY_GROUP", "royalty"),
+            group_id=os.environ.get("ENTRAIN_ROYALTY_GROUP", kafka.group("royalty")),
             batch_max=int(os.environ.get("ENTRAIN_ROYALTY_BATCH_MAX", "500")),
             wait_retry_s=float(os.environ.get("ENTRAIN_ROYALTY_WAIT_RETRY_S", "2")),
             max_wait_s=float(os.environ.get("ENTRAIN_ROYALTY_MAX_WAIT_S", "60")),
@@ -374,7 +374,7 @@ def main() -> None:
     configure_logging(SERVICE)
     kafka = KafkaSettings.from_env()
     rate_card = Path(os.environ.get("ENTRAIN_ROYALTY_RATE_CARD", DEFAULT_RATE_CARD))
-    processor = RoyaltyProcessor(kafka, RoyaltySettings.from_env(), RateCard.load(rate_card))
+    processor = RoyaltyProcessor(kafka, RoyaltySettings.from_env(kafka), RateCard.load(rate_card))
     health = HealthServer.for_service(ServiceSettings.from_env("royalty", 9105)).start()
     health.add_ready_check("reference_data_loaded", lambda: processor.ready)
     checker, checker_thread = reference_check.start(kafka, processor.settings.group_id)

@@ -111,7 +111,7 @@ def main() -> None:
     keys = KeyRing.from_env()
     log.info("keys_loaded", active=keys.active.key_id, keys=[k.key_id for k in keys.keys])
     service = WatermarkService(kafka, keys, FileStore(), Registry(), producer)
-    loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_WATERMARK_GROUP", "watermark"),
+    loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_WATERMARK_GROUP", kafka.group("watermark")),
                         ["soundtrack.segments.generated.v1"], service.handle, producer, batch_size=8)
     health = HealthServer.for_service(ServiceSettings.from_env("watermark", 9104)).start()
     health.add_ready_check("kafka", lambda: producer.reachable(2.0))

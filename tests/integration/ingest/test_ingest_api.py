@@ -130,6 +130,17 @@ def test_consent_is_produced_to_the_compacted_topic(client: TestClient) -> None:
     assert value["ai_generation"] is False and value["change_id"] == response.json()["change_id"]
 
 
+def test_an_erasure_request_is_produced_under_the_pseudonym_only(client: TestClient) -> None:
+    response = client.post("/v1/erasures", json={"user_id": "alice@example.com"}, headers=APP)
+    assert response.status_code == 202, response.text
+    [(raw, key, value)] = decoded(client.kafka, "listener.erasures.v1", 1)  # type: ignore[attr-defined]
+    assert key == {"listener_id": Pseudonymizer(SECRET).listener_id("alice@example.com")}
+    assert value["erasure_id"] == response.json()["erasure_id"] and b"alice" not in raw
+    assert client.post("/v1/erasures", json={"user_id": "has space"}, headers=APP).status_code == 422
+    assert client.post("/v1/erasures", json={"user_id": "alice@example.com"},
+                       headers={"Authorization": f"Bearer {RH_KEY}"}).status_code == 403
+
+
 @pytest.mark.parametrize(("method", "path", "headers", "body", "status", "reason"), [
     ("post", "/v1/telemetry", {}, {"events": []}, 401, "missing API key"),
     ("post", "/v1/telemetry", {"Authorization": "Bearer nope"}, {"events": []}, 401, "unknown API key"),

@@ -1,0 +1,29 @@
+"""Playlists keep each listener's session in sequence order and forget a listener on erasure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from soundtrack.playlists import Playlists
+
+
+def segment(listener: str, sequence: int, session: str = "s-1") -> dict[str, Any]:
+    return {"segment_id": f"seg-{listener}-{session}-{sequence}", "listener_id": listener, "session_id": session,
+            "sequence": sequence, "generated_at": sequence, "deadline": 1000}
+
+
+def test_out_of_order_arrivals_are_sorted_and_redeliveries_ignored() -> None:
+    playlists = Playlists()
+    for n in (0, 2, 1):
+        assert playlists.add(segment("a", n), 500) is not None
+    assert playlists.add(segment("a", 1), 600) is None
+    assert [e.segment["sequence"] for e in playlists.session("a")] == [0, 1, 2]
+
+
+def test_an_erased_listener_has_nothing_left_and_others_keep_theirs() -> None:
+    playlists = Playlists()
+    for n in range(3):
+        playlists.add(segment("a", n), 500)
+        playlists.add(segment("b", n), 500)
+    assert playlists.forget("a") == 3 and playlists.forget("a") == 0
+    assert playlists.session("a") == [] and len(playlists.session("b")) == 3
