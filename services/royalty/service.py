@@ -22,8 +22,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,7 @@ AMOUNT = Counter("entrain_royalty_amount_micros_total", "Money attributed in roy
 TRANSACTIONS = Counter("entrain_royalty_transactions_total", "Transactions by result.", ["result"])
 COMMIT_SECONDS = Histogram("entrain_royalty_commit_seconds", "Time to commit one transaction.",
                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+STALLS = Counter("entrain_royalty_stalls_total", "Steps that outlived their limit (the process exits and restarts).")
 WAITING = Gauge("entrain_royalty_waiting_partitions", "Play partitions paused waiting for inputs.")
 
 
@@ -73,6 +77,42 @@ class RoyaltySettings:
             wait_retry_s=float(os.environ.get("ENTRAIN_ROYALTY_WAIT_RETRY_S", "2")),
             max_wait_s=float(os.environ.get("ENTRAIN_ROYALTY_MAX_WAIT_S", "60")),
         )
+
+
+STALL_EXIT_S = 45.0  # the commit's own timeouts add up to 40 s
+
+
+class Watchdog:
+    """Exits the process when a guarded step outlives its time limit.
+
+    librdkafka's ``send_offsets_to_transaction`` can block forever, past its timeout, when the
+    group coordinator it cached went away (a broker restart): confluentinc/librdkafka#5456 and
+    #5511. The only way out is a new client, so the process exits and its supervisor starts it
+    again; the unfinished transaction is aborted when the new instance (same transactional id)
+    initialises, so exactly-once holds.
+    """
+
+    def __init__(self, limit_s: float, exit: Callable[[int], object] = os._exit) -> None:
+        self.limit_s, self._exit = limit_s, exit
+        self._step: tuple[str, float] | None = None
+        threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
+
+    @contextmanager
+    def guard(self, step: str) -> Iterator[None]:
+        self._step = (step, time.monotonic())
+        try:
+            yield
+        finally:
+            self._step = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(5.0, self.limit_s / 4))
+            step = self._step
+            if step is not None and time.monotonic() - step[1] > self.limit_s:
+                log.error("step_stalled_exiting", step=step[0], seconds=round(time.monotonic() - step[1]))
+                STALLS.inc()
+                self._exit(70)
 
 
 class _Abort(Exception):
@@ -110,6 +150,7 @@ class RoyaltyProcessor:
         self._waiting_since: dict[tuple[int, int], float] = {}
         self._paused_until: dict[int, float] = {}
         self._stopping = False
+        self.watchdog = Watchdog(STALL_EXIT_S)
         self.ready = False
         self.stats = LoopStats()
         producer_config: dict[str, Any] = {
@@ -194,8 +235,9 @@ class RoyaltyProcessor:
                        for p, o in {**batch.next_offsets, **batch.blocked}.items()]
             started = time.perf_counter()
             if transactional:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-                self.producer.commit_transaction(30)
+                with self.watchdog.guard("commit"):
+                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 20)
+                    self.producer.commit_transaction(20)
             else:  # at-least-once, for the benchmark's baseline
                 self.producer.flush(30)
                 self.consumer.commit(offsets=offsets, asynchronous=False)

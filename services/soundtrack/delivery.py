@@ -137,7 +137,9 @@ class SegmentFeed:
     def _erase(self, msg: Any) -> None:
         try:
             listener = self.erasures.decode_key(msg.key())["listener_id"]
-        except DecodeError as exc:
+            if self.erasures.decode_value(msg.value()) is None:
+                raise DecodeError("erasure record is a tombstone")
+        except DecodeError as exc:  # the soundtrack worker dead-letters it; nothing is erased
             log.warning("erasure_undecodable", reason=str(exc))
             return
         with self.lock:

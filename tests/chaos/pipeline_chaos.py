@@ -74,8 +74,9 @@ from tests.pipeline import Pipeline
 
 SERVICES = ("ingest", "soundtrack", "delivery", "inference", "watermark", "royalty")
 RECOVERY_S = 20.0  # after a fault is over (service ready again, broker answering), lateness still counts as its
-INPUT_TOPICS = ("listener.telemetry.v1", "listener.plays.v1", "catalog.consent.v1", "catalog.works.v1",
-                "soundtrack.requests.v1", "soundtrack.segments.generated.v1", "soundtrack.segments.v1")
+INPUT_TOPICS = ("listener.telemetry.v1", "listener.plays.v1", "listener.erasures.v1", "catalog.consent.v1",
+                "catalog.works.v1", "soundtrack.requests.v1", "soundtrack.segments.generated.v1",
+                "soundtrack.segments.v1")
 
 
 # --- HTTP --------------------------------------------------------------------------------
@@ -348,7 +349,7 @@ def _out_of_range(logical: str, example: dict[str, Any], n: int) -> dict[str, An
         influences = [{"work_id": load_catalog()[0].work_id, "weight_ppm": 999_999}]
         return {**example, "segment_id": f"seg-chaos-bad-{n}",
                 "provenance": {**example["provenance"], "influences": influences}}
-    return None  # catalog.consent.v1: booleans and times; any decodable record is a valid one
+    return None  # consent (booleans and times), erasures (an id): any decodable record is a valid one
 
 
 def inject_records(kafka: KafkaSettings, injected: Injected, n: int) -> int:
