@@ -10,7 +10,12 @@
   changed from a stream, and the tick keeps the change co-partitioned.
 * Faust's exactly-once mode is not used: request ids are deterministic, so a replayed
   event re-emits identical requests and downstream effects are idempotent.
-* Bad telemetry goes to listener.telemetry.v1.dlq with the reason.
+* Bad telemetry (undecodable, or out of ingest's physiological ranges: written to the topic
+  directly) goes to listener.telemetry.v1.dlq with the reason.
+* An erasure (listener.erasures.v1) deletes the listener's state; Faust writes the tombstone
+  to the table's compacted changelog.
+* With ENTRAIN_INSTANCE_ID set the worker is a static group member: restarted, it takes its
+  partitions back without waiting for its old session to expire.
 """
 
 from __future__ import annotations
