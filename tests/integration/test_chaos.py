@@ -15,6 +15,6 @@ from tests.chaos.pipeline_chaos import run
 def test_a_short_chaos_run_keeps_every_promise(kafka: KafkaSettings) -> None:
     if not kafka.local_kafka:
         pytest.skip("the broker restart needs the local broker")
-    result = run(listeners_n=60, generating=6, seconds=120, seed=2)
+    result = run(listeners_n=60, generating=4, seconds=120, seed=2)  # a quarter of the capacity measured here
     print("RESULT " + json.dumps(result))
     assert result["violations"] == 0, json.dumps(result, indent=1)
