@@ -49,6 +49,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from http.client import HTTPConnection
@@ -397,9 +398,10 @@ def bad_requests(pipe: Pipeline, acked: Acked) -> None:
         ("POST", f"{detect}/v1/detect", None, None, b"RIFF"),
         ("POST", f"{detect}/v1/detect", key, None, b"RIFF\x00\x00garbage"),
     ]
-    answers = [(method, url, *http(method, url, auth, body, raw)) for method, url, auth, body, raw in cases]
+    answers = [(method, url, *reachable(lambda m=method, u=url, a=auth, b=body, r=raw: http(m, u, a, b, r)))
+               for method, url, auth, body, raw in cases]
     for url in (f"{ingest}/v1/telemetry", f"{ingest}/v1/plays", f"{detect}/v1/detect", f"{delivery}/v1/underruns"):
-        answers.append(("POST", url + " (declares 2 GB)", *declared_too_large(url, key)))
+        answers.append(("POST", url + " (declares 2 GB)", *reachable(lambda u=url: declared_too_large(u, key))))
     for method, url, status, answer in answers:
         acked.bad_requests += 1
         text = answer.decode(errors="replace")
@@ -409,6 +411,17 @@ def bad_requests(pipe: Pipeline, acked: Acked) -> None:
             reason = None
         if not 400 <= status < 500 or not reason or "Traceback" in text or 'File "' in text:
             acked.bad_request_problems.append(f"{method} {url[:80]}: {status} {text[:120]!r}")
+
+
+def reachable(call: Callable[[], tuple[int, bytes]], attempts: int = 10) -> tuple[int, bytes]:
+    """The answer of ``call``, retried while nothing answers (the service may be restarting after
+    its SIGKILL: a refused connection is right then, and says nothing about bad-input handling)."""
+    for _ in range(attempts - 1):
+        status, answer = call()
+        if status:
+            return status, answer
+        time.sleep(2)
+    return call()
 
 
 def declared_too_large(url: str, key: str) -> tuple[int, bytes]:
