@@ -49,7 +49,8 @@ def services() -> dict[str, Service]:
         "ingest": Service("ingest", int(os.environ.get("ENTRAIN_INGEST_PORT", "8080")), listener_auth),
         "soundtrack": Service("soundtrack", int(os.environ.get("ENTRAIN_SOUNDTRACK_METRICS_PORT", "9102")), {}),
         "inference": Service("inference", int(os.environ.get("ENTRAIN_INFERENCE_METRICS_PORT", "9103")), {}),
-        "watermark": Service("watermark", int(os.environ.get("ENTRAIN_WATERMARK_METRICS_PORT", "9104")), {}),
+        "watermark": Service("watermark", int(os.environ.get("ENTRAIN_WATERMARK_METRICS_PORT", "9104")),
+                             {"ENTRAIN_API_KEYS_FILE": listener_auth["ENTRAIN_API_KEYS_FILE"]}),  # detection API
         "delivery": Service("delivery", int(os.environ.get("ENTRAIN_DELIVERY_PORT", "8085")), listener_auth,
                             module="soundtrack.delivery"),
         "royalty": Service("royalty", int(os.environ.get("ENTRAIN_ROYALTY_METRICS_PORT", "9105")), {
