@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import kubernetes_validate
 import yaml
@@ -62,3 +63,20 @@ def test_custom_resources_follow_the_contracts() -> None:
     for scaled in yaml.safe_load_all((DEPLOY / "k8s" / "generated" / "autoscaling.yaml").read_text()):
         trigger = scaled["spec"]["triggers"][0]["metadata"]
         assert scaled["spec"]["maxReplicaCount"] == contracts[trigger["topic"]].partitions
+
+
+def test_every_authenticating_service_gets_the_api_keys_everywhere_it_is_deployed() -> None:
+    """ingest, delivery and watermark (its detection API) check API keys: `make up`, compose and
+    Kubernetes must all hand them the key store."""
+    local_spec = importlib.util.spec_from_file_location("local_services", DEPLOY / "local" / "services.py")
+    assert local_spec is not None and local_spec.loader is not None
+    local = importlib.util.module_from_spec(local_spec)
+    sys.modules["local_services"] = local  # its dataclasses look their module up
+    local_spec.loader.exec_module(local)
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["env"]
+            for d in generate.workloads() if d["kind"] in ("Deployment", "StatefulSet")}
+    for name in ("ingest", "delivery", "watermark"):
+        assert "ENTRAIN_API_KEYS_FILE" in local.services()[name].env, f"make up: {name}"
+        assert "ENTRAIN_API_KEYS" in (compose[name].get("environment") or {}), f"compose: {name}"
+        assert any(e["name"] == "ENTRAIN_API_KEYS_FILE" for e in pods[name]), f"kubernetes: {name}"
