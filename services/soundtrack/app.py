@@ -114,18 +114,27 @@ def _dead_letter(event: Any, reason_class: str, reason: str) -> None:
     log.warning("dead_lettered", partition=message.partition, offset=message.offset, reason=reason)
 
 
+def _decode_or_dead_letter(event: Any, serde: TopicSerde) -> tuple[str, dict[str, Any]] | None:
+    """(listener id, value) of a consumed record; None when it went to its topic's DLQ instead."""
+    RECORDS_CONSUMED.labels(SERVICE, event.message.topic).inc()
+    try:
+        listener = serde.decode_key(event.key)["listener_id"]
+        value = serde.decode_value(event.value)
+        if value is None:
+            raise DecodeError(f"{serde.contract.name} record is a tombstone")
+    except DecodeError as exc:
+        _dead_letter(event, "undecodable", str(exc))
+        return None
+    return listener, value
+
+
 @app.agent(telemetry_topic)
 async def on_telemetry(stream: Any) -> None:
     async for event in stream.events():
-        RECORDS_CONSUMED.labels(SERVICE, event.message.topic).inc()
-        try:
-            listener = telemetry_serde.decode_key(event.key)["listener_id"]
-            sample = telemetry_serde.decode_value(event.value)
-            if sample is None:
-                raise DecodeError("telemetry record is a tombstone")
-        except DecodeError as exc:
-            _dead_letter(event, "undecodable", str(exc))
+        decoded = _decode_or_dead_letter(event, telemetry_serde)
+        if decoded is None:
             continue
+        listener, sample = decoded
         problem = out_of_range(sample)
         if problem:  # ingest never lets these through; someone wrote to the topic directly
             _dead_letter(event, "invalid", problem)
@@ -143,14 +152,10 @@ async def on_telemetry(stream: Any) -> None:
 async def on_erasure(stream: Any) -> None:
     """A listener asked to be forgotten: delete their state (Faust writes the changelog tombstone)."""
     async for event in stream.events():
-        RECORDS_CONSUMED.labels(SERVICE, event.message.topic).inc()
-        try:
-            listener = erasures_serde.decode_key(event.key)["listener_id"]
-            if erasures_serde.decode_value(event.value) is None:
-                raise DecodeError("erasure record is a tombstone")
-        except DecodeError as exc:
-            _dead_letter(event, "undecodable", str(exc))
+        decoded = _decode_or_dead_letter(event, erasures_serde)
+        if decoded is None:
             continue
+        listener = decoded[0]
         held = listeners.pop(listener, None) is not None
         ERASED.inc()
         log.info("listener_erased", listener_id=listener, had_state=held)

@@ -474,26 +474,10 @@ def run_faults(pipe: Pipeline, kafka: KafkaSettings, plan: list[tuple[float, str
 # --- checks ------------------------------------------------------------------------------
 
 def check_ingested(kafka: KafkaSettings, acked: Acked) -> dict[str, int]:
-    telemetry = TopicSerde.for_topic("listener.telemetry.v1", kafka)
-    on_topic = set()
-    for msg in read_to_end(kafka, telemetry.topic):
-        try:
-            value = telemetry.decode_value(msg.value())
-        except ValueError:
-            continue  # an injected bad record
-        if value is not None:
-            on_topic.add(value["event_id"])
-    plays = TopicSerde.for_topic("listener.plays.v1", kafka)
-    plays_on_topic = set()
-    for msg in read_to_end(kafka, plays.topic):
-        try:
-            value = plays.decode_value(msg.value())
-        except ValueError:
-            continue
-        if value is not None:
-            plays_on_topic.add(value["play_id"])
-    return {"telemetry_acked": len(acked.telemetry), "telemetry_lost": len(acked.telemetry - on_topic),
-            "plays_acked": len(acked.plays), "plays_lost": len(set(acked.plays) - plays_on_topic)}
+    events = {v["event_id"] for _, _, v in decode_all(kafka, "listener.telemetry.v1") if v is not None}
+    plays = {v["play_id"] for _, _, v in decode_all(kafka, "listener.plays.v1") if v is not None}
+    return {"telemetry_acked": len(acked.telemetry), "telemetry_lost": len(acked.telemetry - events),
+            "plays_acked": len(acked.plays), "plays_lost": len(set(acked.plays) - plays)}
 
 
 def decode_all(kafka: KafkaSettings, logical: str) -> list[tuple[Any, dict[str, Any], dict[str, Any] | None]]:
