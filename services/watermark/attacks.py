@@ -61,6 +61,14 @@ def gain(factor: float) -> Attack:
     return lambda a, sr, rng: (np.clip(a * factor, -1.0, 1.0), sr)
 
 
+def then(first: Attack, second: Attack) -> Attack:
+    """Two attacks in a row."""
+    def attack(a: np.ndarray, sr: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        audio, rate = first(a, sr, rng)
+        return second(audio, rate, rng)
+    return attack
+
+
 def echo(delay_s: float, level: float) -> Attack:
     def attack(a: np.ndarray, sr: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         out = a.astype(np.float64).copy()
@@ -99,6 +107,7 @@ ATTACKS: dict[str, Attack] = {
     "bandpass_500_5000": ffilter("highpass=f=500,lowpass=f=5000"),
     "gain_0.1": gain(0.1),
     "gain_10_clip": gain(10.0),
+    "gain_10_clip_mp3_128": then(gain(10.0), codec(["-c:a", "libmp3lame", "-b:a", "128k"], "mp3")),
     "echo_0.5s_0.5": echo(0.5, 0.5),
     "crop_3s": crop(3.0),
     "speed_0.9": speed(0.9),

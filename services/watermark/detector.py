@@ -57,7 +57,7 @@ def report(data: bytes, keys: KeyRing, registry: Registry | None) -> dict[str, A
         if result.detected and result.key_id is not None and result.payload is not None:
             hit = found.setdefault((result.key_id, result.payload), {
                 "key_id": result.key_id, "payload_hex": f"{result.payload:08x}", "first_seen_s": round(offset_s, 2),
-                "confidence": 0.0, "segment_id": None, "provenance": None})
+                "confidence": 0.0, "read_in": result.domain, "segment_id": None, "provenance": None})
             hit["confidence"] = max(hit["confidence"], round(result.confidence, 12))
     for hit in found.values():
         records = registry.lookup(hit["key_id"], hit["payload_hex"]) if registry is not None else []

@@ -8,11 +8,15 @@ from tests.watermark_clips import music_clips
 
 from watermark.attacks import ATTACKS, ffmpeg_available
 from watermark.scheme import (
+    CLIP_KEEP,
+    CLIPPED_MIN,
     PAYLOAD_BITS,
     SAMPLE_RATE,
     AudioError,
     Key,
     _check_word,
+    clip_domain,
+    clipped_share,
     detect,
     embed,
     log_tail_bound,
@@ -46,7 +50,7 @@ def test_round_trip_decodes_the_payload_blind_and_is_quiet(clips: list[np.ndarra
         assert snr_db(clean, m) >= 28.0
         found = detect(m, SAMPLE_RATE, [OTHER, KEY])
         assert found.detected and found.key_id == KEY.key_id and found.payload == PAYLOAD + i
-        assert found.confidence > 0.999999
+        assert found.confidence > 0.999999 and found.domain == "linear"
 
 
 def test_unmarked_music_and_the_wrong_key_detect_nothing(clips: list[np.ndarray], marked: list[np.ndarray]) -> None:
@@ -54,6 +58,33 @@ def test_unmarked_music_and_the_wrong_key_detect_nothing(clips: list[np.ndarray]
         assert not detect(clean, SAMPLE_RATE, [KEY]).detected
         wrong = detect(m, SAMPLE_RATE, [OTHER])
         assert not wrong.detected and wrong.payload is None and wrong.score < 1.0
+
+
+def hard_clip(audio: np.ndarray, gain: float) -> np.ndarray:
+    return np.clip(audio.astype(np.float64) * gain, -1.0, 1.0)
+
+
+def test_the_clip_domain_is_unchanged_by_gain_with_hard_clipping(clips: list[np.ndarray]) -> None:
+    clean = clips[0].astype(np.float64)
+    reference = clip_domain(list(clean.T))
+    for gain in (0.5, 3.0, 10.0):
+        attacked = hard_clip(clean, gain)
+        assert np.max(np.mean(np.abs(attacked) >= 1.0, axis=0)) < 1 - CLIP_KEEP
+        np.testing.assert_allclose(clip_domain(list(attacked.T)) / gain, reference, atol=1e-9)
+    # the limit: once more than 1 - CLIP_KEEP of a channel is clipped, the invariance is gone
+    assert not np.allclose(clip_domain(list(hard_clip(clean, 300.0).T)) / 300.0, reference, atol=1e-3)
+
+
+def test_hard_clipped_audio_is_also_read_in_the_clip_domain(clips: list[np.ndarray], marked: list[np.ndarray]) -> None:
+    assert clipped_share(marked[0]) < CLIPPED_MIN  # unclipped: the linear domain only
+    clipped = hard_clip(marked[0], 10.0)
+    assert clipped_share(clipped) > CLIPPED_MIN
+    found = detect(clipped, SAMPLE_RATE, [KEY])
+    assert found.detected and found.payload == PAYLOAD and found.domain == "clip"
+    assert np.mean(found.bits == word_bits(KEY, PAYLOAD)) == 1.0
+    # unmarked clipped music and the wrong key stay undetected in both domains
+    assert not detect(hard_clip(clips[1], 10.0), SAMPLE_RATE, [KEY]).detected
+    assert not detect(clipped, SAMPLE_RATE, [OTHER]).detected
 
 
 def test_payload_integrity_check_rejects_a_flipped_bit() -> None:
