@@ -70,8 +70,8 @@ BLOCK_PAIRS = BLOCK_FRAMES // 2
 GROUP_PAIRS = 2
 GROUPS = BLOCK_PAIRS // GROUP_PAIRS
 LINEAR_UNITS_PER_GROUP = 9  # ~40 cells each
-CLIP_UNITS_PER_GROUP = 3
-CLIP_UNIT_CELLS = 20  # their channel is exact: small units suffice
+CLIP_UNITS_PER_GROUP = 6
+CLIP_UNIT_CELLS = 10  # their channel is exact: small units suffice
 UNITS_PER_GROUP = LINEAR_UNITS_PER_GROUP + CLIP_UNITS_PER_GROUP
 PAYLOAD_BITS = 32
 CRC_BITS = 16
@@ -86,7 +86,11 @@ MAX_MOVE = 0.5  # largest contrast move per embedding pass
 DECIMATE = 4  # detection runs at 11.025 kHz: 512-point frames, hop 256
 SUBHOP_STEPS = 8  # coarse sync grid: HOP / 8 = 128 samples at 44.1 kHz
 FINE_STEPS = 8  # fine sync grid: 16 samples at 44.1 kHz
-EMBED_PASSES = 4  # three for every unit, a fourth for the clip units
+EMBED_PASSES = 3  # STFT/ISTFT passes placing the linear units...
+CLIP_PASSES = 3  # ... then the clip units, then one more linear pass
+MIN_TRANSFER = 0.1
+RELAX = 0.7  # under-relaxed: a clip unit's contrast also moves with its neighbours' moves
+
 CONTRAST_SCALES = np.array([1.0, 0.9, 0.8, 0.7], dtype=np.float32)  # noise, echo and codecs shrink contrast
 COARSE_SCALES = CONTRAST_SCALES[[0, 2]]  # the coarse sync search tries two
 CHASE_BITS = 8  # soft decoding: try flips of the 8 least reliable bits against the CRC
@@ -278,34 +282,47 @@ def embed(audio: np.ndarray, key: Key, payload: int) -> np.ndarray:
     per_unit = np.arange(n_units) % layout.units
     whole = np.bincount(unit_ids.ravel(), minlength=n_units) == layout.size[per_unit]  # not cut by the end
     clip, delta, goal = layout.clip[per_unit] & whole, layout.delta[per_unit], target[per_unit]
-    marked, transfer = channels, np.full(int(clip.sum()), CLIP_TRANSFER)
-    last: tuple[np.ndarray, np.ndarray] | None = None
+    linear = ~layout.clip[per_unit] & whole
+
+    mono, host_mono = np.mean(channels, axis=0), np.mean(hosts, axis=0)  # the STFT is linear
     want: np.ndarray | None = None
-    for n in range(EMBED_PASSES):
-        # The last pass settles the clip units only: the linear ones are placed by then, and one
-        # more linear correction costs ~0.8 dB of SNR for little precision.
-        clip_only = n == EMBED_PASSES - 1
-        proj_clip = _contrasts(_stft(clip_domain(marked, levels)), unit_ids, signs, n_units)
-        proj = proj_clip.copy() if clip_only else _contrasts(_stft(np.mean(marked, axis=0)), unit_ids, signs,
-                                                             n_units)
-        if last is not None:  # measure each unit's transfer on its last move, shrunk to the mean
-            moved, applied = proj_clip[clip] - last[0][clip], last[1][clip]
-            mean = float(np.clip(moved @ applied / max(applied @ applied, 1e-12), 0.15, 1.0))
-            transfer = np.clip((moved * applied + TRANSFER_PRIOR * mean) / (applied ** 2 + TRANSFER_PRIOR),
-                               0.15, 1.0)
-        proj[clip] = proj_clip[clip]
-        if want is None:  # the lattice point nearest the music's own contrast, kept: no flip-flops
-            want = goal + delta * np.round((proj - goal) / delta)
-        move = (want - proj) / (1 - proj * want)
-        move[clip] /= transfer
-        move = np.clip(move, -MAX_MOVE, MAX_MOVE)
-        move[~(clip if clip_only else whole)] = 0.0
-        last = (proj_clip, move)
-        step = move[unit_ids] * signs
+
+    def move_by(move: np.ndarray) -> None:
+        """Add a contrast move per unit to the accumulated gain."""
+        step = np.clip(move, -MAX_MOVE, MAX_MOVE)[unit_ids] * signs
         gain[1:2 * pairs:2] += np.log1p(step)
         gain[0:2 * pairs:2] += np.log1p(-step)
+
+    def marked_channels() -> list[np.ndarray]:
         change = _change(gain, hosts[0].shape[1])
-        marked = [c + _istft(h * change, length) for c, h in zip(channels, hosts, strict=True)]
+        return [c + _istft(h * change, length) for c, h in zip(channels, hosts, strict=True)]
+
+    def place_linear() -> None:
+        """One pass for the linear units, in the mono mix (one ISTFT): m solved exactly."""
+        nonlocal want
+        marked = mono + _istft(host_mono * _change(gain, host_mono.shape[1]), length) if np.any(gain) else mono
+        proj = _contrasts(_stft(marked), unit_ids, signs, n_units)
+        if want is None:  # the lattice point nearest the music's own contrast, kept: no flip-flops
+            want = goal + delta * np.round((proj - goal) / delta)
+        move_by(np.where(linear, (want - proj) / (1 - proj * want), 0.0))
+
+    for _ in range(EMBED_PASSES):
+        place_linear()
+    transfer, last = np.full(n_units, CLIP_TRANSFER), None
+    for _ in range(CLIP_PASSES):  # then the clip units, in the clip domain: m over the measured transfer
+        proj = _contrasts(_stft(clip_domain(marked_channels(), levels)), unit_ids, signs, n_units)
+        if last is not None:  # each unit's transfer on its last move, shrunk to the mean
+            moved, applied = proj - last[0], last[1]
+            mean = float(np.clip(moved[clip] @ applied[clip] / max(applied[clip] @ applied[clip], 1e-12),
+                                 MIN_TRANSFER, 1.0))
+            transfer = np.clip((moved * applied + TRANSFER_PRIOR * mean) / (applied ** 2 + TRANSFER_PRIOR),
+                               MIN_TRANSFER, 1.0)
+        nearest = goal + delta * np.round((proj - goal) / delta)
+        move = np.where(clip, RELAX * (nearest - proj) / transfer, 0.0)
+        last = (proj, move)
+        move_by(move)
+    place_linear()  # the clip units' moves spill into linear cells: one more pass
+    marked = marked_channels()
     out = np.stack(marked, axis=1)
     peak = np.max(np.abs(out))
     if peak > 1.0:

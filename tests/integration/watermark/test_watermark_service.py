@@ -88,7 +88,11 @@ def test_segments_are_marked_verified_registered_and_detectable_across_a_key_rot
         assert hashlib.sha256(data).hexdigest() == segment["audio"]["sha256"]
         found = report(data, rotated, registry)
         assert found["detected"] and found["segment_id"] == record["segment_id"]
+        assert found["segments"][0]["read_in"] == "linear"
         assert found["provenance"]["provenance"]["influences"] == record["provenance"]["influences"]
+        audio, rate = decode_bytes(data)  # turned up x10 and hard-clipped, saved as 16-bit PCM
+        clipped = report(encode_wav(np.clip(audio * 10, -1, 1), rate, "PCM_16"), rotated, registry)
+        assert clipped["segment_id"] == record["segment_id"] and clipped["segments"][0]["read_in"] == "clip"
         original = store.get(record["audio"]["uri"])
         assert not report(original, rotated, registry)["detected"]
     dead = [dict(m.headers())["dlq.reason"].decode() for m in read_all(
