@@ -11,7 +11,7 @@ README ("Watermark"); in short:
   magnitudes. A ratio of sums: blind to gain; dominated by the loud cells, so the quiet
   cells that codecs and noise destroy barely count.
 * **Two domains.** *Linear* units (9 per group of two pairs, ~40 cells) are read in the mono
-  mix. *Clip* units (3 per group, 20 cells) are read in the clip domain: each channel
+  mix. *Clip* units (6 per group, 10 cells) are read in the clip domain: each channel
   hard-clipped at the 40th percentile of its |amplitude|, then mixed. Gain followed by hard
   clipping of fewer than 60% of a channel's samples leaves that percentile's order
   statistics in place, so the clip domain of such audio is exactly the clip domain of the
@@ -20,15 +20,17 @@ README ("Watermark"); in short:
   clip domain it changes nothing. The detector reads the clip domain only when a channel
   has CLIPPED_MIN of its samples at its peak.
 * **Layout.** A block of ``BLOCK_FRAMES`` frames (1.86 s) repeats through the audio; 180
-  linear and 60 clip units per block, each domain carrying the 48-bit word (32-bit payload
+  linear and 120 clip units per block, each domain carrying the 48-bit word (32-bit payload
   + 16 check bits over key id and payload), the key also drawing cells, signs and dithers.
 * **Embedding (STDM).** Each unit's p moves to the nearest point of its bit's lattice
   ``delta*Z + dither + bit*delta/2`` (delta 0.16 linear, 0.035 clip: its channel is exact):
   scaling A2 by (1+u m) and A1 by (1-u m) turns p into (p+m)/(1+p m), solved exactly for m
-  in the linear domain; a clip unit's m is divided by its measured transfer (how far its
-  clip-domain contrast moved per unit of linear move on the previous pass). The music's own
-  p is cancelled, not fought, so the host is no noise to the detector. Four STFT/ISTFT passes
-  make the change consistent; SNR ~31.5 dB overall.
+  in the linear domain. The music's own p is cancelled, not fought, so the host is no noise to
+  the detector. STFT/ISTFT passes make the change consistent: three for the linear units,
+  three for the clip units (m = 0.7 x the lattice error over the unit's transfer, how far its
+  clip-domain contrast moved per unit of move on the previous pass: moves of neighbouring
+  units also move it, hence the under-relaxation), one more for the linear units, whose cells
+  the clip moves spill into. SNR ~32 dB overall.
 * **Detection (blind).** Phases ``phi = 2 pi (p/c - dither)/delta`` (c: a contrast scale;
   noise, codecs and echo shrink linear contrast; the clip domain needs c = 1), on the mono
   mix decimated to 11.025 kHz, for every sub-hop offset, cyclic block shift and c. The
