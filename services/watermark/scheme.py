@@ -324,8 +324,7 @@ def embed(audio: np.ndarray, key: Key, payload: int) -> np.ndarray:
         last = (proj, move)
         move_by(move)
     place_linear()  # the clip units' moves spill into linear cells: one more pass
-    marked = marked_channels()
-    out = np.stack(marked, axis=1)
+    out = np.stack(marked_channels(), axis=1)
     peak = np.max(np.abs(out))
     if peak > 1.0:
         out /= peak
