@@ -37,7 +37,7 @@ from typing import Any
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from tests.pipeline import Pipeline
 
-from ingest.security import Pseudonymizer
+from kit.auth import Pseudonymizer
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
@@ -100,9 +100,10 @@ def step_change(pipeline: Pipeline, listeners: int, rest_s: float, run_s: float)
         sample = {"session_id": session, "event_time": now, "heart_rate_bpm": 160 if running else 70,
                   "cadence_spm": 170 if running else None, "activity": "RUNNING" if running else "RESTING",
                   "session_mode": "MATCH", "guide_target": "NONE"}
-        post(f"{pipeline.ingest_url}/v1/telemetry", pipeline.app_key, {"events": [
-            {**{k: v for k, v in sample.items() if k not in ("session_mode", "guide_target")},
-             "event_id": str(uuid.uuid4()), "user_id": u} for u in users]})
+        for u in users:  # each listener's device posts its own sample with its own token
+            post(f"{pipeline.ingest_url}/v1/telemetry", pipeline.token(u), {"events": [
+                {**{k: v for k, v in sample.items() if k not in ("session_mode", "guide_target")},
+                 "event_id": str(uuid.uuid4())}]})
         sent.append((now, sample))
         time.sleep(max(0.0, 1.0 - (time.time() - started) % 1.0))
     time.sleep(5)

@@ -3,9 +3,10 @@
 1. raw      confluent_kafka.Producer sends the Avro telemetry payloads ingest would
             produce (pseudonymised, encoded beforehand): the broker-side ceiling.
 2. ingest   `python -m ingest` with ENTRAIN_INGEST_WORKERS worker processes (default 2)
-            on its own topic prefix; a load generator in a separate process posts
-            batches of 500 realistic events (unique ids) over keep-alive connections
-            from CONCURRENCY threads, as fast as the answers come: ingest_events_s.
+            on its own topic prefix; a load generator in a separate process posts what
+            devices post: one listener's batch of 10 samples (10 s of 1 Hz telemetry,
+            unique ids) with that listener's token, 2,000 listeners, over keep-alive
+            connections from CONCURRENCY threads, as fast as the answers come: ingest_events_s.
 3. latency  the same generator, open loop at 50% of the measured maximum request
             rate: p50/p99 of request latency (a 202 means the broker acknowledged).
 4. profile  where a worker's time goes: each step of the request path timed in this
@@ -32,51 +33,51 @@ from dataclasses import replace
 
 from bench_kafka import raw_produce  # the same raw baseline as bench-kafka
 from confluent_kafka import Producer as RawProducer
+from joserfc.jwk import KeySet
 
-from ingest.security import Pseudonymizer, hash_key
 from ingest.validation import TimeWindow, parse_telemetry
+from kit.auth import Pseudonymizer, hash_key
 from kit.producer import DEFAULT_CONFIG
 from kit.serde import TopicSerde
 from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
+from kit.tokens import TokenIssuer, generate_key_set
 from kit.topics import delete_prefixed_topics, ensure_topics
 
-BATCH = 500
+BATCH = 10  # a device uploads about every 10 s: 10 samples of 1 Hz telemetry
+USERS = 2000
 TOPIC = "listener.telemetry.v1"
+Body = tuple[str, bytes]  # (the listener's token, the request body)
 
 
-def make_bodies(n_batches: int, users: int = 2000) -> list[bytes]:
+def make_bodies(n_batches: int, tokens: list[str]) -> list[Body]:
     now = int(time.time() * 1000)
     bodies = []
     for b in range(n_batches):
-        events = []
-        for i in range(BATCH):
-            n = b * BATCH + i
-            events.append({
-                "event_id": str(uuid.uuid4()), "user_id": f"user-{n % users}@example.com",
-                "session_id": f"s-{n % users}", "event_time": now - 1000 + (n % 500), "heart_rate_bpm": 60 + n % 120,
-                "cadence_spm": 150 + n % 40, "activity": "RUNNING", "device": "bench-watch",
-            })
-        bodies.append(json.dumps({"events": events}).encode())
+        user = b % len(tokens)
+        events = [{"event_id": str(uuid.uuid4()), "session_id": f"s-{user}", "event_time": now - 10_000 + i * 1000,
+                   "heart_rate_bpm": 60 + (b + i) % 120, "cadence_spm": 150 + (b + i) % 40, "activity": "RUNNING",
+                   "device": "bench-watch"} for i in range(BATCH)]
+        bodies.append((tokens[user], json.dumps({"events": events}).encode()))
     return bodies
 
 
-def raw_events_per_s(kafka: KafkaSettings, bodies: list[bytes], secret: bytes) -> float:
+def raw_events_per_s(kafka: KafkaSettings, bodies: list[Body], secret: bytes) -> float:
     """The raw producer sending exactly the records ingest would produce for these bodies."""
     serde = TopicSerde.for_topic(TOPIC, kafka)
     pseudonymizer = Pseudonymizer(secret)
     window = TimeWindow(600_000, 259_200_000)
     now = int(time.time() * 1000)
     records = []
-    for body in bodies:
+    for token, body in bodies:
+        listener = pseudonymizer.listener_id(token)  # stands in for the token's listener: same cost, same size
         for item in json.loads(body)["events"]:
             event = parse_telemetry(item, now, window)
-            listener = pseudonymizer.listener_id(event.app_user_id)
             records.append((serde.encode_key({"listener_id": listener}),
-                            serde.encode_value(event.record(listener, now))))
+                            serde.encode_value(event.record(listener, now, pseudonymizer.listener_id("d")[:16]))))
     return raw_produce(kafka, serde.topic, records)
 
 
-def profile(bodies: list[bytes], kafka: KafkaSettings, secret: bytes) -> dict[str, float]:
+def profile(bodies: list[Body], kafka: KafkaSettings, secret: bytes, issuer: TokenIssuer) -> dict[str, float]:
     """Microseconds per event for each step ingest performs, measured one step at a time."""
     import orjson
 
@@ -84,7 +85,7 @@ def profile(bodies: list[bytes], kafka: KafkaSettings, secret: bytes) -> dict[st
 
     serde, pseudonymizer = TopicSerde.for_topic(TOPIC, kafka), Pseudonymizer(secret)
     window, dedup, now = TimeWindow(600_000, 259_200_000), DedupWindow(600_000), int(time.time() * 1000)
-    n = len(bodies) * BATCH
+    n = len(bodies) * BATCH  # the token is verified once per request: its step is counted per event below
     steps: dict[str, float] = {}
 
     def step(name: str, fn):  # type: ignore[no-untyped-def]
@@ -93,11 +94,16 @@ def profile(bodies: list[bytes], kafka: KafkaSettings, secret: bytes) -> dict[st
         steps[name] = round((time.perf_counter() - start) / n * 1e6, 2)
         return out
 
-    items = step("json_parse", lambda: [i for b in bodies for i in orjson.loads(b)["events"]])
+    verifier = issuer.verifier()
+    listeners = step("verify_token", lambda: [verifier.verify(t, time.time()).listener_id
+                                              for t, b in bodies for _ in range(BATCH)])
+    items = step("json_parse", lambda: [i for _, b in bodies for i in orjson.loads(b)["events"]])
     events = step("validate", lambda: [parse_telemetry(i, now, window) for i in items])
-    ids = step("pseudonymize", lambda: [pseudonymizer.listener_id(e.app_user_id) for e in events])
-    step("dedup", lambda: [dedup.seen(e.event_id, now) for e in events])
-    records = step("build_record", lambda: [e.record(i, now) for e, i in zip(events, ids, strict=True)])
+    devices = step("pseudonymize_device", lambda: [pseudonymizer.listener_id("device\x00" + str(e.device))[:16]
+                                                   for e in events])
+    ids = listeners
+    step("dedup", lambda: [dedup.seen(f"{i}/{e.event_id}", now) for e, i in zip(events, ids, strict=True)])
+    records = step("build_record", lambda: [e.record(i, now, d) for e, i, d in zip(events, ids, devices, strict=True)])
     encoded = step("avro_encode", lambda: [(serde.encode_key({"listener_id": i}), serde.encode_value(r))
                                            for i, r in zip(ids, records, strict=True)])
     producer = RawProducer({**kafka.client_config(), **DEFAULT_CONFIG})
@@ -119,10 +125,10 @@ def profile(bodies: list[bytes], kafka: KafkaSettings, secret: bytes) -> dict[st
     return steps
 
 
-def _post(conn: http.client.HTTPConnection, body: bytes, key: str) -> tuple[int, float]:
+def _post(conn: http.client.HTTPConnection, body: bytes, token: str) -> tuple[int, float]:
     started = time.perf_counter()
     conn.request("POST", "/v1/telemetry", body=body,
-                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     response = conn.getresponse()
     payload = response.read()
     if response.status != 202:
@@ -130,7 +136,7 @@ def _post(conn: http.client.HTTPConnection, body: bytes, key: str) -> tuple[int,
     return json.loads(payload)["accepted"], time.perf_counter() - started
 
 
-def load(port: int, key: str, bodies: list[bytes], concurrency: int, rate_rps: float | None, out: mp.Queue) -> None:
+def load(port: int, bodies: list[Body], concurrency: int, rate_rps: float | None, out: mp.Queue) -> None:
     """Runs in its own process: post every body; closed loop, or open loop at ``rate_rps``."""
     lock, latencies, accepted, next_index = threading.Lock(), [], [0], [0]
     start = time.perf_counter()
@@ -147,7 +153,8 @@ def load(port: int, key: str, bodies: list[bytes], concurrency: int, rate_rps: f
                 delay = start + index / rate_rps - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-            count, latency = _post(conn, bodies[index], key)
+            token, body = bodies[index]
+            count, latency = _post(conn, body, token)
             with lock:
                 accepted[0] += count
                 latencies.append(latency)
@@ -160,9 +167,9 @@ def load(port: int, key: str, bodies: list[bytes], concurrency: int, rate_rps: f
     out.put((accepted[0], time.perf_counter() - start, sorted(latencies)))
 
 
-def run_load(port: int, key: str, bodies: list[bytes], concurrency: int, rate_rps: float | None = None):
+def run_load(port: int, bodies: list[Body], concurrency: int, rate_rps: float | None = None):
     queue: mp.Queue = mp.Queue()
-    proc = mp.Process(target=load, args=(port, key, bodies, concurrency, rate_rps, queue))
+    proc = mp.Process(target=load, args=(port, bodies, concurrency, rate_rps, queue))
     proc.start()
     result = queue.get(timeout=600)
     proc.join()
@@ -181,7 +188,7 @@ def free_port() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, default=300, help="batches of 500 events for the throughput run")
+    parser.add_argument("--batches", type=int, default=10_000, help=f"batches of {BATCH} events for the throughput run")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("ENTRAIN_INGEST_WORKERS", "2")))
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
@@ -193,9 +200,14 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "keys.json").write_text(
         json.dumps([{"key_id": "bench", "sha256": hash_key(key), "scopes": ["listener-app"]}]))
+    signing, _ = generate_key_set("lt-bench")
+    issuer = TokenIssuer(KeySet.import_key_set(signing))
+    pseudonymizer = Pseudonymizer(secret)
+    tokens = [issuer.issue(pseudonymizer.listener_id(f"user-{n}@example.com"), "PREMIUM", "DE", "bench",
+                           time.time())[0] for n in range(USERS)]
 
     print(f"generating {args.batches + args.batches // 2} batches of {BATCH} events...", flush=True)
-    bodies = make_bodies(args.batches + args.batches // 2)
+    bodies = make_bodies(args.batches + args.batches // 2, tokens)
     throughput_bodies, latency_bodies = bodies[: args.batches], bodies[args.batches:]
 
     raw = raw_events_per_s(kafka, throughput_bodies, secret)
@@ -205,6 +217,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "services"), "ENTRAIN_TOPIC_PREFIX": kafka.topic_prefix,
            "ENTRAIN_INGEST_PORT": str(port), "ENTRAIN_INGEST_WORKERS": str(args.workers),
            "ENTRAIN_API_KEYS_FILE": str(folder / "keys.json"), "ENTRAIN_PSEUDONYM_SECRET": secret.hex(),
+           "ENTRAIN_TOKEN_SIGNING_KEYS": json.dumps(signing),
            "ENTRAIN_INGEST_RATE_PER_KEY": "10000000", "ENTRAIN_INGEST_BURST_PER_KEY": "10000000",
            "ENTRAIN_LOG_LEVEL": "WARNING"}
     with open(folder / "ingest.log", "wb") as server_log:
@@ -223,20 +236,20 @@ def main() -> None:
             if time.monotonic() > deadline or server.poll() is not None:
                 raise SystemExit(f"ingest did not become ready; see {folder / 'ingest.log'}")
             time.sleep(0.3)
-        run_load(port, key, make_bodies(10), args.concurrency)  # warm-up: connections, JIT-free caches
-        accepted, elapsed, latencies = run_load(port, key, throughput_bodies, args.concurrency)
+        run_load(port, make_bodies(200, tokens), args.concurrency)  # warm-up: connections, caches
+        accepted, elapsed, latencies = run_load(port, throughput_bodies, args.concurrency)
         assert accepted == len(throughput_bodies) * BATCH, f"accepted {accepted}"
         ingest_eps = accepted / elapsed
         max_rps = len(throughput_bodies) / elapsed
         print(f"ingest ({args.workers} workers, {args.concurrency} connections): {ingest_eps:,.0f} events/s, "
               f"{max_rps:.1f} requests/s, p50 {percentile(latencies, 0.5) * 1000:.1f} ms at saturation", flush=True)
-        _, _, half_latencies = run_load(port, key, latency_bodies, args.concurrency, rate_rps=max_rps / 2)
+        _, _, half_latencies = run_load(port, latency_bodies, args.concurrency, rate_rps=max_rps / 2)
         p50, p99 = percentile(half_latencies, 0.5) * 1000, percentile(half_latencies, 0.99) * 1000
         print(f"at {max_rps / 2:.1f} requests/s (50% of max): p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    steps = profile(latency_bodies[:40], kafka, secret)
+    steps = profile(latency_bodies[:2000], kafka, secret, issuer)
     delete_prefixed_topics(kafka)
     print("profile, us per event in one process: " + ", ".join(f"{k} {v}" for k, v in steps.items()), flush=True)
     print("RESULT " + json.dumps({

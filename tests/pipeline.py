@@ -17,12 +17,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.security import hash_key
+from kit.auth import hash_key
 from kit.settings import REPO_ROOT, KafkaSettings
+from kit.tokens import generate_key_set
 
 
 def free_port() -> int:
@@ -42,6 +44,7 @@ class Pipeline:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     exits: dict[str, int] = field(default_factory=dict)  # exits nobody asked for, per service
     _lock: threading.Lock = field(default_factory=threading.Lock)  # kill() and supervise() run in two threads
+    _tokens: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
 
     @property
     def ingest_url(self) -> str:
@@ -60,12 +63,18 @@ class Pipeline:
         secret = self.workdir / "pseudonym.secret"
         if not secret.exists():
             secret.write_text(secrets.token_hex(32))
+        signing, public = self.workdir / "token-signing.jwks", self.workdir / "token-public.jwks"
+        if not signing.exists():  # kept across restarts: tokens minted before must still verify
+            private_set, public_set = generate_key_set("lt-test")
+            signing.write_text(json.dumps(private_set))
+            public.write_text(json.dumps(public_set))
         wm_keys = self.workdir / "watermark-keys.json"
         if not wm_keys.exists():  # kept across restarts: segments marked before must still verify
             wm_keys.write_text(json.dumps({"active": "wk-test", "keys": {"wk-test": secrets.token_hex(32)}}))
         return {
             **os.environ, "PYTHONPATH": str(REPO_ROOT / "services"), "ENTRAIN_TOPIC_PREFIX": self.kafka.topic_prefix,
             "ENTRAIN_API_KEYS_FILE": str(keys), "ENTRAIN_PSEUDONYM_SECRET_FILE": str(secret),
+            "ENTRAIN_TOKEN_SIGNING_KEYS_FILE": str(signing), "ENTRAIN_TOKEN_PUBLIC_KEYS_FILE": str(public),
             "ENTRAIN_WATERMARK_KEYS_FILE": str(wm_keys),
             "ENTRAIN_WATERMARK_REGISTRY": str(self.workdir / "registry.sqlite"),
             "ENTRAIN_SEGMENT_STORE": str(self.workdir / "segments"),
@@ -132,6 +141,16 @@ class Pipeline:
                 self.launch(name)
         return restarted
 
+    def token(self, user_id: str, tier: str = "PREMIUM", territory: str = "DE") -> str:
+        """A listener token, minted the way an app backend does (POST /v1/tokens with the app key);
+        cached until ten minutes before it expires."""
+        cached = self._tokens.get((user_id, tier, territory))
+        if cached is not None and cached[1] - 600 > time.time():
+            return cached[0]
+        answer = mint_token(self.ingest_url, self.app_key, user_id, tier, territory)
+        self._tokens[(user_id, tier, territory)] = (answer["token"], answer["expires_at"])
+        return str(answer["token"])
+
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
 
@@ -143,6 +162,26 @@ class Pipeline:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def mint_token(ingest_url: str, app_key: str, user_id: str, tier: str = "PREMIUM", territory: str = "DE",
+               attempts: int = 20) -> dict[str, object]:
+    """POST /v1/tokens as an app backend would; retried while ingest restarts or sheds load."""
+    body = json.dumps({"user_id": user_id, "subscription_tier": tier, "territory": territory}).encode()
+    for attempt in range(attempts):
+        request = urllib.request.Request(f"{ingest_url}/v1/tokens", data=body, method="POST", headers={
+            "Authorization": f"Bearer {app_key}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (429, 503) or attempt == attempts - 1:
+                raise
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+        time.sleep(0.5)
+    raise RuntimeError("unreachable")
 
 
 def _ready(url: str) -> bool:

@@ -77,8 +77,12 @@ def workloads() -> list[dict[str, Any]]:
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
         if name in ("ingest", "delivery"):
             env += [{"name": f"ENTRAIN_{name.upper()}_HOST", "value": "0.0.0.0"},  # noqa: S104
-                    {"name": "ENTRAIN_API_KEYS_FILE", "value": "/secrets/api-keys.json"},
                     {"name": "ENTRAIN_PSEUDONYM_SECRET_FILE", "value": "/secrets/pseudonym.secret"}]
+        if name == "ingest":  # it mints listener tokens for app backends
+            env += [{"name": "ENTRAIN_API_KEYS_FILE", "value": "/secrets/api-keys.json"},
+                    {"name": "ENTRAIN_TOKEN_SIGNING_KEYS_FILE", "value": "/secrets/token-signing.jwks"}]
+        if name == "delivery":  # it verifies listener tokens only
+            env.append({"name": "ENTRAIN_TOKEN_PUBLIC_KEYS_FILE", "value": "/secrets/token-public.jwks"})
         if name == "watermark":
             env += [{"name": "ENTRAIN_WATERMARK_KEYS_FILE", "value": "/secrets/watermark-keys.json"},
                     {"name": "ENTRAIN_API_KEYS_FILE", "value": "/secrets/api-keys.json"}]  # the detection API

@@ -2,8 +2,10 @@
 
 Starts the services (Kafka and the topics were made ready by make), seeds AI-generation
 consent for the demo rights holders through ingest's admin API (consent is opt-in), then
-drives N listeners through warm-up -> run -> cool-down for about two minutes: telemetry
-through ingest every 2 s, a play through ingest for every segment a listener heard, and
+drives N listeners through warm-up -> run -> cool-down for about two minutes. The demo is
+the app's backend: it mints one listener token per listener with the app key
+(POST /v1/tokens), and each simulated device sends with its own token: telemetry through
+ingest every 2 s, a play through ingest for every segment a listener heard, and
 one rights holder withdrawing AI-generation consent half way. At the end it writes, into
 artifacts/demo/: one listener's continuous soundtrack (WAV and MP3), a plot of heart rate
 and cadence against the soundtrack tempo, a watermark summary, the royalty statement, and
@@ -112,39 +114,42 @@ def seed_consent(admin_key: str) -> int:
     return len(holders)
 
 
+def mint_token(app_key: str, user_id: str, tier: str = "PREMIUM", territory: str = "DE") -> str:
+    """What an app backend does for each signed-in user: exchange its app key for a listener token."""
+    answer = call("POST", f"{INGEST}/v1/tokens", app_key, {"user_id": user_id, "subscription_tier": tier,
+                                                           "territory": territory})
+    return str(answer["token"])
+
+
 def drive(listeners: list[Listener], seconds: float, keys: dict[str, str]) -> dict[str, Any]:
-    app_key = keys["ENTRAIN_DEV_APP_KEY"]
+    tokens = {lt.user_id: mint_token(keys["ENTRAIN_DEV_APP_KEY"], lt.user_id) for lt in listeners}
     started = time.time()
     plays_posted, withdrawn, last_report = 0, False, 0.0
     tempos: dict[str, float] = {}
     while (t := time.time() - started) < seconds:
         now_ms = int(time.time() * 1000)
-        events = []
-        for listener in listeners:
+        for listener in listeners:  # each device sends its own sample with its own token
             hr, cadence, activity = listener.body(t, seconds)
             listener.trace.append((t, hr, cadence, activity))
-            events.append({"event_id": str(uuid.uuid4()), "user_id": listener.user_id,
-                           "session_id": listener.session_id, "event_time": now_ms, "heart_rate_bpm": hr,
-                           "cadence_spm": cadence, "activity": activity})
-        call("POST", f"{INGEST}/v1/telemetry", app_key, {"events": events})
-        plays = []
+            call("POST", f"{INGEST}/v1/telemetry", tokens[listener.user_id], {"events": [{
+                "event_id": str(uuid.uuid4()), "session_id": listener.session_id, "event_time": now_ms,
+                "heart_rate_bpm": hr, "cadence_spm": cadence, "activity": activity}]})
         for listener in listeners:
-            playlist = call("GET", f"{DELIVERY}/v1/playlist?user_id={listener.user_id}"
-                            f"&session_id={listener.session_id}", app_key)
+            plays = []
+            playlist = call("GET", f"{DELIVERY}/v1/playlist?session_id={listener.session_id}",
+                            tokens[listener.user_id])
             if playlist["target_tempo_bpm"]:
                 tempos[listener.user_id] = playlist["target_tempo_bpm"]
             for seg in playlist["segments"]:
                 heard_by = seg["deadline"] + seg["duration_ms"] + 1000  # played after its deadline, then done
                 if seg["segment_id"] not in listener.heard and heard_by <= now_ms:
                     listener.heard.add(seg["segment_id"])
-                    plays.append({"play_id": str(uuid.uuid4()), "user_id": listener.user_id,
-                                  "content_kind": "AI_SEGMENT", "segment_id": seg["segment_id"],
-                                  "started_at": heard_by - seg["duration_ms"] - 1000,
-                                  "ms_played": seg["duration_ms"], "completed": True, "territory": "DE",
-                                  "subscription_tier": "PREMIUM"})
-        if plays:
-            call("POST", f"{INGEST}/v1/plays", app_key, {"plays": plays})
-            plays_posted += len(plays)
+                    plays.append({"play_id": str(uuid.uuid4()), "content_kind": "AI_SEGMENT",
+                                  "segment_id": seg["segment_id"], "started_at": heard_by - seg["duration_ms"] - 1000,
+                                  "ms_played": seg["duration_ms"], "completed": True})
+            if plays:
+                call("POST", f"{INGEST}/v1/plays", tokens[listener.user_id], {"plays": plays})
+                plays_posted += len(plays)
         if not withdrawn and t >= seconds / 2:
             call("PUT", f"{INGEST}/v1/rights-holders/{WITHDRAWING_HOLDER}/consent",
                  keys["ENTRAIN_DEV_RIGHTS_HOLDER_KEY"], {"ai_training": True, "ai_generation": False,
@@ -302,7 +307,8 @@ def main() -> int:
         write_artifacts(listeners, segments, args.out, stats["started"])
         statement(args.out)
         print("== try it yourself: open the listener page (the services keep running; `make down` stops them)")
-        print(f"   {DELIVERY}/#key={keys['ENTRAIN_DEV_APP_KEY']}&user=web-listener")
+        print("   (a listener token the demo minted as the app backend would; it expires in an hour)")
+        print(f"   {DELIVERY}/#token={mint_token(keys['ENTRAIN_DEV_APP_KEY'], 'web-listener')}")
         return 0
     except KeyboardInterrupt:
         print("\n== interrupted: stopping the services and the local broker")

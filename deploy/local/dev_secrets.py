@@ -2,6 +2,8 @@
 
   api-keys.json      the key store ingest loads (hashes only)
   pseudonym.secret   the HMAC key that turns app user ids into listener ids
+  token-signing.jwks the Ed25519 private key ingest signs listener tokens with
+  token-public.jwks  its public half, for every service that verifies listener tokens
   dev-keys.env       the plaintext dev keys, for curl and the demo:
                        ENTRAIN_DEV_APP_KEY          listener-app scope
                        ENTRAIN_DEV_RIGHTS_HOLDER_KEY rights-holder scope for rh-demo-0007
@@ -16,8 +18,9 @@ from __future__ import annotations
 import json
 import secrets
 
-from ingest.security import hash_key, new_key
+from kit.auth import hash_key, new_key
 from kit.settings import STATE_DIR
+from kit.tokens import generate_key_set
 
 FOLDER = STATE_DIR / "ingest"
 KEYS = [
@@ -38,8 +41,21 @@ def watermark_keys() -> None:
     print(f"watermark key ring written to {path}")
 
 
+def token_keys() -> None:
+    private, public = FOLDER / "token-signing.jwks", FOLDER / "token-public.jwks"
+    if private.exists() and public.exists():
+        return
+    signing, verifying = generate_key_set()
+    private.write_text(json.dumps(signing, indent=2) + "\n")
+    private.chmod(0o600)
+    public.write_text(json.dumps(verifying, indent=2) + "\n")
+    print(f"listener-token keys written to {FOLDER}")
+
+
 def main() -> None:
     watermark_keys()
+    FOLDER.mkdir(parents=True, exist_ok=True)
+    token_keys()
     FOLDER.mkdir(parents=True, exist_ok=True)
     env_file, keys_file, secret_file = FOLDER / "dev-keys.env", FOLDER / "api-keys.json", FOLDER / "pseudonym.secret"
     if not secret_file.exists():

@@ -40,19 +40,21 @@ class Service:
 
 def services() -> dict[str, Service]:
     ingest_state = STATE_DIR / "ingest"
-    listener_auth = {
-        "ENTRAIN_API_KEYS_FILE": os.environ.get("ENTRAIN_API_KEYS_FILE", str(ingest_state / "api-keys.json")),
-        "ENTRAIN_PSEUDONYM_SECRET_FILE": os.environ.get(
-            "ENTRAIN_PSEUDONYM_SECRET_FILE", str(ingest_state / "pseudonym.secret")),
-    }
+    def secret(name: str, file: str) -> dict[str, str]:
+        return {name: os.environ.get(name, str(ingest_state / file))}
+
+    api_keys = secret("ENTRAIN_API_KEYS_FILE", "api-keys.json")
+    pseudonyms = secret("ENTRAIN_PSEUDONYM_SECRET_FILE", "pseudonym.secret")
+    token_public = secret("ENTRAIN_TOKEN_PUBLIC_KEYS_FILE", "token-public.jwks")
     return {
-        "ingest": Service("ingest", int(os.environ.get("ENTRAIN_INGEST_PORT", "8080")), listener_auth),
+        "ingest": Service("ingest", int(os.environ.get("ENTRAIN_INGEST_PORT", "8080")), {
+            **api_keys, **pseudonyms, **secret("ENTRAIN_TOKEN_SIGNING_KEYS_FILE", "token-signing.jwks")}),
         "soundtrack": Service("soundtrack", int(os.environ.get("ENTRAIN_SOUNDTRACK_METRICS_PORT", "9102")), {}),
         "inference": Service("inference", int(os.environ.get("ENTRAIN_INFERENCE_METRICS_PORT", "9103")), {}),
         "watermark": Service("watermark", int(os.environ.get("ENTRAIN_WATERMARK_METRICS_PORT", "9104")),
-                             {"ENTRAIN_API_KEYS_FILE": listener_auth["ENTRAIN_API_KEYS_FILE"]}),  # detection API
-        "delivery": Service("delivery", int(os.environ.get("ENTRAIN_DELIVERY_PORT", "8085")), listener_auth,
-                            module="soundtrack.delivery"),
+                             api_keys),  # the detection API
+        "delivery": Service("delivery", int(os.environ.get("ENTRAIN_DELIVERY_PORT", "8085")),
+                            {**pseudonyms, **token_public}, module="soundtrack.delivery"),
         "royalty": Service("royalty", int(os.environ.get("ENTRAIN_ROYALTY_METRICS_PORT", "9105")), {
             "ENTRAIN_ROYALTY_INSTANCE": os.environ.get("ENTRAIN_ROYALTY_INSTANCE", "local-0"),
         }),

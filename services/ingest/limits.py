@@ -1,4 +1,4 @@
-"""Duplicate suppression and per-key rate limits: pure, the clock is passed in."""
+"""Duplicate suppression of event ids: pure, the clock is passed in."""
 
 from __future__ import annotations
 
@@ -35,39 +35,3 @@ class DedupWindow:
             if at >= horizon:
                 break
             del self._seen[oldest_id]
-
-
-@dataclass
-class TokenBucket:
-    """``rate`` tokens per second, up to ``burst``; one token per event."""
-
-    rate: float
-    burst: float
-    _tokens: float = -1.0
-    _at_ms: int = 0
-
-    def take(self, n: int, now_ms: int) -> float:
-        """Take ``n`` tokens; return 0 on success, else the seconds to wait before retrying."""
-        if self._tokens < 0:
-            self._tokens, self._at_ms = self.burst, now_ms
-        self._tokens = min(self.burst, self._tokens + (now_ms - self._at_ms) / 1000 * self.rate)
-        self._at_ms = now_ms
-        if n <= self._tokens:
-            self._tokens -= n
-            return 0.0
-        return (n - self._tokens) / self.rate
-
-
-@dataclass
-class RateLimiter:
-    """One token bucket per API key id."""
-
-    rate: float
-    burst: float
-    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
-
-    def take(self, key_id: str, n: int, now_ms: int) -> float:
-        bucket = self._buckets.get(key_id)
-        if bucket is None:
-            bucket = self._buckets[key_id] = TokenBucket(self.rate, self.burst)
-        return bucket.take(n, now_ms)

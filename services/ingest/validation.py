@@ -48,7 +48,6 @@ class TimeWindow:
 @dataclass(slots=True)
 class Telemetry:
     event_id: str
-    app_user_id: str
     session_id: str
     event_time: int
     heart_rate_bpm: int | None
@@ -59,13 +58,14 @@ class Telemetry:
     device: str | None
     music: bool
 
-    def record(self, listener_id: str, received_time: int) -> dict[str, Any]:
-        """The listener.telemetry.v1 value, with the pseudonymous id instead of the app user id."""
+    def record(self, listener_id: str, received_time: int, device: str | None) -> dict[str, Any]:
+        """The listener.telemetry.v1 value: the pseudonymous listener id from the token, and ``device``
+        as the caller pseudonymised it (free text from a client never reaches a topic in clear)."""
         return {
             "event_id": self.event_id, "listener_id": listener_id, "session_id": self.session_id,
             "event_time": self.event_time, "received_time": received_time,
             "heart_rate_bpm": self.heart_rate_bpm, "cadence_spm": self.cadence_spm, "activity": self.activity,
-            "session_mode": self.session_mode, "guide_target": self.guide_target, "device": self.device,
+            "session_mode": self.session_mode, "guide_target": self.guide_target, "device": device,
             "music": self.music,
         }
 
@@ -73,24 +73,21 @@ class Telemetry:
 @dataclass(slots=True)
 class Play:
     play_id: str
-    app_user_id: str
     content_kind: str
     segment_id: str | None
     work_id: str | None
     started_at: int
     ms_played: int
     completed: bool
-    territory: str
-    subscription_tier: str
     fraud_flags: tuple[str, ...]
 
-    def record(self, listener_id: str, received_time: int) -> dict[str, Any]:
-        """The listener.plays.v1 value, with the pseudonymous id instead of the app user id."""
+    def record(self, listener_id: str, subscription_tier: str, territory: str, received_time: int) -> dict[str, Any]:
+        """The listener.plays.v1 value; listener, tier and territory come from the listener token."""
         return {
             "play_id": self.play_id, "listener_id": listener_id, "content_kind": self.content_kind,
             "segment_id": self.segment_id, "work_id": self.work_id, "started_at": self.started_at,
-            "ms_played": self.ms_played, "completed": self.completed, "territory": self.territory,
-            "subscription_tier": self.subscription_tier, "fraud_flags": list(self.fraud_flags),
+            "ms_played": self.ms_played, "completed": self.completed, "territory": territory,
+            "subscription_tier": subscription_tier, "fraud_flags": list(self.fraud_flags),
             "received_time": received_time,
         }
 
@@ -203,7 +200,6 @@ def parse_telemetry(item: Any, now_ms: int, window: TimeWindow) -> Telemetry:
         raise Invalid("music", "must be true or false")
     return Telemetry(
         event_id=_uuid(item, "event_id"),
-        app_user_id=str(_id(item, "user_id", USER_ID_PATTERN)),
         session_id=str(_id(item, "session_id")),
         event_time=_time(item, "event_time", now_ms, window),
         heart_rate_bpm=heart_rate,
@@ -230,27 +226,50 @@ def parse_play(item: Any, now_ms: int, window: TimeWindow) -> Play:
     flags = []
     if started_at + ms_played > now_ms + window.max_future_ms:
         flags.append("played_longer_than_elapsed")
-    territory = _require(item, "territory")
-    if not isinstance(territory, str) or not TERRITORY_PATTERN.fullmatch(territory):
-        raise Invalid("territory", "must be an ISO 3166-1 alpha-2 code like DE")
     return Play(
         play_id=_uuid(item, "play_id"),
-        app_user_id=str(_id(item, "user_id", USER_ID_PATTERN)),
         content_kind=kind,
         segment_id=segment_id,
         work_id=work_id,
         started_at=started_at,
         ms_played=ms_played,
         completed=_bool(item, "completed"),
-        territory=territory,
-        subscription_tier=_enum(item, "subscription_tier", TIERS),
         fraud_flags=tuple(flags),
     )
 
 
-def parse_erasure(item: Any) -> str:
-    """The app user id whose data is to be erased."""
-    return str(_id(_object(item), "user_id", USER_ID_PATTERN))
+@dataclass(frozen=True)
+class TokenRequest:
+    app_user_id: str
+    subscription_tier: str
+    territory: str
+
+
+def parse_token_request(item: Any) -> TokenRequest:
+    """What an app backend asks a listener token for (``POST /v1/tokens``)."""
+    item = _object(item)
+    territory = _require(item, "territory")
+    if not isinstance(territory, str) or not TERRITORY_PATTERN.fullmatch(territory):
+        raise Invalid("territory", "must be an ISO 3166-1 alpha-2 code like DE")
+    return TokenRequest(app_user_id=str(_id(item, "user_id", USER_ID_PATTERN)),
+                        subscription_tier=_enum(item, "subscription_tier", TIERS), territory=territory)
+
+
+def claimed_user_id(item: Any) -> str | None:
+    """The ``user_id`` a listener-scoped body names, if any (it must be the token's listener)."""
+    if not isinstance(item, dict) or item.get("user_id") is None:
+        return None
+    value = item["user_id"]
+    if not isinstance(value, str) or not USER_ID_PATTERN.fullmatch(value):
+        raise Invalid("user_id", f"must match {USER_ID_PATTERN.pattern}")
+    return value
+
+
+def claimed_listener_fields(item: Any) -> dict[str, str]:
+    """``subscription_tier``/``territory`` a play names, if any (they must equal the token's)."""
+    if not isinstance(item, dict):
+        return {}
+    return {name: item[name] for name in ("subscription_tier", "territory") if item.get(name) is not None}
 
 
 def parse_consent(rights_holder_id: str, item: Any, now_ms: int, skew_ms: int) -> Consent:

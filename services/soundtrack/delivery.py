@@ -2,16 +2,17 @@
 
 ``python -m soundtrack.delivery`` (port ENTRAIN_DELIVERY_PORT, default 8085). A reader
 thread follows soundtrack.segments.v1 (every partition, from ENTRAIN_DELIVERY_LOOKBACK_S
-ago) into in-memory playlists; the HTTP side serves them. Authenticated like ingest:
-a listener-app API key, and the app's own user id, pseudonymised with the same secret,
-so no raw user id is stored. Audio URLs are signed and expire, so an HLS player can
-fetch them without the API key.
+ago) into in-memory playlists; the HTTP side serves them. Every listener endpoint takes
+``Authorization: Bearer <listener token>`` (minted by ingest for the app's backend,
+verified here with ingest's public keys) and serves only the token's listener; a
+``user_id`` that names anyone else is 403. Audio URLs are signed, bound to the listener
+and expire, so an HLS player or a CDN can fetch them without a token.
 
-  GET  /                              the listener page
-  GET  /v1/playlist?user_id=U         JSON: the newest session's segments, target tempo
-  GET  /v1/playlist.m3u8?user_id=U    HLS EVENT media playlist of the same segments
-  GET  /v1/audio/{sha256}.wav?exp&sig watermarked audio (signed URL)
-  POST /v1/underruns                  the player reports it ran dry {"user_id", "segment_id"}
+  GET  /                                  the listener page (static; it holds no secret)
+  GET  /v1/playlist[?session_id=S]        JSON: the newest (or named) session's segments, target tempo
+  GET  /v1/playlist.m3u8[?session_id=S]   HLS EVENT media playlist of the same segments
+  GET  /v1/audio/{sha256}.wav?l&exp&sig   watermarked audio (signed URL handed out in the playlist)
+  POST /v1/underruns                      the player reports it ran dry {"segment_id"}
   GET  /healthz /readyz /metrics
 """
 
@@ -28,20 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ingest.limits import RateLimiter
-from ingest.security import AuthError, KeyStore, Pseudonymizer
+from kit.auth import AuthError, Pseudonymizer, pseudonymizer_from_env
 from kit.consumer import is_partition_eof
 from kit.http import error_handlers
+from kit.ratelimit import RateLimiter
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings
 from kit.store import FileStore, StoreError
+from kit.tokens import Listener, TokenVerifier
 from soundtrack.playlists import Entry, Playlists, hls_media_playlist
 
 log = structlog.get_logger()
@@ -93,7 +95,11 @@ class SegmentFeed:
             try:
                 return list(self._consumer.offsets_for_times(wanted, timeout=max(1.0, deadline - time.monotonic())))
             except KafkaException as exc:
-                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                error = exc.args[0]
+                # librdkafka does not flag a stale leader as retriable here, though it clears like one
+                transient = error.retriable() or error.code() in (KafkaError.NOT_LEADER_FOR_PARTITION,
+                                                                  KafkaError.LEADER_NOT_AVAILABLE)
+                if not transient or time.monotonic() > deadline:
                     raise
                 log.warning("offsets_retry", reason=str(exc))
                 time.sleep(0.5)
@@ -161,22 +167,48 @@ class SegmentFeed:
 
 
 class UrlSigner:
+    """Audio URLs signed over (audio hash, listener, expiry): a leaked URL works for an hour and
+    names whose playlist it came from; nothing in it can be changed without the secret."""
+
     def __init__(self, secret: bytes) -> None:
-        self._key = hmac.new(secret, b"entrain-delivery-audio-urls", hashlib.sha256).digest()
+        self._key = hmac.new(secret, b"entrain-delivery-audio-urls-v2", hashlib.sha256).digest()
 
-    def sign(self, sha256: str, now_s: float) -> str:
+    def _sig(self, sha256: str, listener: str, expires: int) -> str:
+        return hmac.new(self._key, f"{sha256}:{listener}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def sign(self, sha256: str, listener: str, now_s: float) -> str:
         expires = int(now_s) + URL_TTL_S
-        sig = hmac.new(self._key, f"{sha256}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
-        return f"/v1/audio/{sha256}.wav?exp={expires}&sig={sig}"
+        return f"/v1/audio/{sha256}.wav?l={listener}&exp={expires}&sig={self._sig(sha256, listener, expires)}"
 
-    def valid(self, sha256: str, expires: str, sig: str, now_s: float) -> bool:
-        if not expires.isdigit() or int(expires) < now_s:
-            return False
-        good = hmac.new(self._key, f"{sha256}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
-        return hmac.compare_digest(good, sig)
+    def check(self, sha256: str, listener: str, expires: str, sig: str, now_s: float) -> None:
+        """Raises HttpError: 400 for a malformed URL, 403 for a wrong or expired signature."""
+        if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
+            raise HttpError(400, "exp must be epoch seconds (ASCII digits)")
+        if not (listener.isascii() and len(listener) == 64 and all(c in HEX for c in listener)):
+            raise HttpError(400, "l must be the listener id the playlist handed out")
+        if not hmac.compare_digest(self._sig(sha256, listener, int(expires)), sig):
+            raise HttpError(403, "audio URL is unsigned or tampered with; fetch the playlist again")
+        if int(expires) < now_s:
+            raise HttpError(403, "audio URL expired; fetch the playlist again")
 
 
-def create_app(keys: KeyStore, pseudonymizer: Pseudonymizer, feed: SegmentFeed, store: FileStore,
+HEX = frozenset("0123456789abcdef")
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it passes ``limit`` bytes, declared or chunked."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise HttpError(413, f"body larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HttpError(413, f"body larger than {limit} bytes")
+    return bytes(body)
+
+
+def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: SegmentFeed, store: FileStore,
                clock: Callable[[], float] = time.time,
                limiter: RateLimiter | None = None) -> Starlette:
     signer = UrlSigner(pseudonymizer.secret)
@@ -186,27 +218,38 @@ def create_app(keys: KeyStore, pseudonymizer: Pseudonymizer, feed: SegmentFeed, 
         if limiter.take(listener, 1, int(clock() * 1000)):
             raise HttpError(429, f"at most {limiter.rate:g} requests/s per listener; retry shortly")
 
-    def listener_of(request: Request) -> str:
-        principal = keys.authenticate(request.headers.get("authorization"))
-        principal.require("listener-app")
-        user_id = request.query_params.get("user_id", "")
-        if not user_id or len(user_id) > 128:
-            raise HttpError(400, "user_id query parameter is required (at most 128 characters)")
-        listener = pseudonymizer.listener_id(user_id)
-        limit(listener)
+    def listener_of(request: Request) -> Listener:
+        header = request.headers.get("authorization") or ""
+        scheme, _, credential = header.partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            raise AuthError(401, "missing listener token: send Authorization: Bearer <token>; the app's backend "
+                                 "mints it with POST /v1/tokens on ingest")
+        listener = verifier.verify(credential.strip(), clock())
+        limit(listener.listener_id)
+        same_listener(listener, request.query_params.get("user_id"))
         return listener
 
-    def session_entries(request: Request) -> list[Entry]:
+    def same_listener(listener: Listener, user_id: object) -> None:
+        """A request may repeat its own user id (older apps do), never name another listener."""
+        if user_id is None:
+            return
+        if not isinstance(user_id, str) or not 0 < len(user_id) <= 128:
+            raise HttpError(400, "user_id must be 1-128 characters (or omitted: the token names the listener)")
+        if pseudonymizer.listener_id(user_id) != listener.listener_id:
+            raise AuthError(403, "user_id names another listener than the token's")
+
+    def session_entries(request: Request) -> tuple[Listener, list[Entry]]:
         listener = listener_of(request)
         with feed.lock:
-            return feed.playlists.session(listener, request.query_params.get("session_id"))
+            return listener, feed.playlists.session(listener.listener_id, request.query_params.get("session_id"))
 
     async def playlist(request: Request) -> Response:
-        entries = session_entries(request)
+        listener, entries = session_entries(request)
         now = clock()
         segments = [{
             "segment_id": e.segment["segment_id"], "session_id": e.segment["session_id"],
-            "sequence": e.segment["sequence"], "url": signer.sign(e.segment["audio"]["sha256"], now),
+            "sequence": e.segment["sequence"],
+            "url": signer.sign(e.segment["audio"]["sha256"], listener.listener_id, now),
             "duration_ms": e.segment["audio"]["duration_ms"], "params": e.segment["params"],
             "provenance": e.segment["provenance"], "watermark": e.segment["watermark"],
             "generated_at": e.segment["generated_at"], "deadline": e.segment["deadline"], "late": e.late,
@@ -215,17 +258,18 @@ def create_app(keys: KeyStore, pseudonymizer: Pseudonymizer, feed: SegmentFeed, 
         return JSONResponse({"segments": segments, "target_tempo_bpm": tempo, "server_time": int(now * 1000)})
 
     async def playlist_m3u8(request: Request) -> Response:
-        entries = session_entries(request)
+        listener, entries = session_entries(request)
         now = clock()
-        body = hls_media_playlist(entries, lambda e: signer.sign(e.segment["audio"]["sha256"], now))
+        body = hls_media_playlist(entries, lambda e: signer.sign(e.segment["audio"]["sha256"], listener.listener_id,
+                                                                 now))
         return Response(body, media_type="application/vnd.apple.mpegurl")
 
     async def audio(request: Request) -> Response:
         sha = request.path_params["sha256"]
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        if len(sha) != 64 or any(c not in HEX for c in sha):
             raise HttpError(404, "no such audio")
-        if not signer.valid(sha, request.query_params.get("exp", ""), request.query_params.get("sig", ""), clock()):
-            raise HttpError(403, "audio URL is unsigned, tampered with or expired; fetch the playlist again")
+        query = request.query_params
+        signer.check(sha, query.get("l", ""), query.get("exp", ""), query.get("sig", ""), clock())
         try:
             data = store.get((store.root / sha[:2] / f"{sha}.wav").as_uri())
         except StoreError:
@@ -233,24 +277,18 @@ def create_app(keys: KeyStore, pseudonymizer: Pseudonymizer, feed: SegmentFeed, 
         return Response(data, media_type="audio/wav", headers={"Cache-Control": "private, max-age=3600"})
 
     async def underruns(request: Request) -> Response:
-        keys.authenticate(request.headers.get("authorization")).require("listener-app")
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_REPORT_BYTES:
-            raise HttpError(413, f"an underrun report is at most {MAX_REPORT_BYTES} bytes")
-        raw = await request.body()
-        if len(raw) > MAX_REPORT_BYTES:
-            raise HttpError(413, f"an underrun report is at most {MAX_REPORT_BYTES} bytes")
+        listener = listener_of(request)
+        raw = await read_limited(request, MAX_REPORT_BYTES)
         try:
             body = json.loads(raw)
         except ValueError:
             raise HttpError(400, "body is not valid JSON") from None
-        if not isinstance(body, dict) or not isinstance(body.get("user_id"), str):
-            raise HttpError(400, 'body must be {"user_id": ..., "segment_id": ...}')
-        listener = pseudonymizer.listener_id(body["user_id"])
-        limit(listener)
+        if not isinstance(body, dict) or not isinstance(body.get("segment_id", ""), str):
+            raise HttpError(400, 'body must be {"segment_id": "..."}')
+        same_listener(listener, body.get("user_id"))
         UNDERRUNS.labels("client").inc()
-        log.warning("client_underrun", listener_id=listener,
-                    segment_id=str(body.get("segment_id", ""))[:64])
+        segment_id = "".join(c for c in body.get("segment_id", "")[:64] if c.isascii() and (c.isalnum() or c in "-_"))
+        log.warning("client_underrun", listener_id=listener.listener_id, segment_id=segment_id)
         return JSONResponse({"recorded": True}, status_code=202)
 
     async def page(request: Request) -> Response:
@@ -301,14 +339,13 @@ class HttpError(Exception):
 def main() -> None:
     import uvicorn
 
-    from ingest.settings import listener_auth
     from kit.logs import configure_logging
 
     configure_logging(SERVICE)
-    keys, pseudonymizer = listener_auth(os.environ)
+    verifier, pseudonymizer = TokenVerifier.from_env(os.environ), pseudonymizer_from_env(os.environ)
     feed = SegmentFeed(KafkaSettings.from_env(), Playlists(),
                        float(os.environ.get("ENTRAIN_DELIVERY_LOOKBACK_S", "3600"))).start()
-    app = create_app(keys, pseudonymizer, feed, FileStore())
+    app = create_app(verifier, pseudonymizer, feed, FileStore())
     uvicorn.run(app, host=os.environ.get("ENTRAIN_DELIVERY_HOST", "127.0.0.1"),
                 port=int(os.environ.get("ENTRAIN_DELIVERY_PORT", "8085")), log_level="warning")
     feed.stop()

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ingest.limits import RateLimiter
-from ingest.security import AuthError, KeyStore
 from kit.audio import AudioError, decode_bytes
+from kit.auth import AuthError, KeyStore
 from kit.http import error_handlers
+from kit.ratelimit import RateLimiter
 from watermark.keys import KeyRing
 from watermark.registry import Registry
 from watermark.scheme import DESIGN_FPR, detect

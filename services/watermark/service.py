@@ -21,12 +21,11 @@ import numpy as np
 import structlog
 from prometheus_client import Counter, Histogram
 
-from ingest.limits import RateLimiter
-from ingest.security import KeyStore
-from ingest.settings import api_keys
 from kit.audio import AudioError, decode_bytes, encode_wav
+from kit.auth import KeyStore, api_keys
 from kit.consumer import ConsumerLoop, InvalidRecord, Record
 from kit.producer import Producer
+from kit.ratelimit import RateLimiter
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings
 from kit.store import FileStore, SegmentStore, StoreError

@@ -1,6 +1,6 @@
 // Drives the listener page in headless Chromium: rest, then a heart-rate/cadence change, and
 // checks that segments at the new tempo were fetched and played.
-// Usage: node listener_page.mjs <page url with #key=...&user=...&ingest=...> [timeout_s]
+// Usage: node listener_page.mjs <page url with #token=...&ingest=...> [timeout_s]
 // Prints one JSON line with what happened; exit 0 when the new tempo was played, 1 otherwise.
 import { chromium } from "playwright-core";
 import { mkdtempSync } from "node:fs";

@@ -60,7 +60,7 @@ from urllib.parse import urlsplit
 from confluent_kafka import Producer as RawProducer
 
 from inference.catalog import ConsentSnapshot, load_catalog
-from ingest.security import Pseudonymizer
+from kit.auth import Pseudonymizer
 from kit.serde import TopicSerde
 from kit.settings import STATE_DIR, KafkaSettings
 from kit.topics import delete_prefixed_topics, ensure_topics
@@ -166,6 +166,11 @@ class Listener:
     def user_id(self) -> str:
         return f"chaos-user-{self.index:04d}"
 
+    @property
+    def plan(self) -> tuple[str, str]:
+        """(subscription tier, territory): fixed per listener, carried by its token."""
+        return ("PREMIUM", "FREE")[self.index % 2], ("DE", "US", "FR")[self.index % 3]
+
     def body(self, t: float) -> tuple[int, int, str]:
         """Alternating 40 s of rest and 40 s of running, each listener at its own phase."""
         running = int((t + self.phase_s) // 40) % 2 == 1
@@ -190,6 +195,7 @@ class Driver:
 
     def __init__(self, pipe: Pipeline, listeners: list[Listener], seed: int) -> None:
         self.pipe, self.listeners, self.rng = pipe, listeners, random.Random(seed)
+        self.by_user = {lt.user_id: lt for lt in listeners}
         self.acked = Acked()
         self.pending_telemetry: list[dict[str, Any]] = []
         self.pending_plays: list[dict[str, Any]] = []
@@ -241,8 +247,8 @@ class Driver:
         for listener in self.listeners:
             if not listener.music:
                 continue
-            status, raw = http("GET", f"{self.pipe.delivery_url}/v1/playlist?user_id={listener.user_id}"
-                                      f"&session_id={listener.session_id}", self.pipe.app_key, timeout=5)
+            status, raw = http("GET", f"{self.pipe.delivery_url}/v1/playlist?session_id={listener.session_id}",
+                               self.token(listener), timeout=5)
             if status != 200:
                 self.acked.playlist_errors += 1
                 continue
@@ -256,14 +262,13 @@ class Driver:
                     "play_id": str(uuid.uuid4()), "user_id": listener.user_id, "content_kind": "AI_SEGMENT",
                     "segment_id": seg["segment_id"], "started_at": heard_at - seg["duration_ms"] - 1000,
                     "ms_played": min(5000, seg["duration_ms"] - 1) if short else seg["duration_ms"],
-                    "completed": not short, "territory": self.rng.choice(["DE", "US", "FR"]),
-                    "subscription_tier": self.rng.choice(["PREMIUM", "FREE"])})
+                    "completed": not short})
         for _ in range(3):  # a few catalog plays (the works themselves, e.g. a cool-down playlist)
             listener = self.rng.choice(self.listeners)
             self.pending_plays.append({
                 "play_id": str(uuid.uuid4()), "user_id": listener.user_id, "content_kind": "CATALOG_WORK",
                 "work_id": self.rng.choice(self.works), "started_at": now_ms - 60_000, "ms_played": 45_000,
-                "completed": True, "territory": "DE", "subscription_tier": "PREMIUM"})
+                "completed": True})
         self.pending_plays = self._post("plays", "plays", self.pending_plays, "play_id", None)
 
     def flush(self, timeout_s: float) -> None:
@@ -275,14 +280,25 @@ class Driver:
             self.pending_plays = self._post("plays", "plays", self.pending_plays, "play_id", None)
             time.sleep(1)
 
+    def token(self, listener: Listener) -> str | None:
+        """The listener's token, minted by the pipeline as an app backend; None while ingest is down."""
+        try:
+            return self.pipe.token(listener.user_id, *listener.plan)
+        except OSError:
+            return None
+
     def _post(self, path: str, field_name: str, items: list[dict[str, Any]], id_field: str,
               acked: set[str] | None) -> list[dict[str, Any]]:
-        """Post in batches; return what must be sent again (not acknowledged: 5xx, 429, no answer)."""
-        left = []
-        for i in range(0, len(items), 100):
-            batch = items[i:i + 100]
-            status, raw = http("POST", f"{self.pipe.ingest_url}/v1/{path}", self.pipe.app_key, {field_name: batch},
-                               timeout=10)
+        """Post each listener's items with its own token (as its device would); return what must be
+        sent again (not acknowledged: 5xx, 429, no answer)."""
+        left: list[dict[str, Any]] = []
+        per_listener: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            per_listener.setdefault(item["user_id"], []).append(item)
+        for user_id, batch in per_listener.items():
+            token = self.token(self.by_user[user_id])
+            status, raw = http("POST", f"{self.pipe.ingest_url}/v1/{path}", token, {field_name: batch},
+                               timeout=10) if token else (0, b"")
             if not 200 <= status < 300:
                 self.acked.retries += 1
                 left.extend(batch)
@@ -376,10 +392,15 @@ def bad_requests(pipe: Pipeline, acked: Acked) -> None:
     """Every HTTP endpoint with what a hostile or broken client sends; each must get a 4xx
     with a JSON reason (a 429 counts) and never a stack trace."""
     ingest, delivery, detect = pipe.ingest_url, pipe.delivery_url, f"http://127.0.0.1:{pipe.ports['detect']}"
-    key = pipe.app_key
+    key = pipe.token("chaos-hostile-client")
     cases: list[tuple[str, str, str | None, Any, bytes | None]] = [
         ("POST", f"{ingest}/v1/telemetry", None, {"events": []}, None),
         ("POST", f"{ingest}/v1/telemetry", "not-a-key", {"events": []}, None),
+        ("POST", f"{ingest}/v1/telemetry", pipe.app_key, {"events": [{}]}, None),  # an app key is no listener
+        ("POST", f"{ingest}/v1/telemetry", key, {"events": [{"user_id": "chaos-user-0001"}]}, None),  # someone else
+        ("POST", f"{ingest}/v1/tokens", pipe.app_key, {"user_id": "x y", "subscription_tier": "GOLD"}, None),
+        ("POST", f"{ingest}/v1/tokens", key, {"user_id": "x"}, None),  # a token cannot mint tokens
+        ("POST", f"{ingest}/v1/erasures", pipe.app_key, {"user_id": "chaos-user-0001"}, None),
         ("POST", f"{ingest}/v1/telemetry", key, None, b"{not json"),
         ("POST", f"{ingest}/v1/telemetry", key, {"events": [{}] * 1001}, None),
         ("POST", f"{ingest}/v1/plays", None, {"plays": []}, None),
@@ -389,19 +410,23 @@ def bad_requests(pipe: Pipeline, acked: Acked) -> None:
         ("PUT", f"{ingest}/v1/rights-holders/rh-demo-0001/consent", pipe.admin_key, {"ai_generation": "yes"}, None),
         ("PUT", f"{ingest}/v1/rights-holders/{'x' * 300}/consent", pipe.admin_key, {}, None),
         ("GET", f"{delivery}/v1/playlist?user_id=chaos-user-0001", None, None, None),
-        ("GET", f"{delivery}/v1/playlist", key, None, None),
+        ("GET", f"{delivery}/v1/playlist?user_id=chaos-user-0001", key, None, None),  # someone else's
+        ("GET", f"{delivery}/v1/playlist", pipe.app_key, None, None),
         ("GET", f"{delivery}/v1/playlist.m3u8?user_id={'u' * 500}", key, None, None),
-        ("GET", f"{delivery}/v1/audio/{'a' * 64}.wav?exp=1&sig=00", None, None, None),
+        ("GET", f"{delivery}/v1/audio/{'a' * 64}.wav?l={'b' * 64}&exp=1&sig=00", None, None, None),
+        ("GET", f"{delivery}/v1/audio/{'a' * 64}.wav?l={'b' * 64}&exp=%C2%B2&sig=00", None, None, None),
         ("GET", f"{delivery}/v1/audio/..%2F..%2Fetc%2Fpasswd.wav", None, None, None),
         ("POST", f"{delivery}/v1/underruns", key, None, b" " * 10_000),
         ("POST", f"{delivery}/v1/underruns", key, None, b"[]"),
         ("POST", f"{detect}/v1/detect", None, None, b"RIFF"),
-        ("POST", f"{detect}/v1/detect", key, None, b"RIFF\x00\x00garbage"),
+        ("POST", f"{detect}/v1/detect", pipe.app_key, None, b"RIFF\x00\x00garbage"),
     ]
     answers = [(method, url, *reachable(lambda m=method, u=url, a=auth, b=body, r=raw: http(m, u, a, b, r)))
                for method, url, auth, body, raw in cases]
     for url in (f"{ingest}/v1/telemetry", f"{ingest}/v1/plays", f"{detect}/v1/detect", f"{delivery}/v1/underruns"):
-        answers.append(("POST", url + " (declares 2 GB)", *reachable(lambda u=url: declared_too_large(u, key))))
+        credential = pipe.app_key if url.startswith(detect) else key
+        answers.append(("POST", url + " (declares 2 GB)",
+                        *reachable(lambda u=url, c=credential: declared_too_large(u, c))))
     for method, url, status, answer in answers:
         acked.bad_requests += 1
         text = answer.decode(errors="replace")
@@ -545,8 +570,8 @@ def check_watermarks(pipe: Pipeline, listeners: list[Listener]) -> dict[str, int
     segments: list[dict[str, Any]] = []
     for listener in listeners:
         if listener.music:
-            status, raw = http("GET", f"{pipe.delivery_url}/v1/playlist?user_id={listener.user_id}"
-                                      f"&session_id={listener.session_id}", pipe.app_key)
+            status, raw = http("GET", f"{pipe.delivery_url}/v1/playlist?session_id={listener.session_id}",
+                               pipe.token(listener.user_id, *listener.plan))
             segments += json.loads(raw)["segments"] if status == 200 else []
 
     def verifies(seg: dict[str, Any]) -> bool:
@@ -631,14 +656,15 @@ def check_underruns(kafka: KafkaSettings, listeners: set[str], faults: list[Faul
 def check_erasure(kafka: KafkaSettings, pipe: Pipeline, listener: Listener) -> dict[str, int]:
     """One listener asks to be forgotten: their soundtrack state gets a tombstone on the worker's
     compacted changelog and delivery serves them an empty playlist."""
-    status, _ = http("POST", f"{pipe.ingest_url}/v1/erasures", pipe.app_key, {"user_id": listener.user_id})
+    token = pipe.token(listener.user_id, *listener.plan)
+    status, _ = http("POST", f"{pipe.ingest_url}/v1/erasures", token)
     listener_id = driver_listener_id(pipe, listener).encode()
     keys = {listener_id, b'"' + listener_id + b'"'}  # Faust writes changelog keys JSON-encoded
     changelog = kafka.topic("soundtrack-listeners-changelog")
     deadline, tombstones, left = time.monotonic() + 60, 0, -1
     while time.monotonic() < deadline:
         tombstones = sum(1 for m in read_to_end(kafka, changelog) if m.key() in keys and m.value() is None)
-        answer = http("GET", f"{pipe.delivery_url}/v1/playlist?user_id={listener.user_id}", pipe.app_key)
+        answer = http("GET", f"{pipe.delivery_url}/v1/playlist", token)
         left = len(json.loads(answer[1])["segments"]) if answer[0] == 200 else -1
         if tombstones and left == 0:
             break
@@ -650,6 +676,7 @@ def check_secrets(kafka: KafkaSettings, pipe: Pipeline, listeners: list[Listener
     """No raw user id, API key or secret in any service log or on any topic of the run."""
     secrets_ = [pipe.app_key, pipe.admin_key, (pipe.workdir / "pseudonym.secret").read_text().strip()]
     secrets_ += list(json.loads((pipe.workdir / "watermark-keys.json").read_text())["keys"].values())
+    secrets_ += [k["d"] for k in json.loads((pipe.workdir / "token-signing.jwks").read_text())["keys"]]
     needles = [s.encode() for s in secrets_] + [lt.user_id.encode() for lt in listeners]
     log_hits = 0
     for name in pipe.procs:

@@ -27,7 +27,8 @@ spec.loader.exec_module(generate)
 def test_the_compose_file_is_valid_and_builds_existing_targets() -> None:
     tool = shutil.which("docker-compose")
     assert tool, "docker-compose is missing: `make venv` installs Debian's docker-compose package"
-    env = {**os.environ, "ENTRAIN_API_KEYS": "[]", "ENTRAIN_PSEUDONYM_SECRET": "x", "ENTRAIN_WATERMARK_KEYS": "k=00"}
+    env = {**os.environ, "ENTRAIN_API_KEYS": "[]", "ENTRAIN_PSEUDONYM_SECRET": "x", "ENTRAIN_WATERMARK_KEYS": "k=00",
+           "ENTRAIN_TOKEN_SIGNING_KEYS": "{}", "ENTRAIN_TOKEN_PUBLIC_KEYS": "{}"}
     result = subprocess.run([tool, "-p", "entrain", "-f", "compose.yaml", "config", "-q"], cwd=DEPLOY, env=env,
                             capture_output=True, check=False)
     assert result.returncode == 0, result.stderr.decode()
@@ -65,9 +66,9 @@ def test_custom_resources_follow_the_contracts() -> None:
         assert scaled["spec"]["maxReplicaCount"] == contracts[trigger["topic"]].partitions
 
 
-def test_every_authenticating_service_gets_the_api_keys_everywhere_it_is_deployed() -> None:
-    """ingest, delivery and watermark (its detection API) check API keys: `make up`, compose and
-    Kubernetes must all hand them the key store."""
+def test_every_authenticating_service_gets_its_credentials_everywhere_it_is_deployed() -> None:
+    """ingest and watermark (its detection API) check API keys, ingest signs listener tokens and
+    delivery verifies them: `make up`, compose and Kubernetes must all hand them what they check."""
     local_spec = importlib.util.spec_from_file_location("local_services", DEPLOY / "local" / "services.py")
     assert local_spec is not None and local_spec.loader is not None
     local = importlib.util.module_from_spec(local_spec)
@@ -76,7 +77,12 @@ def test_every_authenticating_service_gets_the_api_keys_everywhere_it_is_deploye
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
     pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["env"]
             for d in generate.workloads() if d["kind"] in ("Deployment", "StatefulSet")}
-    for name in ("ingest", "delivery", "watermark"):
-        assert "ENTRAIN_API_KEYS_FILE" in local.services()[name].env, f"make up: {name}"
-        assert "ENTRAIN_API_KEYS" in (compose[name].get("environment") or {}), f"compose: {name}"
-        assert any(e["name"] == "ENTRAIN_API_KEYS_FILE" for e in pods[name]), f"kubernetes: {name}"
+    needs = {"ingest": ("ENTRAIN_API_KEYS", "ENTRAIN_TOKEN_SIGNING_KEYS", "ENTRAIN_PSEUDONYM_SECRET"),
+             "watermark": ("ENTRAIN_API_KEYS",),
+             "delivery": ("ENTRAIN_TOKEN_PUBLIC_KEYS", "ENTRAIN_PSEUDONYM_SECRET")}
+    for name, variables in needs.items():
+        for variable in variables:
+            assert f"{variable}_FILE" in local.services()[name].env, f"make up: {name} {variable}"
+            assert variable in (compose[name].get("environment") or {}), f"compose: {name} {variable}"
+            assert any(e["name"] == f"{variable}_FILE" for e in pods[name]), f"kubernetes: {name} {variable}"
+    assert "ENTRAIN_TOKEN_SIGNING_KEYS" not in (compose["delivery"].get("environment") or {})  # verifiers: public only

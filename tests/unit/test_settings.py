@@ -49,7 +49,7 @@ def test_settings_are_frozen() -> None:
 
 
 def test_production_mode_refuses_plaintext_kafka_and_development_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ingest.settings import listener_auth
+    from kit.auth import pseudonymizer_from_env
     from kit.settings import STATE_DIR
     from watermark.keys import KeyConfigError, KeyRing
 
@@ -64,7 +64,7 @@ def test_production_mode_refuses_plaintext_kafka_and_development_secrets(monkeyp
 
     dev_file = str(STATE_DIR / "ingest" / "pseudonym.secret")
     with pytest.raises(SettingsError, match="is a development secret"):
-        listener_auth({"ENTRAIN_ENV": "production", "ENTRAIN_PSEUDONYM_SECRET_FILE": dev_file})
+        pseudonymizer_from_env({"ENTRAIN_ENV": "production", "ENTRAIN_PSEUDONYM_SECRET_FILE": dev_file})
 
     monkeypatch.setenv("ENTRAIN_ENV", "production")
     monkeypatch.delenv("ENTRAIN_WATERMARK_KEYS", raising=False)

@@ -1,19 +1,20 @@
 """Delivery on the real broker: watermarked segments become each listener's playlist (JSON and
-HLS), audio behind signed URLs, authentication like ingest, late segments counted as underruns."""
+HLS), audio behind signed URLs bound to the listener, listener tokens only, late segments counted
+as underruns."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
+from tests.auth_helpers import VERIFIER, bearer, token_for
 
-from ingest.limits import RateLimiter
-from ingest.security import KeyStore, Pseudonymizer, hash_key
+from kit.auth import Pseudonymizer
 from kit.producer import Producer
+from kit.ratelimit import RateLimiter
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
 from kit.store import FileStore
@@ -21,11 +22,8 @@ from soundtrack.delivery import SegmentFeed, create_app
 from soundtrack.playlists import Playlists
 
 APP_KEY = "app-key-for-delivery-tests-0123456789"
-KEYS = KeyStore.from_json(json.dumps([{"key_id": "app", "sha256": hash_key(APP_KEY), "scopes": ["listener-app"]},
-                                      {"key_id": "rh", "sha256": hash_key("rh-key-0123456789abcdef"),
-                                       "scopes": ["rights-holder"], "rights_holder_id": "rh-1"}]))
 PSEUDO = Pseudonymizer(b"p" * 32)
-AUTH = {"Authorization": f"Bearer {APP_KEY}"}
+ALICE, BOB = bearer(token_for(PSEUDO, "alice")), bearer(token_for(PSEUDO, "bob"))
 
 
 def segment(listener: str, n: int, uri: str, sha: str, tempo: float, late: bool) -> dict[str, Any]:
@@ -62,19 +60,19 @@ def test_playlists_audio_auth_and_underruns(isolated: KafkaSettings, tmp_path: P
 
     feed = SegmentFeed(isolated, Playlists(), lookback_s=600).start()
     try:
-        client = TestClient(create_app(KEYS, PSEUDO, feed, store))
+        client = TestClient(create_app(VERIFIER, PSEUDO, feed, store))
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(client.get("/v1/playlist?user_id=alice", headers=AUTH).json()
-                                                  ["segments"]) < 2:
+        while time.monotonic() < deadline and len(client.get("/v1/playlist", headers=ALICE).json()["segments"]) < 2:
             time.sleep(0.2)
-        body = client.get("/v1/playlist?user_id=alice", headers=AUTH).json()
+        body = client.get("/v1/playlist", headers=ALICE).json()
         assert [s["sequence"] for s in body["segments"]] == [0, 1]  # in sequence order, whatever the arrival
         assert body["target_tempo_bpm"] == 92.7 and [s["late"] for s in body["segments"]] == [True, False]
         assert underruns("server") == server_before + 1
-        assert client.get("/v1/playlist?user_id=bob", headers=AUTH).json()["segments"][0]["params"]["tempo_bpm"] == 120
+        assert client.get("/v1/playlist", headers=BOB).json()["segments"][0]["params"]["tempo_bpm"] == 120
+        assert client.get("/v1/playlist?user_id=alice", headers=ALICE).status_code == 200  # its own id: fine
         assert feed.caught_up.wait(15) and client.get("/readyz").status_code == 200
 
-        hls = client.get("/v1/playlist.m3u8?user_id=alice", headers=AUTH)
+        hls = client.get("/v1/playlist.m3u8", headers=ALICE)
         assert hls.status_code == 200 and hls.text.startswith("#EXTM3U")
         assert hls.text.count("#EXTINF:3.000,") == 2 and "#EXT-X-MEDIA-SEQUENCE:0" in hls.text
 
@@ -82,23 +80,44 @@ def test_playlists_audio_auth_and_underruns(isolated: KafkaSettings, tmp_path: P
         audio = client.get(url)
         assert audio.status_code == 200 and audio.content == b"RIFF-not-really-a-wav"
         assert client.get(url.replace("sig=", "sig=0")).status_code == 403
-        assert client.get(f"/v1/audio/{sha}.wav").status_code == 403
+        assert client.get(url.replace(f"l={alice}", f"l={bob}")).status_code == 403  # bound to the listener
+        assert client.get(f"/v1/audio/{sha}.wav").status_code == 400
+        for bad_exp in ("²", "1e9", "-1", "9" * 40):  # unicode digits and friends: a reason, never a 500
+            answer = client.get(url.split("&exp=")[0] + f"&exp={bad_exp}&sig=00")
+            assert answer.status_code == 400 and "exp" in answer.json()["error"], bad_exp
 
-        assert client.get("/v1/playlist?user_id=alice").status_code == 401
-        assert client.get("/v1/playlist?user_id=alice",
-                          headers={"Authorization": "Bearer rh-key-0123456789abcdef"}).status_code == 403
-        assert client.get("/v1/playlist", headers=AUTH).status_code == 400
         client_before = underruns("client")
-        assert client.post("/v1/underruns", headers=AUTH, content=b'{"user_id":"alice","segment_id":"x"}'
-                           ).status_code == 202
+        assert client.post("/v1/underruns", headers=ALICE, content=b'{"segment_id":"x"}').status_code == 202
         assert underruns("client") == client_before + 1
-        assert client.post("/v1/underruns", headers=AUTH, content=b"nope").status_code == 400
-        assert client.post("/v1/underruns", headers=AUTH, content=b" " * 5000).status_code == 413
+        assert client.post("/v1/underruns", headers=ALICE, content=b"nope").status_code == 400
+        assert client.post("/v1/underruns", headers=ALICE, content=b" " * 5000).status_code == 413
+        chunked = client.post("/v1/underruns", headers=ALICE, content=(b" " * 1000 for _ in range(10)))
+        assert chunked.status_code == 413  # a chunked body is cut off at the limit, not read whole
         assert "Entrain" in client.get("/").text
+    finally:
+        feed.stop()
 
-        strict = TestClient(create_app(KEYS, PSEUDO, feed, store, limiter=RateLimiter(0.01, 2)))
-        answers = [strict.get("/v1/playlist?user_id=carol", headers=AUTH) for _ in range(3)]
+
+def test_only_a_valid_token_for_the_same_listener_is_served(isolated: KafkaSettings, tmp_path: Path) -> None:
+    feed = SegmentFeed(isolated, Playlists(), lookback_s=1).start()
+    try:
+        client = TestClient(create_app(VERIFIER, PSEUDO, feed, FileStore(tmp_path)))
+        for path in ("/v1/playlist", "/v1/playlist.m3u8"):
+            assert client.get(path).status_code == 401
+            assert client.get(path, headers={"Authorization": f"Bearer {APP_KEY}"}).status_code == 401
+            answer = client.get(f"{path}?user_id=bob", headers=ALICE)
+            assert answer.status_code == 403 and "another listener" in answer.json()["error"]
+        answer = client.post("/v1/underruns", headers=ALICE, content=b'{"user_id":"bob","segment_id":"x"}')
+        assert answer.status_code == 403
+        expired = bearer(token_for(PSEUDO, "alice", now_s=time.time() - 7200))
+        answer = client.get("/v1/playlist", headers=expired)
+        assert answer.status_code == 401 and "expired" in answer.json()["error"]
+
+        strict = TestClient(create_app(VERIFIER, PSEUDO, feed, FileStore(tmp_path),
+                                       limiter=RateLimiter(0.01, 2)))
+        carol, dave = bearer(token_for(PSEUDO, "carol")), bearer(token_for(PSEUDO, "dave"))
+        answers = [strict.get("/v1/playlist", headers=carol) for _ in range(3)]
         assert [a.status_code for a in answers] == [200, 200, 429] and "per listener" in answers[2].json()["error"]
-        assert strict.get("/v1/playlist?user_id=dave", headers=AUTH).status_code == 200  # per listener, not per key
+        assert strict.get("/v1/playlist", headers=dave).status_code == 200  # per listener, not per app
     finally:
         feed.stop()

@@ -22,8 +22,8 @@ def test_the_page_speeds_up_after_a_heart_rate_change(isolated: KafkaSettings, t
         pytest.fail("playwright-core or chromium missing: `make test` installs both")
     pipeline = Pipeline(isolated, tmp_path).start()
     try:
-        url = (f"{pipeline.delivery_url}/#key={pipeline.app_key}&user=browser-test"
-               f"&ingest={pipeline.ingest_url}")
+        # The test is the app's backend: it mints the listener token with its app key and opens the page with it.
+        url = f"{pipeline.delivery_url}/#token={pipeline.token('browser-test')}&ingest={pipeline.ingest_url}"
         run = subprocess.run(["node", str(BROWSER_DIR / "listener_page.mjs"), url, "150"], cwd=BROWSER_DIR,
                              capture_output=True, text=True, timeout=240)
         assert run.stdout.strip(), run.stderr

@@ -15,11 +15,11 @@ from starlette.testclient import TestClient
 from tests.kafka_helpers import read_all
 
 from inference.engine import Engine, Params
-from ingest.limits import RateLimiter
-from ingest.security import KeyStore, hash_key
 from kit.audio import decode_bytes, encode_wav
+from kit.auth import KeyStore, hash_key
 from kit.consumer import ConsumerLoop
 from kit.producer import Producer
+from kit.ratelimit import RateLimiter
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
 from kit.store import FileStore

@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from ingest.validation import Invalid, TimeWindow, parse_consent, parse_play, parse_telemetry
+from ingest.validation import (
+    Invalid,
+    TimeWindow,
+    claimed_user_id,
+    parse_consent,
+    parse_play,
+    parse_telemetry,
+    parse_token_request,
+)
 
 NOW = 1_795_000_000_000
 WINDOW = TimeWindow(max_future_ms=120_000, max_age_ms=3 * 86_400_000)
@@ -30,7 +38,7 @@ def play(**changes: Any) -> dict[str, Any]:
 
 def test_a_valid_sample_becomes_a_record_without_the_user_id() -> None:
     event = parse_telemetry(telemetry(), NOW, WINDOW)
-    record = event.record("f" * 64, NOW)
+    record = event.record("f" * 64, NOW, None)
     assert record["listener_id"] == "f" * 64
     assert "alice@example.com" not in repr(record)
     assert record["session_mode"] == "MATCH" and record["guide_target"] == "NONE"
@@ -51,9 +59,6 @@ def test_sensors_are_optional() -> None:
     ({"cadence_spm": 261}, "cadence_spm", "261 is outside 0-260"),
     ({"event_id": "not-a-uuid"}, "event_id", "must be a UUID"),
     ({"event_id": ...}, "event_id", "is required"),
-    ({"user_id": ""}, "user_id", "must match"),
-    ({"user_id": "has space"}, "user_id", "must match"),
-    ({"user_id": "x" * 129}, "user_id", "must match"),
     ({"session_id": "-starts-with-dash"}, "session_id", "must match"),
     ({"session_id": "s" * 65}, "session_id", "must match"),
     ({"event_time": NOW + 120_001}, "event_time", "in the future"),
@@ -93,9 +98,6 @@ def test_valid_plays_and_the_impossible_duration_flag() -> None:
     ({"content_kind": "CATALOG_WORK", "work_id": "wk-1"}, "segment_id", "must be absent for CATALOG_WORK"),
     ({"ms_played": -5}, "ms_played", "outside"),
     ({"completed": "yes"}, "completed", "true or false"),
-    ({"territory": "Germany"}, "territory", "ISO 3166-1 alpha-2"),
-    ({"territory": "de"}, "territory", "ISO 3166-1 alpha-2"),
-    ({"subscription_tier": "GOLD"}, "subscription_tier", "must be one of"),
     ({"play_id": 7}, "play_id", "must be a UUID"),
 ])
 def test_bad_plays_name_field_and_reason(changes: dict[str, Any], field: str, reason: str) -> None:
@@ -116,3 +118,28 @@ def test_consent_defaults_to_now_and_refuses_the_past() -> None:
         parse_consent("rh-1", {"ai_training": True, "likeness": True}, NOW, 120_000)
     with pytest.raises(Invalid, match="rights_holder_id"):
         parse_consent("../etc", {}, NOW, 120_000)
+
+
+@pytest.mark.parametrize(("changes", "field", "reason"), [
+    ({"user_id": ""}, "user_id", "must match"),
+    ({"user_id": "has space"}, "user_id", "must match"),
+    ({"user_id": "x" * 129}, "user_id", "must match"),
+    ({"territory": "Germany"}, "territory", "ISO 3166-1 alpha-2"),
+    ({"territory": "de"}, "territory", "ISO 3166-1 alpha-2"),
+    ({"subscription_tier": "GOLD"}, "subscription_tier", "must be one of"),
+    ({"subscription_tier": None}, "subscription_tier", "is required"),
+])
+def test_bad_token_requests_name_field_and_reason(changes: dict[str, Any], field: str, reason: str) -> None:
+    good = {"user_id": "alice@example.com", "subscription_tier": "PREMIUM", "territory": "DE"}
+    assert parse_token_request(good).app_user_id == "alice@example.com"
+    with pytest.raises(Invalid) as exc:
+        parse_token_request({**good, **changes})
+    assert exc.value.field == field
+    assert reason in exc.value.reason
+
+
+def test_a_claimed_user_id_is_optional_but_well_formed() -> None:
+    assert claimed_user_id({"event_id": "x"}) is None and claimed_user_id("not an object") is None
+    assert claimed_user_id({"user_id": "alice@example.com"}) == "alice@example.com"
+    with pytest.raises(Invalid, match="must match"):
+        claimed_user_id({"user_id": "has space"})

@@ -1,5 +1,6 @@
-"""API keys with scopes, and the keyed hash that replaces app user ids.
+"""API keys with scopes, the keyed hash that replaces app user ids, and reading secrets.
 
+Shared by every service that authenticates a caller (ingest, delivery, the detection API).
 Keys are stored only as SHA-256 hashes. A key file (``ENTRAIN_API_KEYS_FILE``)
 or ``ENTRAIN_API_KEYS`` holds a JSON list of::
 
@@ -7,6 +8,8 @@ or ``ENTRAIN_API_KEYS`` holds a JSON list of::
      "rights_holder_id": null}
 
 ``rights_holder_id`` binds a rights-holder key to the one catalog it may change.
+A ``listener-app`` key is the server-side credential of an app's backend: it may only
+mint listener tokens (``kit.tokens``); listener endpoints take those tokens, not the key.
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from kit.settings import SettingsError, refuse_dev_secret
 
 SCOPES = ("listener-app", "rights-holder", "admin")
 
@@ -124,3 +131,39 @@ class Pseudonymizer:
 
 def new_key() -> str:
     return "ek_" + secrets.token_urlsafe(32)
+
+
+def secret_from_env(env: Mapping[str, str], name: str) -> str:
+    """A secret from ``<NAME>`` or the file named by ``<NAME>_FILE``; never a default."""
+    if env.get(name):
+        return env[name]
+    path = env.get(f"{name}_FILE")
+    if path:
+        refuse_dev_secret(env, f"{name}_FILE", Path(path))
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(f"{name}_FILE={path} cannot be read: {exc.strerror}") from None
+    raise SettingsError(f"{name} (or {name}_FILE) must be set; `make dev-secrets` creates local ones")
+
+
+def pseudonymizer_from_env(env: Mapping[str, str]) -> Pseudonymizer:
+    """The app-user-id pseudonymizer (``ENTRAIN_PSEUDONYM_SECRET``, hex or text)."""
+    secret = secret_from_env(env, "ENTRAIN_PSEUDONYM_SECRET")
+    try:
+        return Pseudonymizer(bytes.fromhex(secret) if _is_hex(secret) else secret.encode())
+    except ValueError as exc:
+        raise SettingsError(f"ENTRAIN_PSEUDONYM_SECRET: {exc}") from None
+
+
+def api_keys(env: Mapping[str, str]) -> KeyStore:
+    """The API key store (hashes and scopes) every authenticated HTTP endpoint checks."""
+    return KeyStore.from_json(secret_from_env(env, "ENTRAIN_API_KEYS"))
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+        return True
+    except ValueError:
+        return False

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from ingest.limits import DedupWindow, RateLimiter, TokenBucket
-from ingest.security import AuthError, KeyFileError, KeyStore, Pseudonymizer, hash_key
+from ingest.limits import DedupWindow
+from kit.auth import AuthError, KeyFileError, KeyStore, Pseudonymizer, hash_key
+from kit.ratelimit import RateLimiter, TokenBucket
 
 APP, RH, ADMIN = "ek_app", "ek_rh", "ek_admin"
 STORE = KeyStore.from_json(json.dumps([
@@ -92,3 +93,47 @@ def test_token_bucket_allows_bursts_then_the_rate() -> None:
     limiter = RateLimiter(rate=10, burst=10)
     assert limiter.take("a", 10, 0) == 0 and limiter.take("b", 10, 0) == 0  # per key
     assert limiter.take("a", 1, 0) > 0
+
+
+def test_idle_buckets_are_swept_so_state_stays_bounded() -> None:
+    limiter = RateLimiter(rate=1, burst=5, sweep_every=100)
+    for n in range(1000):  # a flood of distinct keys, each used once
+        limiter.take(f"listener-{n}", 1, now_ms=n * 10)
+    assert limiter.keys_held <= 600  # only keys seen within one refill time (5 s = 500 keys) plus one sweep period
+    limiter.take("busy", 5, now_ms=20_000)
+    assert limiter.sweep(now_ms=20_000) > 0 and limiter.keys_held == 1  # the drained bucket is kept
+    assert limiter.take("busy", 1, now_ms=20_000) > 0  # and still limits
+
+
+def test_listener_tokens_round_trip_and_refuse_what_they_must() -> None:
+    import json
+
+    from joserfc.jwk import KeySet
+
+    from kit.settings import SettingsError
+    from kit.tokens import TokenIssuer, TokenVerifier, generate_key_set
+
+    private, public = generate_key_set("k-old")
+    private_new, public_new = generate_key_set("k-new")
+    old = TokenIssuer(KeySet.import_key_set(private), ttl_s=600)
+    token, expires = old.issue("l" * 64, "FREE", "SE", "app-1", now_s=1_000_000)
+    assert expires == 1_000_600
+    # Rotation: a verifier holding both public keys accepts tokens of either while they live.
+    both = TokenVerifier(KeySet.import_key_set({"keys": public["keys"] + public_new["keys"]}))
+    listener = both.verify(token, now_s=1_000_100)
+    assert (listener.listener_id, listener.subscription_tier, listener.territory, listener.app_id) == (
+        "l" * 64, "FREE", "SE", "app-1")
+    new_token, _ = TokenIssuer(KeySet.import_key_set(private_new)).issue("m" * 64, "PREMIUM", "DE", "a", 1_000_000)
+    assert both.verify(new_token, 1_000_100).listener_id == "m" * 64
+    only_old = TokenVerifier(KeySet.import_key_set(public))
+    for bad, now, reason in [(token, 1_000_700, "expired"), (new_token, 1_000_100, "unknown key id"),
+                             (token[:-2] + "xx", 1_000_100, "signature"), ("a.b", 0, "not a listener token")]:
+        with pytest.raises(AuthError, match=reason) as caught:
+            only_old.verify(bad, now)
+        assert caught.value.status == 401
+    with pytest.raises(SettingsError, match="public keys only"):
+        TokenVerifier.from_env({"ENTRAIN_TOKEN_PUBLIC_KEYS": json.dumps(private)})
+    with pytest.raises(SettingsError, match="needs private keys"):
+        TokenIssuer.from_env({"ENTRAIN_TOKEN_SIGNING_KEYS": json.dumps(public)})
+    with pytest.raises(SettingsError, match="not a JWK set"):
+        TokenIssuer.from_env({"ENTRAIN_TOKEN_SIGNING_KEYS": "[]"})
