@@ -11,14 +11,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from kit.physiology import CADENCE_SPM, HEART_RATE_BPM
+
 ACTIVITIES = ("UNKNOWN", "RESTING", "WALKING", "RUNNING", "CYCLING", "WORKOUT", "SLEEPING")
 SESSION_MODES = ("MATCH", "GUIDE")
 GUIDE_TARGETS = ("NONE", "WARM_UP", "STEADY", "COOL_DOWN", "SLEEP")
 CONTENT_KINDS = ("AI_SEGMENT", "CATALOG_WORK")
 TIERS = ("FREE", "PREMIUM", "FAMILY", "STUDENT")
 
-HEART_RATE_BPM = (25, 250)      # below 25 or above 250 is a sensor fault, not a person
-CADENCE_SPM = (0, 260)          # elite sprint cadence tops out near 250
 MAX_MS_PLAYED = 24 * 3_600_000  # one play cannot last a day
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 USER_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces

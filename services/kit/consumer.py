@@ -9,8 +9,11 @@ poll -> decode -> handle -> (periodically) flush the producer, then commit.
 * Any other exception is a bug: the loop stops without committing the failed
   record, so it is consumed again after the fix.
 * Offsets are committed only for records that were handled, and only after the
-  producer flushed everything the handler (or the DLQ) produced for them, so no
-  output is lost on a crash (at-least-once; handlers are idempotent).
+  producer flushed everything the handler (or the DLQ) produced for them *and every
+  delivery report came back without error*, so no output is lost on a crash
+  (at-least-once; handlers are idempotent). A failed delivery (timeout, record too
+  large, not authorised) stops the loop with DeliveryFailed and commits nothing more:
+  the records are consumed again after a restart (or the fix), never skipped.
 * SIGTERM/SIGINT stop the loop after the current record; it commits and closes.
 """
 
@@ -26,7 +29,7 @@ import structlog
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kit.observability import CONSUMER_LAG, PROCESSING_SECONDS, RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
-from kit.producer import Headers, Producer
+from kit.producer import DeliveryFailed, Headers, Producer
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings, group_membership
 
@@ -90,6 +93,8 @@ class ConsumerLoop:
         self._metrics = {t: (RECORDS_CONSUMED.labels(self.service, t), PROCESSING_SECONDS.labels(self.service, t))
                          for t in self._serdes}
         self._pending: dict[tuple[str, int], int] = {}
+        self._failed_before = self.producer.failed
+        self._broken = False  # a delivery failed: nothing may be committed any more
         self._stopping = False
         self._assigned: list[TopicPartition] = []
         self._consumer = Consumer({
@@ -226,11 +231,17 @@ class ConsumerLoop:
     # -- commits, rebalances, lag ---------------------------------------------------
 
     def _commit(self, only: list[TopicPartition] | None = None) -> None:
-        if not self._pending:
+        if not self._pending or self._broken:
             return
         remaining = self.producer.flush(30.0)
-        if remaining:
-            raise RuntimeError(f"{remaining} produced records were not acknowledged; not committing")
+        try:
+            if remaining:
+                raise DeliveryFailed(f"{remaining} produced records were not acknowledged within 30 s")
+            self.producer.raise_if_failed(self._failed_before)
+        except DeliveryFailed as exc:
+            self._broken = True
+            log.error("not_committing", reason=str(exc), pending=len(self._pending))
+            raise
         wanted = None if only is None else {(tp.topic, tp.partition) for tp in only}
         keys = [k for k in self._pending if wanted is None or k in wanted]
         if not keys:

@@ -4,6 +4,10 @@
 on. Every record gets a delivery report: the broker's acknowledgement (or its
 failure) is counted in metrics and handed to the caller's callback, so callers
 such as ingest can answer only after the broker acknowledged.
+
+A failed delivery (timed out, too large, not authorised, ...) is also logged and
+counted in ``failed``: a consumer loop compares it before committing, so an input
+offset is never committed past a record whose output was lost (``raise_if_failed``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from confluent_kafka import KafkaError, Message
 from confluent_kafka import Producer as _RawProducer
 
@@ -19,6 +24,7 @@ from kit.observability import PRODUCE_ERRORS, RECORDS_PRODUCED
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
 
+log = structlog.get_logger()
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 Headers = list[tuple[str, str | bytes | None]]
 
@@ -36,6 +42,10 @@ class QueueFull(RuntimeError):
     """The local producer queue stayed full for the whole wait: the broker is slow or away."""
 
 
+class DeliveryFailed(RuntimeError):
+    """A produced record was not acknowledged (its delivery report carried an error)."""
+
+
 class Producer:
     """Produces Avro-encoded records (or raw bytes, for DLQs) with delivery reports."""
 
@@ -43,6 +53,8 @@ class Producer:
         self.service = service
         self._producer = _RawProducer({**settings.client_config(), **DEFAULT_CONFIG, **(config or {})})
         self._counted: dict[str, DeliveryCallback] = {}
+        self.failed = 0  # delivery reports with an error, since the start
+        self.last_failure = ""
 
     def produce(
         self,
@@ -89,7 +101,14 @@ class Producer:
             failed = PRODUCE_ERRORS.labels(self.service, topic)
 
             def count(err: KafkaError | None, msg: Message) -> None:
-                (failed if err is not None else produced).inc()
+                if err is None:
+                    produced.inc()
+                    return
+                failed.inc()
+                self.failed += 1
+                self.last_failure = f"{topic}: {err.str()} ({err.name()})"
+                log.error("delivery_failed", topic=topic, error=err.str(), code=err.name(),
+                          retriable=err.retriable(), size=len(msg.value() or b""))
 
             counted = self._counted[topic] = count
         if user is None:
@@ -100,6 +119,12 @@ class Producer:
             user(err, msg)
 
         return count_and_report
+
+    def raise_if_failed(self, since: int) -> None:
+        """Raise DeliveryFailed when a delivery failed after ``since`` (an earlier ``failed``)."""
+        if self.failed > since:
+            raise DeliveryFailed(f"{self.failed - since} produced record(s) were not acknowledged, last: "
+                                 f"{self.last_failure}")
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Serve delivery reports; returns how many were served."""

@@ -29,10 +29,10 @@ import faust
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
-from ingest.validation import CADENCE_SPM, HEART_RATE_BPM
 from kit.consumer import dlq_headers
 from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, HealthServer
-from kit.producer import Producer
+from kit.physiology import CADENCE_SPM, HEART_RATE_BPM
+from kit.producer import DeliveryFailed, Producer
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import SESSION_TIMEOUT_MS, STATE_DIR, KafkaSettings, ServiceSettings, group_membership
 from soundtrack.schedule import IDLE_MS, ListenerState, due_requests, next_due_ms, observe
@@ -108,8 +108,15 @@ def _dead_letter(event: Any, reason_class: str, reason: str) -> None:
         _dlq_producer = Producer(kafka, SERVICE)
     message = event.message
     headers = dlq_headers(message.topic, message.partition, message.offset, SERVICE, reason_class, reason)
+    failed_before = _dlq_producer.failed
     _dlq_producer.produce_raw(message.topic + ".dlq", message.key, message.value, headers=headers)
-    _dlq_producer.flush(10)  # before the offset moves on
+    try:  # before the offset moves on: a lost dead letter must not be acknowledged as handled
+        if _dlq_producer.flush(10):
+            raise DeliveryFailed(f"dead letter to {message.topic}.dlq not acknowledged within 10 s")
+        _dlq_producer.raise_if_failed(failed_before)
+    except DeliveryFailed as exc:
+        log.critical("dead_letter_lost_exiting", reason=str(exc), partition=message.partition, offset=message.offset)
+        os._exit(70)  # without acking this event: it is consumed again after the restart
     RECORDS_DEAD_LETTERED.labels(SERVICE, message.topic, reason_class).inc()
     log.warning("dead_lettered", partition=message.partition, offset=message.offset, reason=reason)
 

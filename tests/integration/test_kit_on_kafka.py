@@ -125,6 +125,61 @@ def test_a_bug_stops_the_loop_and_the_failed_record_is_not_committed(isolated: K
     assert again == [62, 63, 64]
 
 
+def test_a_failed_delivery_stops_the_loop_and_its_input_is_not_committed(
+        isolated: KafkaSettings, capsys: pytest.CaptureFixture[str]) -> None:
+    """The handler's output is refused by the broker (larger than the output topic's
+    max.message.bytes): the input offset must not be committed, and the failure shows in the
+    metrics and the logs."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+    from prometheus_client import REGISTRY
+
+    from kit.producer import DeliveryFailed
+
+    settings = isolated
+    out = TopicSerde.for_topic("soundtrack.requests.v1", settings)
+    admin = AdminClient(settings.client_config())
+    small = ConfigResource(ConfigResource.Type.TOPIC, out.topic, incremental_configs=[
+        ConfigEntry("max.message.bytes", "200", incremental_operation=AlterConfigOpType.SET)])
+    for future in admin.incremental_alter_configs([small]).values():
+        future.result(30)
+    producer = Producer(settings, "test")
+    serde = TopicSerde.for_topic(TELEMETRY, settings)
+    key = {"listener_id": f"too-large-{uuid.uuid4().hex}"}
+    for n in range(3):
+        producer.produce(serde, key, telemetry_value(n, heart_rate=60 + n))
+    assert producer.flush(30) == 0
+    group = f"fail-{uuid.uuid4().hex}"
+    failed_before = REGISTRY.get_sample_value("entrain_produce_errors_total",
+                                              {"service": "test", "topic": out.topic}) or 0.0
+
+    def handler(record: Record) -> None:  # an output far over 200 bytes
+        producer.produce_raw(out.topic, b"k", os.urandom(5000))  # incompressible: lz4 would shrink repeats
+
+    with pytest.raises(DeliveryFailed, match="not acknowledged"):
+        ConsumerLoop(settings, "test", group, [TELEMETRY], handler, producer).run(idle_timeout_s=20)
+    assert committed(settings, group, serde.topic, serde.contract.partitions) == {}
+    failed = REGISTRY.get_sample_value("entrain_produce_errors_total", {"service": "test", "topic": out.topic})
+    assert failed is not None and failed > failed_before
+    logs = capsys.readouterr()
+    assert "delivery_failed" in logs.out + logs.err and "not_committing" in logs.out + logs.err
+
+    # Fixed (the limit raised again), a new loop consumes the same records and commits.
+    large = ConfigResource(ConfigResource.Type.TOPIC, out.topic, incremental_configs=[
+        ConfigEntry("max.message.bytes", "1048588", incremental_operation=AlterConfigOpType.SET)])
+    for future in admin.incremental_alter_configs([large]).values():
+        future.result(30)
+    again: list[int] = []
+
+    def fixed(record: Record) -> None:
+        assert record.value is not None
+        again.append(record.value["heart_rate_bpm"])
+        producer.produce_raw(out.topic, b"k", os.urandom(5000))  # incompressible: lz4 would shrink repeats
+
+    ConsumerLoop(settings, "test", group, [TELEMETRY], fixed, producer).run(max_records=3, idle_timeout_s=20)
+    assert sorted(again) == [60, 61, 62]
+    assert sum(committed(settings, group, serde.topic, serde.contract.partitions).values()) == 3
+
+
 CONSUMER_PROCESS = """
 import sys
 from kit.consumer import ConsumerLoop
