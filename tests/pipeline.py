@@ -105,7 +105,22 @@ class Pipeline:
         for name in self.modules:
             self.launch(name)
         self.wait_ready(list(self.modules), timeout_s)
+        self.seed_consent()
         return self
+
+    def seed_consent(self) -> None:
+        """The demo rights holders' consent as the model's snapshot recorded it, through ingest's
+        admin API (consent is opt-in: without records nothing may be generated or paid)."""
+        from inference.catalog import ConsentSnapshot, load_catalog
+
+        snapshot = ConsentSnapshot.load()
+        for holder in sorted({h for w in load_catalog() for h in w.rights_holders}):
+            request = urllib.request.Request(
+                f"{self.ingest_url}/v1/rights-holders/{holder}/consent", method="PUT",
+                data=json.dumps(snapshot.consent_body(holder)).encode(),
+                headers={"Authorization": f"Bearer {self.admin_key}", "Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=15) as response:
+                assert response.status == 202
 
     def launch(self, name: str) -> None:
         with open(self.workdir / f"{name}.log", "ab") as log:

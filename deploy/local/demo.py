@@ -108,9 +108,7 @@ def seed_consent(admin_key: str) -> int:
     snapshot = ConsentSnapshot.load()
     holders = sorted({h for w in load_catalog() for h in w.rights_holders})
     for holder in holders:
-        call("PUT", f"{INGEST}/v1/rights-holders/{holder}/consent", admin_key, {
-            "ai_training": holder not in snapshot.no_training, "ai_generation": holder not in snapshot.no_generation,
-            "likeness": False})
+        call("PUT", f"{INGEST}/v1/rights-holders/{holder}/consent", admin_key, snapshot.consent_body(holder))
     return len(holders)
 
 

@@ -2,9 +2,10 @@
 
 Every work gets a stable id (from its corpus path), title, composer, collection,
 the SHA-256 of its source file, and invented demo rights holders with shares per
-right type. The consent snapshot (``consent_snapshot.json``, committed) says which
-demo rights holders withheld AI-training or AI-generation consent; works of a
-holder without training consent are excluded from training.
+right type. The consent snapshot (``consent_snapshot.json``, committed) lists the
+demo rights holders who *granted* AI training (and generation) when the model was
+trained: a work is trained on only if every one of its holders granted training;
+a holder not listed did not (opt-in, ``kit.consent``'s rule).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from kit.consent import ConsentHistory
 
 CONSENT_SNAPSHOT = Path(__file__).with_name("consent_snapshot.json")
 DEMO_HOLDERS = 24
@@ -79,16 +82,29 @@ def load_catalog() -> tuple[CatalogWork, ...]:
 
 @dataclass(frozen=True)
 class ConsentSnapshot:
-    no_training: frozenset[str]
-    no_generation: frozenset[str]
+    granted_training: frozenset[str]
+    granted_generation: frozenset[str]
     sha256: str
 
     @classmethod
     def load(cls, path: Path = CONSENT_SNAPSHOT) -> ConsentSnapshot:
         raw = path.read_bytes()
         data = json.loads(raw)
-        return cls(frozenset(data["withheld_training"]), frozenset(data["withheld_generation"]),
+        return cls(frozenset(data["granted_training"]), frozenset(data["granted_generation"]),
                    hashlib.sha256(raw).hexdigest())
 
+    def history(self) -> ConsentHistory:
+        """The snapshot as consent records, read by the shared rule (a holder not listed: no record)."""
+        history = ConsentHistory()
+        for holder in sorted(self.granted_training | self.granted_generation):
+            history.add(holder, None, 0, {"ai_training": holder in self.granted_training,
+                                          "ai_generation": holder in self.granted_generation})
+        return history
+
     def trainable(self, work: CatalogWork) -> bool:
-        return not (work.rights_holders & self.no_training)
+        return self.history().work_allowed("ai_training", work.rights_holders, work.work_id, 0)
+
+    def consent_body(self, holder: str) -> dict[str, bool]:
+        """What a holder's consent record says in the snapshot (the demo and tests seed it through ingest)."""
+        return {"ai_training": holder in self.granted_training, "ai_generation": holder in self.granted_generation,
+                "likeness": False}

@@ -46,13 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     engine = Engine()
     started = time.perf_counter()
-    parts, previous, influences = [], None, []
+    parts, context, influences = [], None, []
     for n in range(args.segments):
-        segment_id = f"cli-{args.seed}-{n}"
-        segment = engine.generate(params, args.seed + n, previous, segment_id)
+        segment = engine.generate(params, args.seed + n, context)
         parts.append(segment.rendered.audio)
         influences.append(segment.influences)
-        previous = segment_id
+        context = segment.context
     audio = np.concatenate(parts)
     elapsed = time.perf_counter() - started
     write_wav(args.output, audio)

@@ -1,14 +1,17 @@
 """The music engine: request parameters in, a rendered, attributed segment out.
 
-Generation continues the session: the previous segment's last melody tokens are the
-model's context and its ringing tail is mixed into the new segment's start (both
-kept in a bounded in-memory cache by segment id). Same request and seed, same audio.
+Generation continues the session: the previous segment's ``Context`` — its last melody
+tokens (the model's context), its last chord and its ringing tail (mixed into the new
+segment's start) — is passed in with the job, and every segment returns its own. The
+engine keeps no state between calls: same parameters, seed and context, same audio. The
+inference service keeps contexts durably (the generation log), so a replay after a crash
+continues exactly where the first run did.
 """
 
 from __future__ import annotations
 
+import io
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +25,6 @@ from inference.render import SAMPLE_RATE, Rendered, arrange, finish, synthesize
 from inference.train import MODEL_DIR
 
 CONTEXT_TOKENS = 48
-CACHE_SEGMENTS = 4096
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,27 @@ class Params:
 
 
 @dataclass(frozen=True)
+class Context:
+    """What the next segment of a session continues from."""
+
+    tokens: tuple[int, ...]  # the last CONTEXT_TOKENS melody tokens
+    tail: np.ndarray  # float32 (samples, 2): what rings on past the segment's end
+    degree: int  # the last chord
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, tokens=np.asarray(self.tokens, dtype=np.int32), tail=self.tail.astype(np.float32),
+                 degree=np.asarray(self.degree, dtype=np.int32))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Context:
+        with np.load(io.BytesIO(data), allow_pickle=False) as saved:
+            return cls(tuple(int(t) for t in saved["tokens"]), saved["tail"].astype(np.float32),
+                       int(saved["degree"]))
+
+
+@dataclass(frozen=True)
 class Segment:
     rendered: Rendered
     tokens: list[int]
@@ -57,12 +80,9 @@ class Segment:
     def duration_ms(self) -> int:
         return round(len(self.rendered.audio) * 1000 / SAMPLE_RATE)
 
-
-@dataclass
-class _Context:
-    tokens: list[int]
-    tail: np.ndarray
-    degree: int
+    @property
+    def context(self) -> Context:
+        return Context(tuple(self.tokens[-CONTEXT_TOKENS:]), self.rendered.tail, self.degrees[-1])
 
 
 class Engine:
@@ -71,25 +91,28 @@ class Engine:
         self.model = MelodyModel(**checkpoint["config"])
         self.model.load_state_dict(checkpoint["state"])
         self.model.eval()
-        self.profiles = json.loads((model_dir / "profiles.json").read_text())
+        manifest = json.loads((model_dir / "training_manifest.json").read_text())
+        taught = {w["work_id"] for w in manifest["works"]} - set(manifest["held_out_works"])
+        # Attribution covers only works the model was trained on, whatever profiles.json holds.
+        self.profiles = {work: grams for work, grams in json.loads((model_dir / "profiles.json").read_text()).items()
+                         if work in taught}
         version = json.loads((model_dir / "version.json").read_text())
         self.model_id, self.model_version = version["model_id"], version["model_version"]
         self.manifest_sha256 = version["training_manifest_sha256"]
-        self._contexts: OrderedDict[str, _Context] = OrderedDict()
 
-    def generate(self, params: Params, seed: int, previous_segment_id: str | None = None,
-                 segment_id: str | None = None, allowed_works: set[str] | None = None) -> Segment:
+    def generate(self, params: Params, seed: int, context: Context | None = None,
+                 allowed_works: set[str] | None = None) -> Segment:
         """Render one segment. ``allowed_works``: works with generation consent (default all)."""
-        return self.generate_batch([Job(params, seed, previous_segment_id, segment_id)], allowed_works)[0]
+        return self.generate_batch([Job(params, seed, context)], allowed_works)[0]
 
     def generate_batch(self, jobs: list[Job], allowed_works: set[str] | None = None) -> list[Segment]:
         """Render several segments; their melodies are sampled together (one batched model
         step per token), each with its own seed, so results equal one-at-a-time generation."""
-        contexts = [self._contexts.get(job.previous_segment_id or "") for job in jobs]
+        contexts = [job.context for job in jobs]
         prefixes = []
         for job, context in zip(jobs, contexts, strict=True):
             prefix = [BOS, MAJOR if job.params.mode == "MAJOR" else MINOR, energy_token(job.params.energy)]
-            prefixes.append(prefix + (context.tokens[-CONTEXT_TOKENS:] if context is not None else []))
+            prefixes.append(prefix + (list(context.tokens[-CONTEXT_TOKENS:]) if context is not None else []))
         melodies = sample_batch(
             self.model, prefixes, [job.params.bars * STEPS_PER_BAR for job in jobs], [job.params.mode for job in jobs],
             [torch.Generator().manual_seed(job.seed) for job in jobs],
@@ -104,12 +127,7 @@ class Engine:
                              np.random.default_rng(job.seed))
             raw, length = synthesize(events, params.tempo_bpm, params.bars, params.energy)
             rendered = finish(raw, length, context.tail if context is not None else None)
-            segment = Segment(rendered, tokens, influences(notes, self.profiles, allowed), degrees)
-            if job.segment_id is not None:
-                self._contexts[job.segment_id] = _Context(tokens, rendered.tail, degrees[-1])
-                while len(self._contexts) > CACHE_SEGMENTS:
-                    self._contexts.popitem(last=False)
-            segments.append(segment)
+            segments.append(Segment(rendered, tokens, influences(notes, self.profiles, allowed), degrees))
         return segments
 
 
@@ -117,5 +135,4 @@ class Engine:
 class Job:
     params: Params
     seed: int
-    previous_segment_id: str | None = None
-    segment_id: str | None = None
+    context: Context | None = None

@@ -2,20 +2,26 @@
 
 Each poll's requests are generated together (micro-batch: one batched model step per
 token). A request already past its deadline is dropped (metric, log), never generated
-late. Audio goes to the segment store; the record carries its URI, SHA-256, duration
+late. One segment id names one audio: every generated segment is logged, write-once, in
+the segment store with the context its successor continues from (``GenerationLog``), so
+a replayed request gets the logged record instead of a new rendering, and a session
+continues identically after a crash. Audio goes to the segment store; the record carries its URI, SHA-256, duration
 and provenance. At start-up the demo catalog is published to catalog.works.v1.
 
-Generation consent: the model's consent snapshot is the baseline; live records on
-catalog.consent.v1 override it (a per-work record over a catalog-wide one). Works
-with any rights holder without generation consent get no influence weight.
+Generation consent: the live records on catalog.consent.v1 under the shared rule
+(``kit.consent``: opt-in, a per-work record over a catalog-wide one, no record = no
+consent). Only works the model was trained on whose every rights holder grants
+``ai_generation`` at generation time may receive influence weight.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import time
+from collections import OrderedDict
 from typing import Any
 
 import structlog
@@ -23,9 +29,10 @@ import torch
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from inference.catalog import ConsentSnapshot, load_catalog
-from inference.engine import Engine, Job, Params
+from inference.catalog import load_catalog
+from inference.engine import Context, Engine, Job, Params
 from inference.wav import wav_bytes
+from kit.consent import ConsentHistory
 from kit.consumer import ConsumerLoop, Record
 from kit.producer import Producer
 from kit.serde import DecodeError, TopicSerde
@@ -40,15 +47,16 @@ GENERATION_SECONDS = Histogram("entrain_inference_generation_seconds", "Time to 
 REAL_TIME_FACTOR = Gauge("entrain_inference_real_time_factor", "Seconds of audio per second of compute, last batch.")
 DEADLINE_MISSES = Counter("entrain_inference_deadline_misses_total", "Requests dropped because their deadline passed.")
 SEGMENTS = Counter("entrain_inference_segments_total", "Segments generated.")
+REPLAYED = Counter("entrain_inference_segments_replayed_total",
+                   "Requests answered from the generation log (the segment existed: not generated again).")
 QUEUE_DEPTH = Gauge("entrain_inference_batch_size", "Requests in the last micro-batch.")
 
 
 class GenerationConsent:
-    """The snapshot baseline plus live consent records (latest per scope, in effect now)."""
+    """Live consent records from catalog.consent.v1, folded into the shared rule."""
 
-    def __init__(self, kafka: KafkaSettings, snapshot: ConsentSnapshot) -> None:
-        self.snapshot = snapshot
-        self.live: dict[tuple[str, str | None], tuple[int, bool]] = {}
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.history = ConsentHistory()
         self.serde = TopicSerde.for_topic("catalog.consent.v1", kafka)
         self.consumer = Consumer({**kafka.client_config(), "group.id": "inference-consent-reader",
                                   "enable.auto.commit": False, "isolation.level": "read_committed"})
@@ -64,21 +72,14 @@ class GenerationConsent:
                 value = self.serde.decode_value(msg.value())
             except DecodeError:
                 continue  # ingest's DLQ is where bad consent records are handled
-            scope = (key["rights_holder_id"], key["work_id"])
             if value is None:
-                self.live.pop(scope, None)
+                self.history.withdraw(key["rights_holder_id"], key["work_id"], msg.timestamp()[1], msg.offset())
             else:
-                self.live[scope] = (value["effective_from"], value["ai_generation"])
-
-    def allows(self, holder: str, work_id: str, now_ms: int) -> bool:
-        for scope in ((holder, work_id), (holder, None)):
-            record = self.live.get(scope)
-            if record is not None and record[0] <= now_ms:
-                return record[1]
-        return holder not in self.snapshot.no_generation
+                self.history.add_record(value, msg.offset())
 
     def allowed_works(self, now_ms: int) -> set[str]:
-        return {w.work_id for w in load_catalog() if all(self.allows(h, w.work_id, now_ms) for h in w.rights_holders)}
+        return {w.work_id for w in load_catalog()
+                if self.history.work_allowed("ai_generation", w.rights_holders, w.work_id, now_ms)}
 
 
 def segment_id_for(request_id: str) -> str:
@@ -89,7 +90,8 @@ class InferenceService:
     def __init__(self, kafka: KafkaSettings, engine: Engine, store: SegmentStore, producer: Producer) -> None:
         self.kafka, self.engine, self.store, self.producer = kafka, engine, store, producer
         self.out = TopicSerde.for_topic("soundtrack.segments.generated.v1", kafka)
-        self.consent = GenerationConsent(kafka, ConsentSnapshot.load())
+        self.consent = GenerationConsent(kafka)
+        self.log = GenerationLog(store)
 
     def publish_catalog(self) -> int:
         serde, now = TopicSerde.for_topic("catalog.works.v1", self.kafka), int(time.time() * 1000)
@@ -99,19 +101,20 @@ class InferenceService:
         return len(load_catalog())
 
     def handle(self, records: list[Record]) -> list[str | None]:
-        """Generate every live request of a poll together; per record None or the reason it is invalid."""
+        """Generate every live request of a poll; per record None or the reason it is invalid.
+
+        One segment id names one audio: a request whose segment is in the generation log is
+        answered with the logged record (never generated twice, also after a crash or by
+        another instance); a new one continues from its previous segment's logged context, and
+        is logged before it is produced (the first write wins)."""
         now = int(time.time() * 1000)
         self.consent.refresh()
         reasons: list[str | None] = [None] * len(records)
-        jobs, requests, slots = [], [], []
+        pending: list[tuple[int, dict[str, Any], Params]] = []
         for i, record in enumerate(records):
             request = record.value
             if request is None:
                 reasons[i] = "request is a tombstone"
-                continue
-            if request["deadline"] <= now:
-                DEADLINE_MISSES.inc()
-                log.warning("deadline_missed", request_id=request["request_id"], late_ms=now - request["deadline"])
                 continue
             try:
                 p = request["params"]
@@ -120,33 +123,49 @@ class InferenceService:
             except ValueError as exc:
                 reasons[i] = f"invalid params: {exc}"
                 continue
-            jobs.append(Job(params, request["seed"], request["previous_segment_id"],
-                            segment_id_for(request["request_id"])))
-            requests.append(request)
-            slots.append(i)
-        if not jobs:
+            logged = self.log.record(segment_id_for(request["request_id"]))
+            if logged is not None:
+                REPLAYED.inc()
+                self.producer.produce(self.out, {"listener_id": request["listener_id"]}, logged)
+                continue
+            if request["deadline"] <= now:
+                DEADLINE_MISSES.inc()
+                log.warning("deadline_missed", request_id=request["request_id"], late_ms=now - request["deadline"])
+                continue
+            pending.append((i, request, params))
+        if not pending:
             return reasons
-        allowed = self.consent.allowed_works(now)
+        allowed = self.consent.allowed_works(now) & set(self.engine.profiles)
         if not allowed:
-            for i in slots:
-                reasons[i] = "no catalog work has AI-generation consent: cannot attribute a segment"
+            for i, _, _ in pending:
+                reasons[i] = "no trained work has AI-generation consent: cannot attribute a segment"
             return reasons
-        QUEUE_DEPTH.set(len(jobs))
+        QUEUE_DEPTH.set(len(pending))
+        # A request continuing a segment of this same poll waits for it: waves, each generated together.
+        while pending:
+            in_poll = {segment_id_for(r["request_id"]) for _, r, _ in pending}
+            wave = [item for item in pending if item[1]["previous_segment_id"] not in in_poll]
+            pending = [item for item in pending if item not in wave]
+            self._generate(wave, allowed)
+        return reasons
+
+    def _generate(self, wave: list[tuple[int, dict[str, Any], Params]], allowed: set[str]) -> None:
+        jobs = [Job(params, request["seed"], self.log.context(request["previous_segment_id"]))
+                for _, request, params in wave]
         started = time.perf_counter()
         segments = self.engine.generate_batch(jobs, allowed)
         elapsed = time.perf_counter() - started
         GENERATION_SECONDS.observe(elapsed)
         REAL_TIME_FACTOR.set(sum(s.duration_ms for s in segments) / 1000 / max(elapsed, 1e-9))
-        for job, request, segment in zip(jobs, requests, segments, strict=True):
+        for (_, request, _), segment in zip(wave, segments, strict=True):
             uri, digest = self.store.put(wav_bytes(segment.rendered.audio), "wav")
-            self.producer.produce(self.out, {"listener_id": request["listener_id"]},
-                                  self._record(job, request, segment, uri, digest))
+            record = self.log.write(self._record(request, segment, uri, digest), segment.context)
+            self.producer.produce(self.out, {"listener_id": request["listener_id"]}, record)
             SEGMENTS.inc()
-        return reasons
 
-    def _record(self, job: Job, request: dict[str, Any], segment: Any, uri: str, digest: str) -> dict[str, Any]:
+    def _record(self, request: dict[str, Any], segment: Any, uri: str, digest: str) -> dict[str, Any]:
         return {
-            "segment_id": job.segment_id, "request_id": request["request_id"],
+            "segment_id": segment_id_for(request["request_id"]), "request_id": request["request_id"],
             "listener_id": request["listener_id"], "session_id": request["session_id"],
             "sequence": request["sequence"], "params": request["params"],
             "audio": {"uri": uri, "sha256": digest, "format": "WAV", "sample_rate_hz": 44100, "channels": 2,
@@ -156,6 +175,57 @@ class InferenceService:
                            "influences": [{"work_id": w, "weight_ppm": p} for w, p in segment.influences]},
             "generated_at": int(time.time() * 1000), "deadline": request["deadline"],
         }
+
+
+class GenerationLog:
+    """Durable, write-once records of generated segments, in the segment store by segment id:
+    the produced record and the context the session's next segment continues from.
+
+    Contexts of recent segments are also kept in memory (bounded); the store is the truth."""
+
+    def __init__(self, store: SegmentStore, cache_size: int = 4096) -> None:
+        self.store, self.cache_size = store, cache_size
+        self._contexts: OrderedDict[str, Context] = OrderedDict()
+
+    def _entry(self, segment_id: str) -> dict[str, Any] | None:
+        raw = self.store.get_named(f"{segment_id}.json")
+        return None if raw is None else dict(json.loads(raw))
+
+    def record(self, segment_id: str) -> dict[str, Any] | None:
+        entry = self._entry(segment_id)
+        return None if entry is None else dict(entry["record"])
+
+    def context(self, segment_id: str | None) -> Context | None:
+        """The context a segment left, or None (no previous segment, or it was never generated:
+        dropped past its deadline, which stays true on every replay)."""
+        if segment_id is None:
+            return None
+        context = self._contexts.get(segment_id)
+        if context is None:
+            entry = self._entry(segment_id)
+            if entry is None:
+                return None
+            data = self.store.get(entry["context_uri"])
+            if hashlib.sha256(data).hexdigest() != entry["context_sha256"]:
+                raise RuntimeError(f"context of {segment_id} does not match its SHA-256: the store is corrupt")
+            context = self._remember(segment_id, Context.from_bytes(data))
+        return context
+
+    def write(self, record: dict[str, Any], context: Context) -> dict[str, Any]:
+        """Log a generated segment; returns the logged record (another writer's, if it was first)."""
+        uri, digest = self.store.put(context.to_bytes(), "ctx")
+        entry = {"record": record, "context_uri": uri, "context_sha256": digest}
+        stored = json.loads(self.store.put_once(f"{record['segment_id']}.json", json.dumps(entry).encode()))
+        if stored["context_sha256"] == digest:
+            self._remember(record["segment_id"], context)
+        return dict(stored["record"])
+
+    def _remember(self, segment_id: str, context: Context) -> Context:
+        self._contexts[segment_id] = context
+        self._contexts.move_to_end(segment_id)
+        while len(self._contexts) > self.cache_size:
+            self._contexts.popitem(last=False)
+        return context
 
 
 def main() -> None:

@@ -123,7 +123,8 @@ def train(epochs: int, out: Path, limit: int | None = None, seed: int = SEED) ->
 
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"config": model.config, "state": model.state_dict()}, out / "weights.pt")
-    profiles = {s["work_id"]: profile(tokens_to_notes(s["tokens"])) for s in sequences}
+    # Attribution profiles of the works the model learned from: held-out works taught it nothing.
+    profiles = {s["work_id"]: profile(tokens_to_notes(s["tokens"])) for s in trained}
     (out / "profiles.json").write_text(json.dumps(profiles, sort_keys=True, separators=(",", ":")) + "\n")
     by_id = {w.work_id: w for w in works}
     manifest = {

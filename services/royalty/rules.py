@@ -4,8 +4,8 @@ For an eligible play priced at A_rt micro-units per right type rt (rate card):
 
 * **AI segment** — A_rt is split across the segment's influencing works by their
   influence weights, after removing every work with a rights holder who had not
-  granted AI-generation consent at play time (opt-in: no consent record means no
-  consent); the remaining weights are renormalised by the split itself.
+  granted AI-generation consent at play time (``kit.consent``: opt-in, no record
+  means no consent); the remaining weights are renormalised by the split itself.
 * **Catalog work** — the whole A_rt goes to the work.
 * Each work's part of A_rt is split across the work's rights holders for rt by
   their shares (ppm).
@@ -16,21 +16,25 @@ share. Lines are aggregated per (rights holder, right type) with a per-work
 breakdown, and carry a deterministic event id.
 
 Ineligible plays pay nothing: shorter than 30 s, fraud-flagged, a play id seen
-before, or no consenting influence left.
+before, or no consenting influence left. An AI-segment play pays only for a segment
+that was delivered to that same listener (``not_delivered_to_listener``) and, when it
+claims ``completed``, only if ``ms_played`` covers the segment to within
+``HEARD_SLACK_MS`` (``not_heard``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from bisect import insort
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from kit.consent import ConsentHistory
 from royalty.money import split_by_largest_remainder
 from royalty.rates import RIGHT_TYPES, Rate, RateCard
 
 MIN_PLAY_MS = 30_000
+HEARD_SLACK_MS = 250  # a player's clock and the segment's rounding: "to the end" within a quarter second
 PPM = 1_000_000
 
 
@@ -50,12 +54,26 @@ class Play:
     subscription_tier: str
     fraud_flags: tuple[str, ...]
     completed: bool = False
+    listener_id: str = ""
 
     @classmethod
     def from_record(cls, value: Mapping[str, Any]) -> Play:
         return cls(value["play_id"], value["content_kind"], value["segment_id"], value["work_id"],
                    value["started_at"], value["ms_played"], value["territory"], value["subscription_tier"],
-                   tuple(value["fraud_flags"]), bool(value["completed"]))
+                   tuple(value["fraud_flags"]), bool(value["completed"]), value["listener_id"])
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentFacts:
+    """What royalty keeps of a delivered segment: whose it is, how long, what influenced it."""
+
+    listener_id: str
+    duration_ms: int
+    influences: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def from_record(cls, value: Mapping[str, Any]) -> SegmentFacts:
+        return cls(value["listener_id"], int(value["audio"]["duration_ms"]), influences_from_record(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,38 +108,6 @@ def influences_from_record(value: Mapping[str, Any]) -> tuple[tuple[str, int], .
     if total != PPM or any(w <= 0 for _, w in influences):
         raise InvalidReference(f"segment {value['segment_id']}: influence weights sum to {total} ppm, not {PPM}")
     return influences
-
-
-@dataclass
-class ConsentHistory:
-    """Every consent record seen, per (rights holder, work or None), ordered by effective time."""
-
-    _records: dict[tuple[str, str | None], list[tuple[int, bool]]] = field(default_factory=dict)
-
-    def add(self, rights_holder_id: str, work_id: str | None, effective_from: int, ai_generation: bool) -> None:
-        insort(self._records.setdefault((rights_holder_id, work_id), []), (effective_from, ai_generation))
-
-    def withdraw(self, rights_holder_id: str, work_id: str | None, at_ms: int) -> None:
-        """A tombstone: from ``at_ms`` on, no record of this scope applies."""
-        insort(self._records.setdefault((rights_holder_id, work_id), []), (at_ms, False))
-
-    def _in_effect(self, key: tuple[str, str | None], at_ms: int) -> bool | None:
-        records = self._records.get(key)
-        if not records:
-            return None
-        current = None
-        for effective_from, allowed in records:
-            if effective_from > at_ms:
-                break
-            current = allowed
-        return current
-
-    def generation_allowed(self, rights_holder_id: str, work_id: str, at_ms: int) -> bool:
-        """A per-work record overrides the catalog-wide one; no record at all means no consent."""
-        per_work = self._in_effect((rights_holder_id, work_id), at_ms)
-        if per_work is not None:
-            return per_work
-        return bool(self._in_effect((rights_holder_id, None), at_ms))
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +151,7 @@ def decide(
     play: Play,
     rates: RateCard,
     works: Mapping[str, WorkShares],
-    segments: Mapping[str, tuple[tuple[str, int], ...]],
+    segments: Mapping[str, SegmentFacts],
     consent: ConsentHistory,
     seen_before: bool,
 ) -> Decision:
@@ -179,14 +165,19 @@ def decide(
     rate = rates.price(play.territory, play.subscription_tier, play.started_at)
 
     if play.content_kind == "AI_SEGMENT":
-        influences = segments.get(play.segment_id or "")
-        if influences is None:
+        segment = segments.get(play.segment_id or "")
+        if segment is None:
             return Waiting("segment_provenance_unknown")
+        if segment.listener_id != play.listener_id:
+            return Unpaid("not_delivered_to_listener")
+        if play.completed and play.ms_played < segment.duration_ms - HEARD_SLACK_MS:
+            return Unpaid("not_heard")
+        influences = segment.influences
         if any(work not in works for work, _ in influences):
             return Waiting("influencing_work_unknown")
         weights = {
             work: weight for work, weight in influences
-            if all(consent.generation_allowed(h, work, play.started_at) for h in works[work].rights_holders)
+            if consent.work_allowed("ai_generation", works[work].rights_holders, work, play.started_at)
         }
         if not weights:
             return Unpaid("no_consenting_influence")

@@ -10,10 +10,11 @@ from typing import Any
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from kit.consent import ConsentHistory
 from kit.consumer import is_partition_eof, source_of
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings
-from royalty.rules import ConsentHistory, InvalidReference, WorkShares, influences_from_record
+from royalty.rules import InvalidReference, SegmentFacts, WorkShares
 
 log = structlog.get_logger()
 
@@ -23,12 +24,14 @@ WORKS, CONSENT, SEGMENTS = "catalog.works.v1", "catalog.consent.v1", "soundtrack
 @dataclass
 class ReferenceTables:
     works: dict[str, WorkShares] = field(default_factory=dict)
-    segments: dict[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    segments: dict[str, SegmentFacts] = field(default_factory=dict)
     consent: ConsentHistory = field(default_factory=ConsentHistory)
     rejected: int = 0
 
-    def apply(self, logical_topic: str, key: dict[str, Any], value: dict[str, Any] | None, timestamp_ms: int) -> None:
-        """Fold one record into the tables. Raises InvalidReference for a malformed one."""
+    def apply(self, logical_topic: str, key: dict[str, Any], value: dict[str, Any] | None, timestamp_ms: int,
+              offset: int | None = None) -> None:
+        """Fold one record into the tables (``offset`` orders consent records of one scope that share
+        ``effective_from`` and ``updated_at``). Raises InvalidReference for a malformed one."""
         if logical_topic == WORKS:
             if value is None:
                 self.works.pop(key["work_id"], None)
@@ -36,12 +39,13 @@ class ReferenceTables:
                 self.works[value["work_id"]] = WorkShares.from_record(value)
         elif logical_topic == CONSENT:
             if value is None:
-                self.consent.withdraw(key["rights_holder_id"], key["work_id"], timestamp_ms)
+                self.consent.withdraw(key["rights_holder_id"], key["work_id"], timestamp_ms, offset)
             else:
-                self.consent.add(value["rights_holder_id"], value["work_id"], value["effective_from"],
-                                 value["ai_generation"])
-        elif logical_topic == SEGMENTS and value is not None:
-            self.segments[value["segment_id"]] = influences_from_record(value)
+                self.consent.add_record(value, offset)
+        elif logical_topic == SEGMENTS and value is not None and value["segment_id"] not in self.segments:
+            # First write wins, as in delivery: a replayed record of a segment id names the same audio
+            # (inference never regenerates an existing segment), and what was delivered is what is paid.
+            self.segments[value["segment_id"]] = SegmentFacts.from_record(value)
 
 
 class TableFeed:
@@ -96,7 +100,7 @@ class TableFeed:
         logical, serde = self._serdes[topic]
         try:
             self.tables.apply(logical, serde.decode_key(msg.key()), serde.decode_value(msg.value()),
-                              msg.timestamp()[1])
+                              msg.timestamp()[1], offset)
         except (DecodeError, InvalidReference, KeyError) as exc:
             # The owning service's DLQ is where bad records of its topics go; royalty only skips them.
             self.tables.rejected += 1

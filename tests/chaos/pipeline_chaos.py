@@ -201,13 +201,14 @@ class Driver:
         self.pending_plays: list[dict[str, Any]] = []
         self.works = [w.work_id for w in load_catalog()]
         snapshot = ConsentSnapshot.load()
-        self.holders = sorted({h for w in load_catalog() for h in w.rights_holders} - snapshot.no_generation)
+        self.holders = sorted({h for w in load_catalog() for h in w.rights_holders} & snapshot.granted_generation)
         self.withdrawn: set[str] = set()
         self.snapshot = snapshot
 
     def seed_consent(self) -> None:
         for holder in sorted({h for w in load_catalog() for h in w.rights_holders}):
-            self.put_consent(holder, holder not in self.snapshot.no_generation, holder not in self.snapshot.no_training)
+            body = self.snapshot.consent_body(holder)
+            self.put_consent(holder, body["ai_generation"], body["ai_training"])
 
     def put_consent(self, holder: str, generation: bool, training: bool = True) -> None:
         body = {"ai_training": training, "ai_generation": generation, "likeness": False}

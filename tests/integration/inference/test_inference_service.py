@@ -31,6 +31,15 @@ def request(n: int, **changes: Any) -> dict[str, Any]:
             "seed": 1000 + n, "requested_at": now, "deadline": now + 60_000, "policy_reason": "test", **changes}
 
 
+def grant_everyone(producer: Producer, consent: TopicSerde, at_ms: int) -> None:
+    """Every demo rights holder grants generation (opt-in: without a record nothing is generated)."""
+    for holder in sorted({h for w in load_catalog() for h in w.rights_holders}):
+        producer.produce(consent, {"rights_holder_id": holder, "work_id": None},
+                         {"rights_holder_id": holder, "work_id": None, "ai_training": True, "ai_generation": True,
+                          "likeness": False, "effective_from": at_ms, "updated_at": at_ms,
+                          "change_id": str(uuid.uuid4())})
+
+
 def run(kafka: KafkaSettings, tmp_path: Any) -> InferenceService:
     producer = Producer(kafka, "inference")
     service = InferenceService(kafka, ENGINE, FileStore(tmp_path), producer)
@@ -43,6 +52,7 @@ def test_requests_become_stored_attributed_segments_and_bad_ones_do_not(isolated
                                                                         tmp_path: Any) -> None:
     requests = TopicSerde.for_topic("soundtrack.requests.v1", isolated)
     producer = Producer(isolated, "test")
+    grant_everyone(producer, TopicSerde.for_topic("catalog.consent.v1", isolated), int(time.time() * 1000) - 60_000)
     good = [request(0), request(1)]
     late = request(2, deadline=int(time.time() * 1000) - 1)
     bad = request(3, params={**good[0]["params"], "tempo_bpm": 900.0})
@@ -77,6 +87,7 @@ def test_a_generation_opt_out_removes_the_holder_s_works_from_the_weights(isolat
     everyone = {h for w in load_catalog() for h in w.rights_holders}
     opted_out = sorted(everyone)[:12]  # half the demo holders withdraw generation consent
     now = int(time.time() * 1000) - 1000
+    grant_everyone(producer, consent, now - 60_000)
     for holder in opted_out:
         producer.produce(consent, {"rights_holder_id": holder, "work_id": None},
                          {"rights_holder_id": holder, "work_id": None, "ai_training": True, "ai_generation": False,
@@ -99,3 +110,17 @@ def _quiet_torch() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+def test_without_any_consent_record_nothing_is_generated(isolated: KafkaSettings, tmp_path: Any) -> None:
+    requests = TopicSerde.for_topic("soundtrack.requests.v1", isolated)
+    producer = Producer(isolated, "test")
+    r = request(0)
+    producer.produce(requests, {"listener_id": r["listener_id"]}, r)
+    assert producer.flush(30) == 0
+    run(isolated, tmp_path)
+    out = TopicSerde.for_topic("soundtrack.segments.generated.v1", isolated)
+    assert read_all(isolated, out.topic, 1, 4) == []
+    dead = [dict(m.headers())["dlq.reason"].decode() for m in read_all(isolated, isolated.topic(
+        "soundtrack.requests.v1.dlq"), 1)]
+    assert dead and "consent" in dead[0]

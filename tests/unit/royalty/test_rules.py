@@ -14,6 +14,7 @@ from royalty.rules import (
     InvalidReference,
     Paid,
     Play,
+    SegmentFacts,
     Unpaid,
     Waiting,
     WorkShares,
@@ -31,14 +32,16 @@ WORKS = {
     "wk-c": WorkShares("wk-c", {"COMPOSITION": (("rh-7", 500_000), ("rh-1", 500_000)),
                                 "RECORDING": (("rh-7", 1_000_000),)}),
 }
-SEGMENTS = {"seg-1": (("wk-a", 500_000), ("wk-b", 300_000), ("wk-c", 200_000))}
-AI_PLAY = Play("c8e2f0a4-0000-4c5e-8f7a-6b9d0e1f2a3b", "AI_SEGMENT", "seg-1", None, T0, 45_000, "DE", "PREMIUM", ())
+LISTENER = "l" * 64
+SEGMENTS = {"seg-1": SegmentFacts(LISTENER, 40_000, (("wk-a", 500_000), ("wk-b", 300_000), ("wk-c", 200_000)))}
+AI_PLAY = Play("c8e2f0a4-0000-4c5e-8f7a-6b9d0e1f2a3b", "AI_SEGMENT", "seg-1", None, T0, 45_000, "DE", "PREMIUM", (),
+               listener_id=LISTENER)
 
 
 def everyone_consents() -> ConsentHistory:
     consent = ConsentHistory()
     for holder in ("rh-1", "rh-2", "rh-3", "rh-4", "rh-7"):
-        consent.add(holder, None, 0, True)
+        consent.add(holder, None, 0, {"ai_generation": True})
     return consent
 
 
@@ -67,7 +70,7 @@ def test_an_ai_play_pays_its_rate_exactly_across_all_holders() -> None:
 
 def test_an_opted_out_holder_s_work_is_removed_and_the_rest_renormalised() -> None:
     consent = everyone_consents()
-    consent.add("rh-4", None, T0 - 1, False)  # rh-4 withdrew generation consent before the play
+    consent.add("rh-4", None, T0 - 1, {"ai_generation": False})  # rh-4 withdrew generation consent before the play
     decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, consent, seen_before=False)
     assert isinstance(decision, Paid) and total(decision) == 4000
     assert all(line.rights_holder_id != "rh-4" for line in decision.lines)
@@ -77,7 +80,7 @@ def test_an_opted_out_holder_s_work_is_removed_and_the_rest_renormalised() -> No
 
 def test_consent_applies_as_it_stood_at_play_time() -> None:
     consent = everyone_consents()
-    consent.add("rh-4", None, T0 + 60_000, False)  # opted out one minute after the play started
+    consent.add("rh-4", None, T0 + 60_000, {"ai_generation": False})  # opted out one minute after the play started
     before = decide(AI_PLAY, RATES, WORKS, SEGMENTS, consent, seen_before=False)
     after = decide(replace(AI_PLAY, started_at=T0 + 120_000), RATES, WORKS, SEGMENTS, consent, seen_before=False)
     assert any(line.rights_holder_id == "rh-4" for line in before.lines)  # type: ignore[union-attr]
@@ -86,7 +89,7 @@ def test_consent_applies_as_it_stood_at_play_time() -> None:
 
 def test_a_per_work_record_overrides_the_catalog_wide_one_and_no_record_means_no_consent() -> None:
     consent = everyone_consents()
-    consent.add("rh-7", "wk-c", T0 - 10, False)
+    consent.add("rh-7", "wk-c", T0 - 10, {"ai_generation": False})
     assert not consent.generation_allowed("rh-7", "wk-c", T0)
     assert consent.generation_allowed("rh-7", "wk-other", T0)
     assert not ConsentHistory().generation_allowed("rh-1", "wk-a", T0)
@@ -111,11 +114,24 @@ def test_ineligible_and_waiting_plays(change: dict, seen: bool, expected: object
 
 
 def test_a_short_ai_segment_heard_to_the_end_pays_and_a_short_catalog_play_does_not() -> None:
+    short = {"seg-1": replace(SEGMENTS["seg-1"], duration_ms=3_200)}
     segment = replace(AI_PLAY, ms_played=3_200, completed=True)
-    assert isinstance(decide(segment, RATES, WORKS, SEGMENTS, everyone_consents(), False), Paid)
+    assert isinstance(decide(segment, RATES, WORKS, short, everyone_consents(), False), Paid)
+    nearly = replace(AI_PLAY, ms_played=2_950, completed=True)  # within the 250 ms slack
+    assert isinstance(decide(nearly, RATES, WORKS, short, everyone_consents(), False), Paid)
     catalog = replace(AI_PLAY, content_kind="CATALOG_WORK", segment_id=None, work_id="wk-a", ms_played=3_200,
                       completed=True)
     assert decide(catalog, RATES, WORKS, SEGMENTS, everyone_consents(), False) == Unpaid("short_play")
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"ms_played": 0, "completed": True}, "not_heard"),  # "completed" with nothing heard: farming
+    ({"ms_played": 2_900, "completed": True}, "not_heard"),  # 300 ms short of a 3.2 s segment
+    ({"listener_id": "m" * 64, "ms_played": 3_200, "completed": True}, "not_delivered_to_listener"),
+])
+def test_an_ai_play_pays_only_what_was_delivered_to_that_listener_and_heard(change: dict, reason: str) -> None:
+    short = {"seg-1": replace(SEGMENTS["seg-1"], duration_ms=3_200)}
+    assert decide(replace(AI_PLAY, **change), RATES, WORKS, short, everyone_consents(), False) == Unpaid(reason)
 
 
 def test_a_catalog_play_splits_by_the_work_s_shares_without_consent() -> None:
@@ -157,10 +173,10 @@ def test_every_paid_play_sums_exactly_to_its_rate(weights: list[int], n: int, op
     works = ["wk-a", "wk-b", "wk-c"][: len(weights)]
     scaled = [w * 1_000_000 // sum(weights) for w in weights]
     scaled[0] += 1_000_000 - sum(scaled)
-    segments = {"seg-x": tuple(zip(works, scaled, strict=True))}
+    segments = {"seg-x": SegmentFacts(LISTENER, 3_200, tuple(zip(works, scaled, strict=True)))}
     consent = everyone_consents()
     for holder in opted_out:
-        consent.add(holder, None, T0 - 1, False)
+        consent.add(holder, None, T0 - 1, {"ai_generation": False})
     play = replace(AI_PLAY, play_id=f"p-{n}", segment_id="seg-x")
     decision = decide(play, RATES, WORKS, segments, consent, seen_before=False)
     if isinstance(decision, Paid):

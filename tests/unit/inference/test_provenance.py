@@ -1,0 +1,63 @@
+"""Attribution goes only to works that taught the model and consent now, short segments
+included, and no work is favoured by its id."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inference.engine import Engine, Params
+from inference.music import Note
+from inference.provenance import influences
+from inference.train import MODEL_DIR
+
+ENGINE = Engine()
+MANIFEST = json.loads((MODEL_DIR / "training_manifest.json").read_text())
+HELD_OUT = set(MANIFEST["held_out_works"])
+TAUGHT = {w["work_id"] for w in MANIFEST["works"]} - HELD_OUT
+
+
+def test_the_engine_attributes_over_trained_works_only() -> None:
+    assert HELD_OUT and set(ENGINE.profiles) == TAUGHT & set(ENGINE.profiles) and not HELD_OUT & set(ENGINE.profiles)
+
+
+notes = st.lists(st.builds(Note, st.integers(0, 63), st.integers(1, 16), st.integers(-12, 19)), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(notes=notes, banned=st.sets(st.sampled_from(sorted(TAUGHT)), max_size=100))
+def test_a_held_out_or_non_consenting_work_never_receives_weight(notes: list[Note], banned: set[str]) -> None:
+    profiles = {**ENGINE.profiles}
+    allowed = (TAUGHT - banned) | HELD_OUT  # a held-out work in the allowed set still gets nothing
+    weights = influences(notes, profiles, allowed)
+    assert sum(w for _, w in weights) == 1_000_000 and all(w > 0 for _, w in weights)
+    assert not {work for work, _ in weights} & (banned | HELD_OUT)
+
+
+def test_segments_too_short_for_trigrams_are_attributed_by_their_own_notes_without_favourites() -> None:
+    winners: Counter[str] = Counter()
+    for tonic_rel in range(-5, 7):
+        for length in (2, 4, 8):
+            two = [Note(0, length, tonic_rel), Note(length, length, tonic_rel + 2)]
+            weights = dict(influences(two, ENGINE.profiles, TAUGHT))
+            assert sum(weights.values()) == 1_000_000
+            winners.update(weights)
+    assert len(winners) > 10  # the old fallback paid the same five largest ids whenever nothing matched
+    nothing = dict(influences([], ENGINE.profiles, TAUGHT))  # no note at all: the model as a whole
+    assert set(nothing) == TAUGHT and max(nothing.values()) - min(nothing.values()) <= 1
+
+
+def test_ties_are_broken_without_favouring_ids() -> None:
+    profiles = {f"wk-{n:03d}": {"0,0,4": 1} for n in range(40)}  # forty identical works
+    firsts = Counter(influences([Note(0, 4, s), Note(4, 4, s), Note(8, 4, s)], profiles, set(profiles), top=1)[0][0]
+                     for s in range(-12, 12))
+    assert len(firsts) > 10  # different segments pick different tied works, not always the largest id
+
+
+def test_generated_segments_weigh_only_allowed_trained_works() -> None:
+    allowed = set(sorted(TAUGHT)[::2])
+    segment = ENGINE.generate(Params(120, 0.5, "MAJOR", 0, 1), seed=5, allowed_works=allowed)
+    assert {w for w, _ in segment.influences} <= allowed
