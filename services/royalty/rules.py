@@ -70,10 +70,12 @@ class SegmentFacts:
     listener_id: str
     duration_ms: int
     influences: tuple[tuple[str, int], ...]
+    generated_at: int = 0
 
     @classmethod
     def from_record(cls, value: Mapping[str, Any]) -> SegmentFacts:
-        return cls(value["listener_id"], int(value["audio"]["duration_ms"]), influences_from_record(value))
+        return cls(value["listener_id"], int(value["audio"]["duration_ms"]), influences_from_record(value),
+                   int(value["generated_at"]))
 
 
 @dataclass(frozen=True, slots=True)

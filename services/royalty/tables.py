@@ -12,6 +12,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from kit.consent import ConsentHistory
 from kit.consumer import is_partition_eof, source_of
+from kit.contracts import contract
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings
 from royalty.rules import InvalidReference, SegmentFacts, WorkShares
@@ -21,12 +22,30 @@ log = structlog.get_logger()
 WORKS, CONSENT, SEGMENTS = "catalog.works.v1", "catalog.consent.v1", "soundtrack.segments.v1"
 
 
+PLAY_HORIZON_MS = contract("listener.plays.v1").retention_ms  # ingest accepts no play started earlier
+SWEEP_EVERY = 10_000
+
+
 @dataclass
 class ReferenceTables:
+    """Works, consent and segments. Segments are bounded: one generated longer ago than the play
+    horizon (ingest's acceptance window for plays) can no longer be played for pay, and is
+    dropped in a sweep every ``SWEEP_EVERY`` new segments."""
+
     works: dict[str, WorkShares] = field(default_factory=dict)
     segments: dict[str, SegmentFacts] = field(default_factory=dict)
     consent: ConsentHistory = field(default_factory=ConsentHistory)
     rejected: int = 0
+    horizon_ms: int = PLAY_HORIZON_MS
+    _added: int = 0
+
+    def sweep(self, now_ms: int) -> int:
+        """Drop segments past the play horizon (plus a day of clock slack); returns how many."""
+        cutoff = now_ms - self.horizon_ms - 86_400_000
+        old = [sid for sid, facts in self.segments.items() if facts.generated_at < cutoff]
+        for sid in old:
+            del self.segments[sid]
+        return len(old)
 
     def apply(self, logical_topic: str, key: dict[str, Any], value: dict[str, Any] | None, timestamp_ms: int,
               offset: int | None = None) -> None:
@@ -46,6 +65,9 @@ class ReferenceTables:
             # First write wins, as in delivery: a replayed record of a segment id names the same audio
             # (inference never regenerates an existing segment), and what was delivered is what is paid.
             self.segments[value["segment_id"]] = SegmentFacts.from_record(value)
+            self._added += 1
+            if self._added % SWEEP_EVERY == 0:
+                self.sweep(int(time.time() * 1000))
 
 
 class TableFeed:

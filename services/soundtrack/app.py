@@ -43,6 +43,7 @@ TELEMETRY, REQUESTS, ERASURES = "listener.telemetry.v1", "soundtrack.requests.v1
 
 REQUESTS_EMITTED = Counter("entrain_soundtrack_requests_total", "Segment requests emitted.", ["reason"])
 ERASED = Counter("entrain_soundtrack_erasures_total", "Listener erasure requests applied.")
+EVICTED = Counter("entrain_soundtrack_listeners_evicted_total", "Listener states deleted after an hour idle.")
 ACTIVE = Gauge("entrain_soundtrack_active_listeners", "Listeners with recent telemetry on this worker.")
 REQUEST_DELAY = Histogram("entrain_soundtrack_request_delay_seconds",
                           "From a telemetry record's broker timestamp to the requests its processing emitted "
@@ -80,6 +81,8 @@ ticks_topic = app.topic(f"{kafka.topic_prefix}soundtrack.ticks", key_type=bytes,
 listeners = app.Table("listeners", default=None, partitions=telemetry_serde.contract.partitions,
                       schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"))
 _dlq_producer: Producer | None = None
+EVICT_AFTER_MS = int(float(os.environ.get("ENTRAIN_SOUNDTRACK_EVICT_AFTER_S", "3600")) * 1000)  # then the state goes
+_evicting: set[str] = set()
 
 
 def now_ms() -> int:
@@ -172,10 +175,15 @@ async def on_erasure(stream: Any) -> None:
 async def on_tick(stream: Any) -> None:
     async for event in stream.events():
         try:
-            stored = listeners.get(telemetry_serde.decode_key(event.key)["listener_id"])
+            listener = telemetry_serde.decode_key(event.key)["listener_id"]
         except DecodeError:
             continue  # only this service writes ticks; nothing else should be there
+        stored = listeners.get(listener)
         if not stored:
+            continue
+        if now_ms() - stored["last_seen_ms"] > EVICT_AFTER_MS:  # gone: the state goes too (changelog tombstone)
+            listeners.pop(listener, None)
+            EVICTED.inc()
             continue
         state, requests = due_requests(ListenerState.from_dict(stored), now_ms())
         if requests:
@@ -189,12 +197,18 @@ async def schedule() -> None:
     for key, stored in list(listeners.items()):
         if not stored:
             continue
-        live = now - stored["last_seen_ms"] <= IDLE_MS
+        idle_ms = now - stored["last_seen_ms"]
+        live = idle_ms <= IDLE_MS
         active += live
-        if live and stored.get("due_at", 0) <= now:  # cheap: no state decoding for listeners not due
+        evict = idle_ms > EVICT_AFTER_MS and key not in _evicting
+        if evict:
+            _evicting.add(key)  # one tick is enough; the agent deletes the state
+        if evict or (live and stored.get("due_at", 0) <= now):  # cheap: no decoding for listeners not due
             await ticks_topic.send(key=telemetry_serde.encode_key({"listener_id": key}), value=b"",
                                    partition=stored["partition"])
     ACTIVE.set(active)
+    if len(_evicting) > 10_000:
+        _evicting.intersection_update(k for k, v in listeners.items() if v)
 
 
 _health: HealthServer | None = None

@@ -212,7 +212,7 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
                clock: Callable[[], float] = time.time,
                limiter: RateLimiter | None = None) -> Starlette:
     signer = UrlSigner(pseudonymizer.secret)
-    limiter = limiter or RateLimiter(RATE_PER_LISTENER, BURST_PER_LISTENER)
+    limiter = RateLimiter(RATE_PER_LISTENER, BURST_PER_LISTENER) if limiter is None else limiter
 
     def limit(listener: str) -> None:
         if limiter.take(listener, 1, int(clock() * 1000)):

@@ -77,7 +77,11 @@ def observe(state: ListenerState, telemetry: dict[str, Any], now_ms: int) -> Lis
     if telemetry["session_id"] != state.session_id:  # a new session starts from scratch, same listener
         key = int(hashlib.sha256(state.listener_id.encode()).hexdigest(), 16) % 12
         state = ListenerState(state.listener_id, telemetry["session_id"], key_tonic=key)
-    body = body_update(state.body, telemetry["event_time"], telemetry["heart_rate_bpm"], telemetry["cadence_spm"],
+    # A sample cannot have happened after ingest received it: a device clock running ahead (or a
+    # hostile client dating a sample minutes ahead) would otherwise make every real sample look
+    # older than the newest applied one, and freeze the listener's music until that time came.
+    event_ms = min(telemetry["event_time"], telemetry.get("received_time") or telemetry["event_time"])
+    body = body_update(state.body, event_ms, telemetry["heart_rate_bpm"], telemetry["cadence_spm"],
                        telemetry["activity"], telemetry["session_mode"], telemetry["guide_target"])
     return replace(state, body=body, last_seen_ms=max(state.last_seen_ms, now_ms),
                    music=telemetry.get("music", True))

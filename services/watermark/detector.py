@@ -4,16 +4,21 @@ CLI:  python -m watermark.detector FILE [FILE ...]   (JSON per file; exit 0 all 
       A file longer than 12 s is scanned in 4 s windows: every segment in it is listed.
 HTTP: POST /v1/detect with the file as the body and any Entrain API key (Authorization:
       Bearer <key>; served by the watermark service, port ENTRAIN_WATERMARK_DETECT_PORT,
-      default 8084). 401 without a valid key, 429 over DETECTIONS_PER_S per key, 413 over
-      the size limit, 422 for a file that is not decodable audio or is too short, with the reason.
+      default 8084). 401 without a valid key, 429 over DETECTIONS_PER_S per key (a detection
+      costs one token per started AUDIO_S_PER_TOKEN seconds of audio: a long file pays for the
+      CPU it takes), 413 over the size limit, 422 for a file that is not decodable audio, is too
+      long once decoded (checked from its header before decoding) or too short, with the reason.
+      Decoding and detection run in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +32,17 @@ from watermark.scheme import DESIGN_FPR, detect
 
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 DETECTIONS_PER_S, DETECTION_BURST = 5.0, 20.0  # per API key: detection costs CPU
+AUDIO_S_PER_TOKEN = 12.0
 
 
 WINDOW_S, WINDOW_HOP_S = 4.0, 2.0  # long files: segments restart the mark's block, so scan windows
 LONG_FILE_S = 12.0
 
 
-def report(data: bytes, keys: KeyRing, registry: Registry | None) -> dict[str, Any]:
-    """Decode and detect; raises AudioError for files that are not usable audio.
+def report(data: bytes, keys: KeyRing, registry: Registry | None,
+           charge: Callable[[float], None] | None = None) -> dict[str, Any]:
+    """Decode and detect; raises AudioError for files that are not usable audio. ``charge`` is
+    called with the decoded duration before detection starts (it may raise to refuse).
 
     Up to LONG_FILE_S seconds the file is one analysis window. A longer file (a stream of
     segments, each marked from its own start) is scanned in WINDOW_S windows every
@@ -43,6 +51,8 @@ def report(data: bytes, keys: KeyRing, registry: Registry | None) -> dict[str, A
     audio, rate = decode_bytes(data)
     started = time.perf_counter()
     duration = len(audio) / rate
+    if charge is not None:
+        charge(duration)
     if duration <= LONG_FILE_S:
         windows = [(0.0, audio)]
     else:
@@ -87,11 +97,12 @@ def report(data: bytes, keys: KeyRing, registry: Registry | None) -> dict[str, A
 def http_app(keys: KeyRing, registry: Registry | None, api_keys: KeyStore,
              limiter: RateLimiter | None = None) -> Any:
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    limiter = limiter or RateLimiter(DETECTIONS_PER_S, DETECTION_BURST)
+    limiter = RateLimiter(DETECTIONS_PER_S, DETECTION_BURST) if limiter is None else limiter
 
     async def detect_endpoint(request: Request) -> JSONResponse:
         try:
@@ -108,13 +119,25 @@ def http_app(keys: KeyRing, registry: Registry | None, api_keys: KeyStore,
             body.extend(chunk)
             if len(body) > MAX_UPLOAD_BYTES:
                 return JSONResponse({"error": f"file larger than {MAX_UPLOAD_BYTES} bytes"}, status_code=413)
+        def charge(duration_s: float) -> None:  # the first token was taken above
+            extra = max(0, math.ceil(duration_s / AUDIO_S_PER_TOKEN) - 1)
+            if extra and limiter.take(principal.key_id, extra, int(time.time() * 1000)):
+                raise Overdrawn(f"{duration_s:.0f} s of audio costs {extra + 1} detections; at most "
+                                f"{limiter.rate:g}/s per API key")
+
         try:
-            return JSONResponse(report(bytes(body), keys, registry))
+            return JSONResponse(await run_in_threadpool(report, bytes(body), keys, registry, charge))
         except AudioError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
+        except Overdrawn as exc:
+            return JSONResponse({"error": str(exc)}, status_code=429)
 
     return Starlette(exception_handlers=error_handlers(),
                      routes=[Route("/v1/detect", detect_endpoint, methods=["POST"])])
+
+
+class Overdrawn(Exception):
+    """A detection would cost more than the caller's rate limit has left."""
 
 
 def main(argv: list[str] | None = None) -> int:

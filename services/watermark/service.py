@@ -85,9 +85,9 @@ class WatermarkService:
                                 f"{found.score:.2f}, expected {payload:08x} under key {key.key_id}")
         uri, digest = self.store.put(encode_wav(marked, SAMPLE_RATE, "PCM_16"), "wav")
         value = self._record(segment, marked, uri, digest, key.key_id, f"{payload:08x}", found.score)
+        # No listener or session id in the registry: detections answer anyone with an API key.
         self.registry.add(key.key_id, f"{payload:08x}", segment["segment_id"], {
-            k: value[k] for k in ("segment_id", "request_id", "session_id", "sequence", "params", "provenance",
-                                  "generated_at")})
+            k: value[k] for k in ("segment_id", "request_id", "sequence", "params", "provenance", "generated_at")})
         self.producer.produce(self.out, {"listener_id": segment["listener_id"]}, value)
         SEGMENTS.inc()
 

@@ -19,9 +19,9 @@ from kit.serde import TopicSerde
 from kit.settings import REPO_ROOT, KafkaSettings
 
 
-def start_worker(kafka: KafkaSettings, datadir: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(kafka: KafkaSettings, datadir: Path, log: Path, **extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "services"), "ENTRAIN_TOPIC_PREFIX": kafka.topic_prefix,
-           "ENTRAIN_SOUNDTRACK_METRICS_PORT": "0", "ENTRAIN_SOUNDTRACK_DATADIR": str(datadir)}
+           "ENTRAIN_SOUNDTRACK_METRICS_PORT": "0", "ENTRAIN_SOUNDTRACK_DATADIR": str(datadir), **extra}
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "soundtrack"], env=env, stdout=out, stderr=out)
 
@@ -31,7 +31,7 @@ def send(kafka: KafkaSettings, listener: str, count: int, start_ms: int, cadence
     for i in range(count):
         producer.produce(serde, {"listener_id": listener}, {
             "event_id": str(uuid.uuid4()), "listener_id": listener, "session_id": "run-1",
-            "event_time": start_ms + i * 1000, "received_time": start_ms, "heart_rate_bpm": 150,
+            "event_time": start_ms + i * 1000, "received_time": start_ms + i * 1000 + 40, "heart_rate_bpm": 150,
             "cadence_spm": cadence, "activity": "RUNNING", "session_mode": "MATCH", "guide_target": "NONE",
             "device": None})
     assert producer.flush(30) == 0
@@ -76,6 +76,26 @@ def test_requests_flow_and_state_survives_a_kill(isolated: KafkaSettings, tmp_pa
         # Recovered state continues the sequence instead of starting the session over.
         assert min(r["sequence"] for r in after) > high - 2
         assert all(r["sequence"] > 0 for r in after)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+
+
+def test_an_idle_listener_s_state_is_evicted_from_the_table(isolated: KafkaSettings, tmp_path: Path) -> None:
+    from tests.kafka_helpers import read_to_end
+
+    listener = "e" * 64
+    worker = start_worker(isolated, tmp_path / "a", tmp_path / "worker.log", ENTRAIN_SOUNDTRACK_EVICT_AFTER_S="4")
+    changelog = isolated.topic("soundtrack-listeners-changelog")
+    keys = {listener.encode(), f'"{listener}"'.encode()}
+    try:
+        send(isolated, listener, 2, int(time.time() * 1000))
+        assert requests(isolated, 1, timeout_s=40), (tmp_path / "worker.log").read_text()[-2000:]
+        deadline, tombstones = time.monotonic() + 60, 0
+        while time.monotonic() < deadline and not tombstones:
+            time.sleep(1)
+            tombstones = sum(1 for m in read_to_end(isolated, changelog) if m.key() in keys and m.value() is None)
+        assert tombstones, (tmp_path / "worker.log").read_text()[-2000:]
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)

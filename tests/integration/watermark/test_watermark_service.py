@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from starlette.testclient import TestClient
 from tests.kafka_helpers import read_all
 
 from inference.engine import Engine, Params
-from kit.audio import decode_bytes, encode_wav
+from kit.audio import AudioError, decode_bytes, encode_wav
 from kit.auth import KeyStore, hash_key
 from kit.consumer import ConsumerLoop
 from kit.producer import Producer
@@ -128,3 +129,38 @@ def test_detection_api_answers_for_audio_files_and_rejects_bad_ones(tmp_path: Pa
     assert "too short" in client.post("/v1/detect", content=short).json()["error"]
     assert client.post("/v1/detect", content=b"", headers={"content-length": str(10**9)}).status_code == 413
     assert client.post("/v1/detect", content=b"x").status_code == 429  # the burst of 4 is spent
+
+
+def test_a_small_file_that_decodes_to_hours_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    import io
+    import tracemalloc
+
+    import soundfile
+
+    buffer = io.BytesIO()  # two hours of silence: FLAC makes it tiny, decoded it would be 460 MB
+    with soundfile.SoundFile(buffer, "w", 16_000, 2, format="FLAC") as out:
+        block = np.zeros((16_000 * 60, 2), dtype=np.float32)
+        for _ in range(120):
+            out.write(block)
+    data = buffer.getvalue()
+    assert len(data) < 2_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(AudioError, match="longer than 600 s"):
+            decode_bytes(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000  # refused from the header: nothing near the decoded size was allocated
+
+    keys = KeyRing.from_mapping(OLD, None)
+    api = KeyStore.from_json(json.dumps([{"key_id": "k", "sha256": hash_key("detect-key-0123456789"),
+                                          "scopes": ["admin"]}]))
+    client = TestClient(http_app(keys, Registry(tmp_path / "r.sqlite"), api, RateLimiter(0.01, 3)),
+                        headers={"Authorization": "Bearer detect-key-0123456789"})
+    answer = client.post("/v1/detect", content=data)
+    assert answer.status_code == 422 and "longer than 600 s" in answer.json()["error"]
+    # A long but legal file costs one detection per started 12 s: 60 s is five, more than the 2 left.
+    minute = encode_wav(np.zeros((SAMPLE_RATE * 60, 2), dtype=np.float32) + 0.01, SAMPLE_RATE)
+    overdrawn = client.post("/v1/detect", content=minute)
+    assert overdrawn.status_code == 429 and "costs 5 detections" in overdrawn.json()["error"]

@@ -108,3 +108,14 @@ def test_state_round_trips_through_its_dict_form() -> None:
     state = observe(ListenerState("l1"), sample(T0), T0)
     state, _ = due_requests(state, T0)
     assert ListenerState.from_dict(state.to_dict()) == state
+
+
+def test_one_sample_dated_minutes_ahead_cannot_freeze_the_policy() -> None:
+    state = observe(ListenerState("l1"), {**sample(T0, cadence=110), "received_time": T0}, T0)
+    future = {**sample(T0 + 120_000, cadence=112), "received_time": T0 + 1000}  # "2 minutes from now"
+    state = observe(state, future, T0 + 1000)
+    for n in range(2, 40):  # the runner speeds up; the real samples must still count
+        now = T0 + n * 1000
+        state = observe(state, {**sample(now, cadence=170), "received_time": now}, now)
+    assert state.body.cadence is not None and state.body.cadence > 160
+    assert state.body.last_event_ms <= T0 + 39_000

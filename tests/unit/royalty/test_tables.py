@@ -1,0 +1,29 @@
+"""Royalty's reference tables stay bounded: segments past the play horizon are dropped, and a
+segment id keeps its first record."""
+
+from __future__ import annotations
+
+from tests.royalty_fixtures import segment_record
+
+from royalty.tables import SEGMENTS, SWEEP_EVERY, ReferenceTables
+
+DAY = 86_400_000
+
+
+def test_segments_past_the_play_horizon_are_swept_and_the_first_record_wins() -> None:
+    tables = ReferenceTables(horizon_ms=30 * DAY)
+    now = 1_800_000_000_000
+    old, fresh = segment_record("seg-old", [("wk-1", 1_000_000)]), segment_record("seg-new", [("wk-2", 1_000_000)])
+    tables.apply(SEGMENTS, {}, {**old, "generated_at": now - 32 * DAY}, 0)
+    tables.apply(SEGMENTS, {}, {**fresh, "generated_at": now - DAY}, 0)
+    tables.apply(SEGMENTS, {}, {**fresh, "generated_at": now - DAY, "listener_id": "x" * 64}, 0)  # a later record
+    assert tables.segments["seg-new"].listener_id == "l" * 64  # the first one stays
+    assert tables.sweep(now) == 1 and set(tables.segments) == {"seg-new"}
+
+
+def test_a_flood_of_segments_triggers_sweeps_on_its_own() -> None:
+    tables = ReferenceTables(horizon_ms=0)
+    record = segment_record("x", [("wk-1", 1_000_000)])
+    for n in range(SWEEP_EVERY):
+        tables.apply(SEGMENTS, {}, {**record, "segment_id": f"s-{n}", "generated_at": 0}, 0)
+    assert len(tables.segments) == 0  # all long past the horizon: the sweep at the 10,000th removed them
