@@ -13,6 +13,7 @@ holders and admins use their API keys (consent).
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -36,7 +37,6 @@ from ingest.publisher import Overloaded, Publisher, Unavailable
 from ingest.settings import IngestSettings
 from ingest.validation import (
     Invalid,
-    claimed_listener_fields,
     claimed_user_id,
     parse_consent,
     parse_play,
@@ -154,9 +154,7 @@ def create_app(settings: IngestSettings, kafka: KafkaSettings, clock: Callable[[
         return event.event_id, event.record(listener.listener_id, received, device_pseudonym(event.device))
 
     def play_record(item: Any, listener: Listener, received: int) -> tuple[str, dict[str, Any]]:
-        for name, value in claimed_listener_fields(item).items():
-            if value != getattr(listener, name):
-                raise Invalid(name, f"comes from the listener token ({getattr(listener, name)}); omit it")
+        # A body's subscription_tier/territory are ignored (older clients send them): the token decides.
         event = parse_play(item, received, settings.plays_window)
         return event.play_id, event.record(listener.listener_id, listener.subscription_tier, listener.territory,
                                            received)
@@ -269,7 +267,7 @@ def create_app(settings: IngestSettings, kafka: KafkaSettings, clock: Callable[[
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi_json(request: Request) -> Response:
-        return json_response(200, openapi)
+        return json_response(200, served_openapi(openapi, settings, now_ms()))
 
     def route(path: str, endpoint: Callable[[Request], Any], methods: list[str], name: str) -> Route:
         async def wrapped(request: Request) -> Response:
@@ -322,6 +320,21 @@ def create_app(settings: IngestSettings, kafka: KafkaSettings, clock: Callable[[
         route("/metrics", metrics, ["GET"], "metrics"),
         route("/openapi.json", openapi_json, ["GET"], "openapi"),
     ], lifespan=lifespan)
+
+
+def served_openapi(document: dict[str, Any], settings: IngestSettings, now_ms: int,
+                   margin_ms: int = 600_000) -> dict[str, Any]:
+    """The OpenAPI document with the time windows ingest enforces stated as bounds, as of ``now_ms``
+    (``margin_ms`` inside them, so the document stays true for a while after it was fetched)."""
+    served = copy.deepcopy(document)
+    schemas = served["components"]["schemas"]
+    for schema, field, window in (("TelemetryEvent", "event_time", settings.telemetry_window),
+                                  ("PlayEvent", "started_at", settings.plays_window)):
+        bounds = schemas[schema]["properties"][field]
+        bounds["minimum"] = now_ms - window.max_age_ms + margin_ms
+        bounds["maximum"] = now_ms + max(0, window.max_future_ms - margin_ms // 10)
+    schemas["Consent"]["properties"]["effective_from"]["minimum"] = now_ms + margin_ms // 10
+    return served
 
 
 def app_from_env() -> Starlette:

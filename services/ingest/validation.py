@@ -265,13 +265,6 @@ def claimed_user_id(item: Any) -> str | None:
     return value
 
 
-def claimed_listener_fields(item: Any) -> dict[str, str]:
-    """``subscription_tier``/``territory`` a play names, if any (they must equal the token's)."""
-    if not isinstance(item, dict):
-        return {}
-    return {name: item[name] for name in ("subscription_tier", "territory") if item.get(name) is not None}
-
-
 def parse_consent(rights_holder_id: str, item: Any, now_ms: int, skew_ms: int) -> Consent:
     if not ID_PATTERN.fullmatch(rights_holder_id):
         raise Invalid("rights_holder_id", f"must match {ID_PATTERN.pattern}")

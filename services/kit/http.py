@@ -1,6 +1,6 @@
 """JSON answers for what no route handles, shared by every Starlette app: unknown paths and
-methods get a JSON reason, and an unexpected exception is logged with its trace and answered
-with a plain 500 (the trace never reaches the client)."""
+methods get a JSON reason (a 405 with its ``Allow`` header), and an unexpected exception is
+logged with its trace and answered with a plain 500 (the trace never reaches the client)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def error_handlers(count: Callable[[int], None] | None = None) -> dict[Any, Call
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         if count is not None:
             count(status)
-        return JSONResponse({"error": REASONS.get(status, "request not handled")}, status_code=status)
+        headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}  # 405 carries Allow
+        return JSONResponse({"error": REASONS.get(status, "request not handled")}, status_code=status,
+                            headers=headers)
 
     async def crashed(request: Request, exc: Exception) -> Response:
         log.exception("unhandled_error", path=request.url.path)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+import yaml
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
@@ -50,6 +51,7 @@ log = structlog.get_logger()
 SERVICE = "soundtrack-delivery"
 SEGMENTS, ERASURES = "soundtrack.segments.v1", "listener.erasures.v1"
 PAGE = Path(__file__).with_name("web") / "index.html"
+OPENAPI_PATH = Path(__file__).with_name("delivery_openapi.yaml")
 URL_TTL_S = 3600
 MAX_REPORT_BYTES = 4096
 RATE_PER_LISTENER, BURST_PER_LISTENER = 5.0, 20.0  # requests/s; a player polls about once a segment
@@ -186,7 +188,7 @@ class UrlSigner:
             raise HttpError(400, "exp must be epoch seconds (ASCII digits)")
         if not (listener.isascii() and len(listener) == 64 and all(c in HEX for c in listener)):
             raise HttpError(400, "l must be the listener id the playlist handed out")
-        if not hmac.compare_digest(self._sig(sha256, listener, int(expires)), sig):
+        if not (sig.isascii() and hmac.compare_digest(self._sig(sha256, listener, int(expires)), sig)):
             raise HttpError(403, "audio URL is unsigned or tampered with; fetch the playlist again")
         if int(expires) < now_s:
             raise HttpError(403, "audio URL expired; fetch the playlist again")
@@ -305,6 +307,11 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    openapi = yaml.safe_load(OPENAPI_PATH.read_text())
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(openapi)
+
     def route(path: str, endpoint: Callable[[Request], Any], name: str, methods: list[str] | None = None) -> Route:
         async def wrapped(request: Request) -> Response:
             try:
@@ -327,6 +334,7 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
         route("/healthz", healthz, "healthz"),
         route("/readyz", readyz, "readyz"),
         route("/metrics", metrics, "metrics"),
+        route("/openapi.json", openapi_json, "openapi"),
     ])
 
 

@@ -82,6 +82,7 @@ def test_playlists_audio_auth_and_underruns(isolated: KafkaSettings, tmp_path: P
         assert client.get(url.replace("sig=", "sig=0")).status_code == 403
         assert client.get(url.replace(f"l={alice}", f"l={bob}")).status_code == 403  # bound to the listener
         assert client.get(f"/v1/audio/{sha}.wav").status_code == 400
+        assert client.get(url.split("&sig=")[0] + "&sig=%C2%80").status_code == 403  # found by fuzzing: was a 500
         for bad_exp in ("²", "1e9", "-1", "9" * 40):  # unicode digits and friends: a reason, never a 500
             answer = client.get(url.split("&exp=")[0] + f"&exp={bad_exp}&sig=00")
             assert answer.status_code == 400 and "exp" in answer.json()["error"], bad_exp
