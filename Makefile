@@ -83,8 +83,8 @@ bench-inference: venv ## music engine real-time factor, latency and listeners pe
 chaos: topics dev-secrets ## the whole pipeline for 6 minutes under load, SIGKILLs, a broker restart and hostile input; RESULT with violations
 	$(PY) -m tests.chaos.pipeline_chaos --listeners 200 --seconds 360
 
-crash-royalty: topics ## the full royalty crash test: 100,000 plays, 6 SIGKILLs, one broker restart
-	$(PY) -m tests.chaos.royalty_crash --plays 100000 --kills 6
+crash-royalty: topics ## the full royalty crash test: 2 instances, 100,000 plays, 6 SIGKILLs, one broker restart
+	$(PY) -m tests.chaos.royalty_crash --plays 100000 --kills 6 --instances 2
 
 bench-royalty: topics ## royalty plays/s with transactions vs at-least-once, p99 commit time
 	$(PY) bench/bench_royalty.py

@@ -48,6 +48,13 @@ log = structlog.get_logger()
 SERVICE = "royalty"
 PLAYS, EVENTS, LEDGER = "listener.plays.v1", "royalty.events.v1", "royalty.play-ledger.v1"
 
+STALL_CHECK_S = 10.0
+STALLS = Counter("entrain_royalty_stalled_partitions_total",
+                 "Assigned partitions that never started fetching, counted when the process exits to restart.")
+
+
+class StalledAssignment(RuntimeError):
+    """Assigned partitions never started fetching; a restart rejoins the group and fetches them."""
 PLAYS_PROCESSED = Counter("entrain_royalty_plays_total", "Plays processed, by outcome and reason.",
                           ["outcome", "reason"])
 AMOUNT = Counter("entrain_royalty_amount_micros_total", "Money attributed in royalty lines (micro-units).",
@@ -149,6 +156,7 @@ class RoyaltyProcessor:
         self.ledger: dict[str, int] = {}  # play id -> plays partition, for the assigned partitions
         self._waiting_since: dict[tuple[int, int], float] = {}
         self._paused_until: dict[int, float] = {}
+        self._stalled_since: float | None = None
         self._stopping = False
         self.watchdog = Watchdog(STALL_EXIT_S)
         self.ready = False
@@ -182,7 +190,7 @@ class RoyaltyProcessor:
                  transactional=self.settings.transactional)
         self.consumer.subscribe([self.plays_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_revoke)
-        idle_since = time.monotonic()
+        idle_since = last_check = time.monotonic()
         try:
             while not self._stopping:
                 self._resume_due()
@@ -193,6 +201,9 @@ class RoyaltyProcessor:
                     idle_since = time.monotonic()
                 elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                     break
+                elif time.monotonic() - max(idle_since, last_check) > STALL_CHECK_S:
+                    last_check = time.monotonic()
+                    self._restart_unstarted_partitions()
         finally:
             self.consumer.close()
             self.feed.close()
@@ -368,6 +379,36 @@ class RoyaltyProcessor:
             PLAYS_PROCESSED.labels("DEAD_LETTERED", reason_class).inc()
 
     # -- rebalances: the ledger follows the assignment -----------------------------------
+
+    def _restart_unstarted_partitions(self) -> None:
+        """Assigned partitions that never started fetching: seek them to their committed offsets,
+        and if that does not start them by the next check, exit for the supervisor to restart us.
+
+        Seen in the two-instance crash test: after a broker restart the committed-offset fetch of
+        a new assignment failed with NOT_COORDINATOR ("Failed to fetch committed offsets for 0
+        partition(s)") and librdkafka never retried it, so the partitions sat assigned and idle
+        (a seek then fails with "Erroneous state"). A fresh process rejoins and fetches them;
+        exactly-once holds across the exit like across any crash. Checked every STALL_CHECK_S
+        without a record."""
+        assignment = [tp for tp in self.consumer.assignment() if tp.partition not in self._paused_until]
+        unstarted = [tp for tp in self.consumer.position(assignment) if tp.offset < 0] if assignment else []
+        if not unstarted:
+            self._stalled_since = None
+            return
+        numbers = sorted(tp.partition for tp in unstarted)
+        if self._stalled_since is not None:
+            STALLS.inc(len(unstarted))
+            log.error("stalled_partitions_exiting", partitions=numbers,
+                      stalled_s=round(time.monotonic() - self._stalled_since, 1))
+            raise StalledAssignment(f"partitions {numbers} assigned but never fetched; restarting")
+        self._stalled_since = time.monotonic()
+        try:
+            for tp in self.consumer.committed(unstarted, timeout=10):
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0
+                                                  else OFFSET_BEGINNING))
+            log.warning("stalled_partitions_seeked", partitions=numbers)
+        except KafkaException as exc:
+            log.warning("stalled_partitions_not_seeked", partitions=numbers, error=str(exc))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted(tp.partition for tp in partitions)

@@ -1,13 +1,16 @@
 """Crash test for royalty's exactly-once guarantee, on the real local broker.
 
 Publishes a catalog and N plays (some short, fraud-flagged or repeated), runs
-`python -m royalty` as a separate process, SIGKILLs it at random moments and
-restarts it (a supervisor also restarts it whenever it exits on its own), and
-restarts the broker once. Then a read_committed consumer checks that there is
-exactly one line per (play, payee, right type), each with the amount the pure
-rules give, and that the totals match.
+`python -m royalty` as separate processes — ``--instances`` of them in one consumer
+group, each with its own transactional id, so kills also cause rebalances between
+them — SIGKILLs a random instance at random moments and restarts it (a supervisor
+also restarts any that exits on its own), and restarts the broker once. The kills
+come at random points *of the processing* (shares of the plays in the committed
+ledger), so every kill lands mid-stream. Then a read_committed consumer checks that
+there is exactly one line per (play, payee, right type), each with the amount the
+pure rules give, and that the totals match.
 
-    python -m tests.chaos.royalty_crash --plays 100000 --kills 6     # make crash-royalty
+    python -m tests.chaos.royalty_crash --plays 100000 --kills 6 --instances 2    # make crash-royalty
 Last line: RESULT {json}; exit status 1 on any violation.
 """
 
@@ -107,11 +110,12 @@ class LedgerCounter:
 
 
 class Supervisor:
-    """Keeps one `python -m royalty` running; kill() SIGKILLs it."""
+    """Keeps one `python -m royalty` instance running; kill() SIGKILLs it."""
 
-    def __init__(self, kafka: KafkaSettings, log_path: Path) -> None:
+    def __init__(self, kafka: KafkaSettings, log_path: Path, instance: int = 0) -> None:
         self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "services"), "ENTRAIN_TOPIC_PREFIX": kafka.topic_prefix,
-                    "ENTRAIN_ROYALTY_INSTANCE": "crash-0", "ENTRAIN_ROYALTY_GROUP": f"royalty-{kafka.topic_prefix}",
+                    "ENTRAIN_ROYALTY_INSTANCE": f"crash-{instance}",
+                    "ENTRAIN_ROYALTY_GROUP": f"royalty-{kafka.topic_prefix}",
                     "ENTRAIN_ROYALTY_METRICS_PORT": "0", "ENTRAIN_LOG_LEVEL": "WARNING"}
         self.log = open(log_path, "ab")  # noqa: SIM115 (closed in stop())
         self.proc: subprocess.Popen[bytes] | None = None
@@ -151,7 +155,8 @@ def restart_broker() -> float:
     return time.monotonic() - started
 
 
-def run(plays_n: int, kills: int, broker_restart: bool, seed: int = 1, timeout_s: float = 600) -> dict[str, Any]:
+def run(plays_n: int, kills: int, broker_restart: bool, seed: int = 1, timeout_s: float = 600,
+        instances: int = 1) -> dict[str, Any]:
     rng = random.Random(seed)
     base = KafkaSettings.from_env()
     if broker_restart and not base.local_kafka:
@@ -173,31 +178,39 @@ def run(plays_n: int, kills: int, broker_restart: bool, seed: int = 1, timeout_s
 
     folder = STATE_DIR / "crash"
     folder.mkdir(parents=True, exist_ok=True)
-    supervisor = Supervisor(kafka, folder / f"royalty-{kafka.topic_prefix.rstrip('.')}.log")
-    # Spread the kills over the expected processing time (a few thousand plays/s), not just its start.
-    kill_at = sorted(rng.uniform(3, max(8 + 2.5 * kills, plays_n / 2500)) for _ in range(kills))
+    supervisors = [Supervisor(kafka, folder / f"royalty-{kafka.topic_prefix.rstrip('.')}-{n}.log", n)
+                   for n in range(instances)]
+    # Kill when a random share of the plays is ledgered: every kill lands while plays are in flight.
+    kill_at = sorted(rng.uniform(0.05, 0.8) for _ in range(kills))
     restart_after = kills // 2 if broker_restart else None
     began = time.monotonic()
     broker_restart_s = 0.0
     ledger = LedgerCounter(kafka)
-    supervisor.ensure_running()
+
+    def ensure_running() -> None:
+        for supervisor in supervisors:
+            supervisor.ensure_running()
+
+    ensure_running()
     try:
-        for n, at in enumerate(kill_at):
-            while time.monotonic() - began < at:
-                supervisor.ensure_running()
-                time.sleep(0.1)
-            supervisor.kill()
-            print(f"killed royalty ({n + 1}/{kills}) at {at:.1f}s; ledger {ledger.count()}/{distinct_plays}",
-                  flush=True)
+        for n, share in enumerate(kill_at):
+            while ledger.count() < share * distinct_plays and time.monotonic() - began < timeout_s:
+                ensure_running()
+                time.sleep(0.05)
+            victim = rng.randrange(instances)
+            supervisors[victim].kill()
+            print(f"killed royalty instance {victim} ({n + 1}/{kills}) at {time.monotonic() - began:.1f}s; "
+                  f"ledger {ledger.count()}/{distinct_plays}", flush=True)
             if restart_after is not None and n == restart_after:
                 broker_restart_s = restart_broker()
                 print(f"restarted the broker in {broker_restart_s:.1f}s", flush=True)
-            supervisor.ensure_running()
+            ensure_running()
         while ledger.count() < distinct_plays and time.monotonic() - began < timeout_s:
-            supervisor.ensure_running()
+            ensure_running()
             time.sleep(1)
     finally:
-        supervisor.stop()
+        for supervisor in supervisors:
+            supervisor.stop()
         ledger.close()
     elapsed = time.monotonic() - began
 
@@ -215,7 +228,8 @@ def run(plays_n: int, kills: int, broker_restart: bool, seed: int = 1, timeout_s
         "plays": len(all_plays), "distinct_plays": distinct_plays, "expected_lines": len(expected),
         "committed_lines": len(lines), "doubled": doubled, "missing": missing, "unexpected": unexpected,
         "wrong_amount": wrong_amount, "expected_total_micros": total_expected, "committed_total_micros": total_seen,
-        "kills": supervisor.kills, "starts": supervisor.starts, "unplanned_exits": supervisor.exits,
+        "instances": instances, "kills": sum(s.kills for s in supervisors),
+        "starts": sum(s.starts for s in supervisors), "unplanned_exits": sum(s.exits for s in supervisors),
         "broker_restarts": int(broker_restart), "broker_restart_s": round(broker_restart_s, 1),
         "seconds": round(elapsed, 1), "violations": violations,
     }
@@ -227,8 +241,9 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=6)
     parser.add_argument("--no-broker-restart", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--instances", type=int, default=2, help="royalty processes in one consumer group")
     args = parser.parse_args()
-    result = run(args.plays, args.kills, not args.no_broker_restart, args.seed)
+    result = run(args.plays, args.kills, not args.no_broker_restart, args.seed, instances=args.instances)
     print("RESULT " + json.dumps(result))
     sys.exit(1 if result["violations"] else 0)
 
