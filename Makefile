@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
+.PHONY: replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -85,6 +85,9 @@ chaos: topics dev-secrets ## the whole pipeline for 6 minutes under load, SIGKIL
 
 crash-royalty: topics ## the full royalty crash test: 2 instances, 100,000 plays, 6 SIGKILLs, one broker restart
 	$(PY) -m tests.chaos.royalty_crash --plays 100000 --kills 6 --instances 2
+
+replay-plays: topics ## produce royalty's dead-lettered plays back to listener.plays.v1 (after their cause is fixed)
+	$(PY) -m royalty.replay
 
 bench-royalty: topics ## royalty plays/s with transactions vs at-least-once, p99 commit time
 	$(PY) bench/bench_royalty.py

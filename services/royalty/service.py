@@ -13,7 +13,10 @@ the plays), any dead letters, and the consumer offsets
   raise; the process exits and its supervisor restarts it.
 * A play whose inputs are not known yet (segment provenance, work) waits: its
   partition is paused and retried every ``wait_retry_s``; after ``max_wait_s`` the
-  play goes to listener.plays.v1.dlq with the reason (replayable from there). Other
+  play goes to listener.plays.v1.dlq with the reason and a DEAD_LETTERED ledger entry, which
+  does not count as seen: ``python -m royalty.replay`` (make replay-plays) produces royalty's
+  dead letters back to listener.plays.v1 once the missing input exists, and they are paid
+  then (once: the first PAID or UNPAID entry decides). Other
   partitions keep moving; the waiting one is held for at most ``max_wait_s``.
 """
 
@@ -363,8 +366,9 @@ class RoyaltyProcessor:
                               value=ledger.encode_value(entry), partition=partition)
         if paid is not None:
             AMOUNT.labels(paid.rate.currency).inc(total)
-        self.ledger[play.play_id] = partition
-        batch.ledger_added.append(play.play_id)
+        if outcome != "DEAD_LETTERED":  # a dead letter may be replayed: it is not a decided play
+            self.ledger[play.play_id] = partition
+            batch.ledger_added.append(play.play_id)
         PLAYS_PROCESSED.labels(outcome, reason or "").inc()
 
     def _dead_letter(self, msg: Message, reason_class: str, reason: str, play: Play | None, batch: _Batch) -> None:
@@ -441,7 +445,7 @@ class RoyaltyProcessor:
                 if msg.error() is not None:
                     continue
                 entry = serde.decode_value(msg.value())
-                if entry is not None:
+                if entry is not None and entry["outcome"] != "DEAD_LETTERED":
                     self.ledger[entry["play_id"]] = source_of(msg)[1]
                     loaded += 1
         reader.close()

@@ -105,6 +105,20 @@ def test_a_play_waits_for_its_segment_and_is_dead_lettered_when_it_never_comes(i
     assert TopicSerde.for_topic("listener.plays.v1", isolated).decode_value(dead.value())["play_id"] == never["play_id"]
     assert dict(dead.headers())["dlq.service"] == b"royalty"
 
+    # The missing segment arrives after all; the dead letter is replayed and paid, once.
+    from royalty.replay import replay
+
+    catalog.add_segment("seg-never", [("wk-1", 1_000_000)])
+    assert replay(isolated) == 1
+    run_royalty(isolated, group_id=settings.group_id, instance_id=settings.instance_id)
+    assert replay(isolated) == 1  # replaying again: the play is decided now, a duplicate
+    run_royalty(isolated, group_id=settings.group_id, instance_id=settings.instance_id)
+    entries = [e for e in decoded(isolated, "royalty.play-ledger.v1", 5, timeout_s=8)
+               if e["play_id"] == never["play_id"]]
+    assert [e["outcome"] for e in entries] == ["DEAD_LETTERED", "PAID"]  # the second replay wrote nothing
+    lines = [x for x in decoded(isolated, "royalty.events.v1", 100, timeout_s=5) if x["play_id"] == never["play_id"]]
+    assert lines and len({(x["rights_holder_id"], x["right_type"]) for x in lines}) == len(lines)
+
 
 def test_undecodable_plays_go_to_the_dlq_and_the_partition_moves_on(isolated: KafkaSettings) -> None:
     catalog = Catalog(isolated, works=3, segments=0)
