@@ -137,3 +137,20 @@ def test_listener_tokens_round_trip_and_refuse_what_they_must() -> None:
         TokenIssuer.from_env({"ENTRAIN_TOKEN_SIGNING_KEYS": json.dumps(public)})
     with pytest.raises(SettingsError, match="not a JWK set"):
         TokenIssuer.from_env({"ENTRAIN_TOKEN_SIGNING_KEYS": "[]"})
+
+
+def test_a_verified_token_is_remembered_until_it_expires() -> None:
+    from joserfc.jwk import KeySet
+
+    from kit.tokens import TokenIssuer, TokenVerifier, generate_key_set
+
+    private, public = generate_key_set("k")
+    token, expires = TokenIssuer(KeySet.import_key_set(private), ttl_s=600).issue("l" * 64, "FREE", "SE", "a", 1000)
+    verifier = TokenVerifier(KeySet.import_key_set(public), clock_skew_s=0, cache_size=2)
+    assert verifier.verify(token, 1100) is verifier.verify(token, 1200)  # the second answer comes from memory
+    with pytest.raises(AuthError, match="expired"):
+        verifier.verify(token, expires + 1)  # remembered or not, an expired token is refused
+    for n in range(3):  # the memory is bounded
+        verifier.verify(TokenIssuer(KeySet.import_key_set(private)).issue(str(n) * 64, "FREE", "SE", "a", 1000)[0],
+                        1100)
+    assert len(verifier._verified) == 2
