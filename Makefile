@@ -64,7 +64,7 @@ lint: venv ## ruff and mypy
 bench-kafka: topics ## producer/consumer throughput: raw confluent-kafka vs the kit
 	$(PY) bench/bench_kafka.py
 
-train: venv ## retrain the music model from the consenting demo catalog (writes services/inference/model/)
+train: venv ## retrain the music model on the opt-in demo catalog (writes services/inference/model/)
 	$(PY) -m inference.train
 
 generate: venv ## render a segment: make generate BPM=128 ENERGY=0.7 MODE=major KEY=G BARS=8 SEED=1
