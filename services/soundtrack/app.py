@@ -203,11 +203,13 @@ async def schedule() -> None:
         evict = idle_ms > EVICT_AFTER_MS and key not in _evicting
         if evict:
             _evicting.add(key)  # one tick is enough; the agent deletes the state
+        elif idle_ms <= EVICT_AFTER_MS:
+            _evicting.discard(key)  # back (or never gone): a later idle spell must evict again
         if evict or (live and stored.get("due_at", 0) <= now):  # cheap: no decoding for listeners not due
             await ticks_topic.send(key=telemetry_serde.encode_key({"listener_id": key}), value=b"",
                                    partition=stored["partition"])
     ACTIVE.set(active)
-    if len(_evicting) > 10_000:
+    if len(_evicting) > 10_000:  # keys whose state is gone already
         _evicting.intersection_update(k for k, v in listeners.items() if v)
 
 
