@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
+.PHONY: bench-ledger replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ crash-royalty: topics ## the full royalty crash test: 2 instances, 100,000 plays
 
 replay-plays: topics ## produce royalty's dead-lettered plays back to listener.plays.v1 (after their cause is fixed)
 	$(PY) -m royalty.replay
+
+bench-ledger: topics ## royalty's duplicate-play state: load time on assignment, extrapolated to a 30-day window
+	$(PY) bench/bench_ledger_load.py
 
 bench-royalty: topics ## royalty plays/s with transactions vs at-least-once, p99 commit time
 	$(PY) bench/bench_royalty.py
