@@ -48,7 +48,7 @@ from kit.http import error_handlers
 from kit.ratelimit import RateLimiter
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
-from kit.tokens import Listener
+from kit.tokens import Listener, bearer_credential
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 SERVICE = "ingest"
@@ -106,11 +106,7 @@ def create_app(settings: IngestSettings, kafka: KafkaSettings, clock: Callable[[
 
     def listener_of(request: Request) -> Listener:
         """The listener a request's token names; an API key here is refused (403)."""
-        header = request.headers.get("authorization") or ""
-        scheme, _, credential = header.partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
-            raise AuthError(401, "missing listener token: send Authorization: Bearer <token from POST /v1/tokens>")
+        credential = bearer_credential(request.headers.get("authorization"))
         if credential.count(".") != 2 and settings.keys.by_hash.get(hash_key(credential)) is not None:
             raise AuthError(403, "an API key cannot act for a listener; the app backend mints a listener token "
                                  "with POST /v1/tokens")

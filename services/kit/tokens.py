@@ -20,6 +20,7 @@ confusion are refused by construction.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 from collections import OrderedDict
@@ -169,7 +170,14 @@ class TokenIssuer:
         return jwt.encode(header, claims, self._key, algorithms=[ALGORITHM]), expires
 
 
-def _b64(part: str) -> bytes:
-    import base64
+def bearer_credential(authorization: str | None) -> str:
+    """The credential of an ``Authorization: Bearer <credential>`` header; 401 when there is none."""
+    scheme, _, credential = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise AuthError(401, "missing listener token: send Authorization: Bearer <token>; the app's backend "
+                             "mints it with POST /v1/tokens on ingest")
+    return credential.strip()
 
+
+def _b64(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))

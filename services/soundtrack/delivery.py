@@ -44,7 +44,7 @@ from kit.ratelimit import RateLimiter
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings
 from kit.store import FileStore, StoreError
-from kit.tokens import Listener, TokenVerifier
+from kit.tokens import Listener, TokenVerifier, bearer_credential
 from soundtrack.playlists import Entry, Playlists, hls_media_playlist
 
 log = structlog.get_logger()
@@ -221,12 +221,7 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
             raise HttpError(429, f"at most {limiter.rate:g} requests/s per listener; retry shortly")
 
     def listener_of(request: Request) -> Listener:
-        header = request.headers.get("authorization") or ""
-        scheme, _, credential = header.partition(" ")
-        if scheme.lower() != "bearer" or not credential.strip():
-            raise AuthError(401, "missing listener token: send Authorization: Bearer <token>; the app's backend "
-                                 "mints it with POST /v1/tokens on ingest")
-        listener = verifier.verify(credential.strip(), clock())
+        listener = verifier.verify(bearer_credential(request.headers.get("authorization")), clock())
         limit(listener.listener_id)
         same_listener(listener, request.query_params.get("user_id"))
         return listener
