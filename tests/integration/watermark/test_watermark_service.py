@@ -35,9 +35,9 @@ NEW = {"wk-old": "11" * 32, "wk-new": "22" * 32}
 
 
 def generated(store: FileStore, n: int, bars: int = 4) -> dict[str, Any]:
-    """A generated segment: 4 bars at 150 BPM (6.4 s). The clip-domain check below needs that
-    length: on 2-bar (3.2 s) segments it detected 22 of 24 random payloads here (the clip path's
-    margin shrinks with length), which would make this test fail one run in four."""
+    """A generated segment: 4 bars at 150 BPM (6.4 s). The clip-domain check below needs that length:
+    on 2-bar (3.2 s) segments a design-time check (not kept in the repo) detected 22 of 24 random
+    payloads (the clip path's margin shrinks with length), so this test failed about one run in four."""
     audio = Engine().generate(Params(150.0, 0.6, "MAJOR", 2, bars), seed=n).rendered.audio
     uri, digest = store.put(encode_wav(audio, SAMPLE_RATE, "PCM_16"), "wav")
     now = int(time.time() * 1000)
