@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 import uuid
@@ -12,6 +13,8 @@ from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
 
 HOLDERS = [f"rh-t{n}" for n in range(8)]
+LISTENERS = [hashlib.sha256(f"listener-{n}".encode()).hexdigest() for n in range(16)]
+SEGMENT_MS = 8_000
 
 
 def work_record(n: int) -> dict[str, Any]:
@@ -23,12 +26,12 @@ def work_record(n: int) -> dict[str, Any]:
                        {"rights_holder_id": c, "right_type": "RECORDING", "share_ppm": 299_999}]}
 
 
-def segment_record(segment_id: str, works: list[tuple[str, int]]) -> dict[str, Any]:
+def segment_record(segment_id: str, works: list[tuple[str, int]], listener: str = LISTENERS[0]) -> dict[str, Any]:
     return {
-        "segment_id": segment_id, "request_id": "r", "listener_id": "l" * 64, "session_id": "s", "sequence": 0,
+        "segment_id": segment_id, "request_id": "r", "listener_id": listener, "session_id": "s", "sequence": 0,
         "params": {"tempo_bpm": 120.0, "energy": 0.5, "mode": "MAJOR", "key_tonic": 0, "bars": 4},
         "audio": {"uri": "file:///x", "sha256": "0" * 64, "format": "WAV", "sample_rate_hz": 44100, "channels": 2,
-                  "duration_ms": 8000},
+                  "duration_ms": SEGMENT_MS},
         "provenance": {"model_id": "m", "model_version": "1", "training_manifest_sha256": "0" * 64, "seed": 1,
                        "influences": [{"work_id": w, "weight_ppm": p} for w, p in works]},
         "generated_at": 0, "deadline": 0, "source_sha256": "0" * 64,
@@ -44,20 +47,23 @@ def consent_record(holder: str, generation: bool, effective_from: int, work_id: 
 
 def play_record(play_id: str, segment_id: str | None, started_at: int, *, work_id: str | None = None,
                 ms_played: int = 45_000, territory: str = "DE", tier: str = "PREMIUM",
-                fraud: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {"play_id": play_id, "listener_id": "l" * 64, "content_kind": "AI_SEGMENT" if segment_id else "CATALOG_WORK",
+                fraud: tuple[str, ...] = (), listener: str = LISTENERS[0]) -> dict[str, Any]:
+    """A play; by default of LISTENERS[0], to whom seg-0 (and every add_segment) was delivered."""
+    return {"play_id": play_id, "listener_id": listener, "content_kind": "AI_SEGMENT" if segment_id else "CATALOG_WORK",
             "segment_id": segment_id, "work_id": work_id, "started_at": started_at, "ms_played": ms_played,
             "completed": True, "territory": territory, "subscription_tier": tier, "fraud_flags": list(fraud),
             "received_time": started_at + ms_played}
 
 
 class Catalog:
-    """Publishes works, consent and segments for ``works`` works and ``segments`` segments."""
+    """Publishes works, consent and segments for ``works`` works and ``segments`` segments
+    (segment n delivered to LISTENERS[n % 16])."""
 
     def __init__(self, kafka: KafkaSettings, works: int = 12, segments: int = 50, seed: int = 7) -> None:
         self.kafka, self.producer = kafka, Producer(kafka, "test")
         self.rng = random.Random(seed)
         self.segments: dict[str, list[tuple[str, int]]] = {}
+        self.listener_of: dict[str, str] = {}
         self.published: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
         for n in range(works):
             self.produce("catalog.works.v1", {"work_id": f"wk-{n}"}, work_record(n))
@@ -67,29 +73,37 @@ class Catalog:
         for s in range(segments):
             chosen = self.rng.sample(range(works), 3)
             weights = [500_000, 300_000, 200_000]
-            self.add_segment(f"seg-{s}", [(f"wk-{w}", weights[i]) for i, w in enumerate(chosen)])
+            self.add_segment(f"seg-{s}", [(f"wk-{w}", weights[i]) for i, w in enumerate(chosen)],
+                             LISTENERS[s % len(LISTENERS)])
         assert self.producer.flush(30) == 0
 
     def produce(self, topic: str, key: dict[str, Any], value: dict[str, Any] | None) -> None:
         self.producer.produce(TopicSerde.for_topic(topic, self.kafka), key, value)
         self.published.append((topic, key, value))
 
-    def add_segment(self, segment_id: str, works: list[tuple[str, int]]) -> None:
+    def add_segment(self, segment_id: str, works: list[tuple[str, int]], listener: str = LISTENERS[0]) -> None:
         self.segments[segment_id] = works
-        self.produce("soundtrack.segments.v1", {"listener_id": "l" * 64}, segment_record(segment_id, works))
+        self.listener_of[segment_id] = listener
+        self.produce("soundtrack.segments.v1", {"listener_id": listener}, segment_record(segment_id, works, listener))
 
     def plays(self, n: int, started_at: int | None = None) -> list[dict[str, Any]]:
+        """Plays as listeners make them: each of a segment delivered to its listener, heard to the end,
+        one after the other on that listener's clock (so no two of a listener's plays overlap)."""
         start = started_at or int(time.time() * 1000) - 3_600_000
+        clock: dict[str, int] = {}
         out = []
-        for i in range(n):
+        for _ in range(n):
             segment = self.rng.choice(list(self.segments))
-            out.append(play_record(str(uuid.uuid4()), segment, start + i))
+            listener = self.listener_of[segment]
+            at = clock.get(listener, start)
+            clock[listener] = at + SEGMENT_MS
+            out.append(play_record(str(uuid.uuid4()), segment, at, listener=listener))
         return out
 
     def send_plays(self, plays: list[dict[str, Any]], producer: Producer | None = None) -> None:
         producer = producer or self.producer
         serde = TopicSerde.for_topic("listener.plays.v1", self.kafka)
         for play in plays:
-            producer.produce(serde, {"listener_id": play["play_id"][:8]}, play)
+            producer.produce(serde, {"listener_id": play["listener_id"]}, play)  # keyed by listener, as ingest does
             producer.poll(0)
         assert producer.flush(60) == 0

@@ -1,4 +1,10 @@
-"""The rate card: what one eligible play pays, per right type, by territory, tier and date."""
+"""The rate card: what a use of music pays, per right type, by territory, tier, date and usage.
+
+A ``Rate`` (one entry of the card) holds one ``Tariff`` per usage (``CATALOG_WORK``,
+``AI_SEGMENT``, ...): micro-units per right type, charged per play or per minute heard.
+``Rate.amounts`` turns a usage and its measure into whole micro-units per right type;
+per-minute amounts are rounded without bias (``royalty.money.scale``) and seeded by the play,
+so the royalty service and a statement's reconciliation compute the same figure."""
 
 from __future__ import annotations
 
@@ -9,7 +15,10 @@ from typing import Any
 
 import yaml
 
+from royalty.money import scale
+
 RIGHT_TYPES = ("COMPOSITION", "RECORDING")
+UNITS = {"play": None, "minute": 60_000}  # unit -> milliseconds per unit (None: a flat amount per play)
 DEFAULT_RATE_CARD = Path(__file__).with_name("rate_card.yaml")
 
 
@@ -22,17 +31,36 @@ class RateCardMissing(LookupError):
 
 
 @dataclass(frozen=True)
+class Tariff:
+    per: str  # a key of UNITS
+    micros: tuple[tuple[str, int], ...]  # (right type, micros per unit), in RIGHT_TYPES order
+
+
+@dataclass(frozen=True)
 class Rate:
     id: str
     territories: frozenset[str]
     tiers: frozenset[str]
     currency: str
     effective_from_ms: int
-    per_play_micros: tuple[tuple[str, int], ...]  # (right type, micros), in RIGHT_TYPES order
+    tariffs: tuple[tuple[str, Tariff], ...]  # (usage, tariff)
 
-    @property
-    def total_micros(self) -> int:
-        return sum(amount for _, amount in self.per_play_micros)
+    def tariff(self, usage: str) -> Tariff:
+        for name, tariff in self.tariffs:
+            if name == usage:
+                return tariff
+        raise RateCardMissing(f"rate {self.id} has no tariff for {usage}")
+
+    def amounts(self, usage: str, paid_ms: int, seed: str) -> tuple[tuple[str, int], ...]:
+        """(right type, micro-units) for one use: a flat amount per play, or pro rata to ``paid_ms``."""
+        tariff = self.tariff(usage)
+        unit_ms = UNITS[tariff.per]
+        if unit_ms is None:
+            return tariff.micros
+        return tuple((rt, scale(micros, paid_ms, unit_ms, f"{seed}/{rt}")) for rt, micros in tariff.micros)
+
+    def total_micros(self, usage: str, paid_ms: int, seed: str) -> int:
+        return sum(amount for _, amount in self.amounts(usage, paid_ms, seed))
 
 
 @dataclass(frozen=True)
@@ -63,11 +91,10 @@ class RateCard:
         for n, entry in enumerate(raw["entries"]):
             where = f"{source}: entry {n} ({entry.get('id', '?') if isinstance(entry, dict) else '?'})"
             try:
-                amounts = entry["per_play_micros"]
-                if set(amounts) != set(RIGHT_TYPES):
-                    raise RateCardError(f"{where}: per_play_micros needs exactly {RIGHT_TYPES}")
-                if not all(isinstance(a, int) and not isinstance(a, bool) and a >= 0 for a in amounts.values()):
-                    raise RateCardError(f"{where}: amounts must be non-negative integers (micro-units)")
+                if not isinstance(entry["tariffs"], dict) or not entry["tariffs"]:
+                    raise RateCardError(f"{where}: tariffs must map usages to {{per, micros}}")
+                tariffs = tuple((str(usage), parse_tariff(tariff, f"{where}, tariff {usage}"))
+                                for usage, tariff in sorted(entry["tariffs"].items()))
                 currency = entry["currency"]
                 if not (isinstance(currency, str) and len(currency) == 3 and currency.isupper()):
                     raise RateCardError(f"{where}: currency must be an ISO 4217 code like EUR")
@@ -78,7 +105,7 @@ class RateCard:
                     id=str(entry["id"]), territories=frozenset(entry["territories"]),
                     tiers=frozenset(entry["tiers"]), currency=currency,
                     effective_from_ms=int(effective.timestamp() * 1000),
-                    per_play_micros=tuple((rt, amounts[rt]) for rt in RIGHT_TYPES),
+                    tariffs=tariffs,
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 if isinstance(exc, RateCardError):
@@ -89,3 +116,16 @@ class RateCard:
             ids.add(rate.id)
             rates.append(rate)
         return cls(tuple(rates))
+
+
+def parse_tariff(raw: Any, where: str) -> Tariff:
+    if not isinstance(raw, dict) or set(raw) != {"per", "micros"}:
+        raise RateCardError(f"{where}: needs exactly 'per' and 'micros'")
+    if raw["per"] not in UNITS:
+        raise RateCardError(f"{where}: per must be one of {sorted(UNITS)}, not {raw['per']!r}")
+    amounts = raw["micros"]
+    if not isinstance(amounts, dict) or set(amounts) != set(RIGHT_TYPES):
+        raise RateCardError(f"{where}: micros needs exactly {RIGHT_TYPES}")
+    if not all(isinstance(a, int) and not isinstance(a, bool) and a >= 0 for a in amounts.values()):
+        raise RateCardError(f"{where}: amounts must be non-negative integers (micro-units)")
+    return Tariff(raw["per"], tuple((rt, amounts[rt]) for rt in RIGHT_TYPES))

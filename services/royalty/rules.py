@@ -1,25 +1,32 @@
 """The royalty rules: a play in, royalty lines (or a reason for none) out. Pure.
 
-For an eligible play priced at A_rt micro-units per right type rt (rate card):
+A play is priced by the rate card entry for its territory, tier and start time, and by the
+tariff for its usage (``royalty.rates``): a catalog play pays the per-play amount A_rt per
+right type rt; an AI-segment play pays the per-minute amount times its **paid time**:
 
-* **AI segment** — A_rt is split across the segment's influencing works by their
+    heard = min(ms_played, segment duration)
+    paid  = the part of [started_at, started_at + heard) that no earlier paid play of the
+            same listener covers (``royalty.history``: a listener's paid time never overlaps)
+
+* **AI segment** — the amount is split across the segment's influencing works by their
   influence weights, after removing every work with a rights holder who had not
   granted AI-generation consent at play time (``kit.consent``: opt-in, no record
   means no consent); the remaining weights are renormalised by the split itself.
-* **Catalog work** — the whole A_rt goes to the work.
-* Each work's part of A_rt is split across the work's rights holders for rt by
-  their shares (ppm).
+* **Catalog work** — the whole amount goes to the work.
+* Each work's part is split across the work's rights holders for rt by their shares (ppm).
 
-Both splits use largest remainder seeded by the play id, so every play's lines
-sum exactly to its rate and each payee is within one micro-unit of its exact
-share. Lines are aggregated per (rights holder, right type) with a per-work
-breakdown, and carry a deterministic event id.
+Every rounding (per-minute amount, work split, holder split) is the unbiased systematic
+rounding of ``royalty.money`` seeded by the play id: every play's lines sum exactly to its
+amount, each payee is within one micro-unit of its exact share, and over many plays each
+payee's mean is its exact share, however small. Lines are aggregated per (rights holder,
+right type) with a per-work breakdown, and carry a deterministic event id.
 
-Ineligible plays pay nothing: shorter than 30 s, fraud-flagged, a play id seen
-before, or no consenting influence left. An AI-segment play pays only for a segment
-that was delivered to that same listener (``not_delivered_to_listener``) and, when it
-claims ``completed``, only if ``ms_played`` covers the segment to within
-``HEARD_SLACK_MS`` (``not_heard``).
+Ineligible plays pay nothing (the reason is a metric label and a ledger field): a play id
+decided before (``duplicate_play``), fraud-flagged, a catalog play under 30 s
+(``short_play``), an AI segment not delivered to that listener
+(``not_delivered_to_listener``), with nothing heard or claimed ``completed`` with
+``ms_played`` short of the segment by more than ``HEARD_SLACK_MS`` (``not_heard``), whose
+time was already paid (``overlaps_paid_time``), or with no consenting influence left.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kit.consent import ConsentHistory
-from royalty.money import split_by_largest_remainder
+from royalty.history import PlayHistory
+from royalty.money import split
 from royalty.rates import RIGHT_TYPES, Rate, RateCard
 
 MIN_PLAY_MS = 30_000
@@ -125,6 +133,12 @@ class Line:
 class Paid:
     rate: Rate
     lines: tuple[Line, ...]
+    heard_ms: int = 0  # AI segments: the time heard and the part of it paid (time-priced)
+    paid_ms: int = 0
+
+    @property
+    def total_micros(self) -> int:
+        return sum(line.amount_micros for line in self.lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,25 +169,27 @@ def decide(
     works: Mapping[str, WorkShares],
     segments: Mapping[str, SegmentFacts],
     consent: ConsentHistory,
-    seen_before: bool,
+    history: PlayHistory,
 ) -> Decision:
-    """What a play pays. Raises RateCardMissing when no rate prices it."""
-    if seen_before:
+    """What a play pays, given what was decided before it. Raises RateCardMissing when no rate prices it."""
+    if history.seen(play.play_id):
         return Unpaid("duplicate_play")
     if play.fraud_flags:
         return Unpaid("fraud_flagged")
-    if play.ms_played < MIN_PLAY_MS and not (play.content_kind == "AI_SEGMENT" and play.completed):
-        return Unpaid("short_play")  # AI segments are a few seconds by design: heard to the end counts
     rate = rates.price(play.territory, play.subscription_tier, play.started_at)
-
+    heard_ms = paid_ms = 0
     if play.content_kind == "AI_SEGMENT":
         segment = segments.get(play.segment_id or "")
         if segment is None:
             return Waiting("segment_provenance_unknown")
         if segment.listener_id != play.listener_id:
             return Unpaid("not_delivered_to_listener")
-        if play.completed and play.ms_played < segment.duration_ms - HEARD_SLACK_MS:
+        heard_ms = min(play.ms_played, segment.duration_ms)
+        if heard_ms <= 0 or (play.completed and play.ms_played < segment.duration_ms - HEARD_SLACK_MS):
             return Unpaid("not_heard")
+        paid_ms = history.unpaid_ms(play.listener_id, play.started_at, play.started_at + heard_ms)
+        if paid_ms <= 0:
+            return Unpaid("overlaps_paid_time")
         influences = segment.influences
         if any(work not in works for work, _ in influences):
             return Waiting("influencing_work_unknown")
@@ -184,26 +200,37 @@ def decide(
         if not weights:
             return Unpaid("no_consenting_influence")
     else:
+        if play.ms_played < MIN_PLAY_MS:
+            return Unpaid("short_play")
         if play.work_id is None or play.work_id not in works:
             return Waiting("work_unknown")
         weights = {play.work_id: PPM}
 
     amounts: dict[tuple[str, str], dict[str, int]] = {}
-    for right_type, amount in rate.per_play_micros:
-        per_work = split_by_largest_remainder(amount, weights, seed=f"{play.play_id}/{right_type}")
+    for right_type, amount in rate.amounts(play.content_kind, paid_ms, seed=play.play_id):
+        per_work = split(amount, weights, seed=f"{play.play_id}/{right_type}")
         for work, work_amount in per_work.items():
             holders = dict(works[work].by_right[right_type])
-            per_holder = split_by_largest_remainder(work_amount, holders, seed=f"{play.play_id}/{right_type}/{work}")
+            per_holder = split(work_amount, holders, seed=f"{play.play_id}/{right_type}/{work}")
             for holder, part in per_holder.items():
                 breakdown = amounts.setdefault((holder, right_type), {})
                 breakdown[work] = breakdown.get(work, 0) + part
     lines = tuple(
         Line(event_id(play.play_id, holder, right_type), holder, right_type, sum(by_work.values()),
-             tuple(sorted(by_work.items())))
+             tuple((w, a) for w, a in sorted(by_work.items()) if a > 0))
         for (holder, right_type), by_work in sorted(amounts.items())
         if sum(by_work.values()) > 0  # a share that rounds to nothing is not a line
     )
-    return Paid(rate, lines)
+    return Paid(rate, lines, heard_ms, paid_ms)
+
+
+def remember(history: PlayHistory, play: Play, decision: Decision, partition: int) -> None:
+    """Fold a decided play into the history (what its ledger entry says, once committed)."""
+    if isinstance(decision, Waiting) or decision == Unpaid("duplicate_play"):
+        return
+    history.decided(play.play_id, partition)
+    if isinstance(decision, Paid) and decision.heard_ms:
+        history.paid(play.listener_id, play.started_at, play.started_at + decision.heard_ms, partition)
 
 
 def line_record(play: Play, paid: Paid, line: Line, computed_at: int) -> dict[str, Any]:

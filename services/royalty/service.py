@@ -7,7 +7,7 @@ one transaction holding: every royalty line, one ledger entry per processed play
 the plays), any dead letters, and the consumer offsets
 (``send_offsets_to_transaction``). Either all of it becomes visible or none of it.
 
-* Abortable error: abort, roll back the in-memory ledger additions, rewind every
+* Abortable error: abort, roll back the batch's additions to the play history, rewind every
   assigned partition to its committed offset, continue.
 * Fatal error (e.g. fenced by a newer instance with the same transactional id):
   raise; the process exits and its supervisor restarts it.
@@ -44,8 +44,9 @@ from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings, group_membership
 from royalty import reference_check
 from royalty.rates import DEFAULT_RATE_CARD, RateCard, RateCardMissing
-from royalty.rules import Paid, Play, Unpaid, Waiting, decide, line_record
-from royalty.tables import ReferenceTables, TableFeed
+from royalty.history import PlayHistory
+from royalty.rules import Paid, Play, Unpaid, Waiting, decide, line_record, remember
+from royalty.tables import PLAY_HORIZON_MS, SWEEP_EVERY, ReferenceTables, TableFeed
 
 log = structlog.get_logger()
 SERVICE = "royalty"
@@ -66,6 +67,8 @@ TRANSACTIONS = Counter("entrain_royalty_transactions_total", "Transactions by re
 COMMIT_SECONDS = Histogram("entrain_royalty_commit_seconds", "Time to commit one transaction.",
                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 STALLS = Counter("entrain_royalty_stalls_total", "Steps that outlived their limit (the process exits and restarts).")
+PAID_SECONDS = Counter("entrain_royalty_ai_paid_seconds_total",
+                       "Listening time of AI segments paid (the per-minute tariff's measure).")
 WAITING = Gauge("entrain_royalty_waiting_partitions", "Play partitions paused waiting for inputs.")
 
 
@@ -145,7 +148,6 @@ class LoopStats:
 class _Batch:
     next_offsets: dict[int, int] = field(default_factory=dict)
     blocked: dict[int, int] = field(default_factory=dict)
-    ledger_added: list[str] = field(default_factory=list)
 
 
 class RoyaltyProcessor:
@@ -156,7 +158,8 @@ class RoyaltyProcessor:
         self.dlq_topic = kafka.topic(PLAYS + ".dlq")
         self.tables = ReferenceTables()
         self.feed = TableFeed(kafka, self.tables)
-        self.ledger: dict[str, int] = {}  # play id -> plays partition, for the assigned partitions
+        self.history = PlayHistory()  # decided play ids and paid time, for the assigned partitions
+        self._decided = 0
         self._waiting_since: dict[tuple[int, int], float] = {}
         self._paused_until: dict[int, float] = {}
         self._stalled_since: float | None = None
@@ -241,7 +244,7 @@ class RoyaltyProcessor:
                 _, partition, offset = source_of(msg)
                 if partition in batch.blocked:
                     continue
-                if self._handle(msg, batch):
+                if self._handle(msg):
                     batch.next_offsets[partition] = offset + 1
                 else:
                     batch.blocked[partition] = offset
@@ -256,6 +259,8 @@ class RoyaltyProcessor:
                 self.producer.flush(30)
                 self.consumer.commit(offsets=offsets, asynchronous=False)
             commit_s = time.perf_counter() - started
+            self.history.commit()
+            self._sweep_paid_time(len(messages))
             COMMIT_SECONDS.observe(commit_s)
             TRANSACTIONS.labels("committed").inc()
             self.stats.commit_ms.append(commit_s * 1000)
@@ -267,7 +272,7 @@ class RoyaltyProcessor:
             error = exc.args[0]
             if not transactional or not error.txn_requires_abort():
                 raise  # fatal (fenced, misconfigured): exit and be restarted
-            self._abort(batch, error)
+            self._abort(error)
             return
         for partition, offset in batch.blocked.items():
             tp = TopicPartition(self.plays_topic, partition, offset)
@@ -276,17 +281,22 @@ class RoyaltyProcessor:
             self._paused_until[partition] = time.monotonic() + self.settings.wait_retry_s
         WAITING.set(len(self._paused_until))
 
-    def _abort(self, batch: _Batch, error: KafkaError) -> None:
+    def _abort(self, error: KafkaError) -> None:
         log.warning("transaction_aborted", error=str(error))
         self.producer.abort_transaction(30)
         TRANSACTIONS.labels("aborted").inc()
         self.stats.aborts += 1
-        for play_id in batch.ledger_added:
-            self.ledger.pop(play_id, None)
+        self.history.rollback()
         assignment = self.consumer.assignment()
         for tp in self.consumer.committed(assignment, timeout=30):
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _sweep_paid_time(self, processed: int) -> None:
+        """Every SWEEP_EVERY plays, forget paid time older than the play horizon (plus a day of slack)."""
+        before, self._decided = self._decided, self._decided + processed
+        if before // SWEEP_EVERY != self._decided // SWEEP_EVERY:
+            self.history.drop_paid_before(int(time.time() * 1000) - PLAY_HORIZON_MS - 86_400_000)
 
     def _resume_due(self) -> None:
         now = time.monotonic()
@@ -299,7 +309,7 @@ class RoyaltyProcessor:
 
     # -- one play ----------------------------------------------------------------------
 
-    def _handle(self, msg: Message, batch: _Batch) -> bool:
+    def _handle(self, msg: Message) -> bool:
         """Produce what one play yields into the open transaction; False if it must wait."""
         RECORDS_CONSUMED.labels(SERVICE, self.plays_topic).inc()
         serde = self.serdes[PLAYS]
@@ -309,13 +319,13 @@ class RoyaltyProcessor:
             if value is None:
                 raise DecodeError("play record is a tombstone")
         except DecodeError as exc:
-            self._dead_letter(msg, "undecodable", str(exc), None, batch)
+            self._dead_letter(msg, "undecodable", str(exc), None)
             return True
         play = Play.from_record(value)
         try:
             decision = self._decide(play)
         except RateCardMissing as exc:
-            self._dead_letter(msg, "invalid", str(exc), play, batch)
+            self._dead_letter(msg, "invalid", str(exc), play)
             return True
         if isinstance(decision, Waiting):
             self.feed.drain(max_s=0.5)  # the input may just have arrived
@@ -327,7 +337,7 @@ class RoyaltyProcessor:
                 return False
             del self._waiting_since[key]
             self._dead_letter(msg, "invalid", f"{decision.reason} after waiting {self.settings.max_wait_s:.0f}s",
-                              play, batch)
+                              play)
             return True
         self._waiting_since.pop(source_of(msg)[1:], None)
         now = int(time.time() * 1000)
@@ -336,49 +346,49 @@ class RoyaltyProcessor:
             for line in decision.lines:
                 self.producer.produce(events.topic, key=events.encode_key({"rights_holder_id": line.rights_holder_id}),
                                       value=events.encode_value(line_record(play, decision, line, now)))
-            self._record(msg, play, batch, "PAID", None, decision)
+            self._record(msg, play, "PAID", None, decision)
         elif isinstance(decision, Unpaid):
             log.info("play_not_paid", play_id=play.play_id, reason=decision.reason)
             if decision.reason != "duplicate_play":  # the first entry for this play id stays the ledger's
-                self._record(msg, play, batch, "UNPAID", decision.reason, None)
+                self._record(msg, play, "UNPAID", decision.reason, None)
             else:
                 PLAYS_PROCESSED.labels("UNPAID", decision.reason).inc()
+        remember(self.history, play, decision, source_of(msg)[1])
         self.producer.poll(0)
         return True
 
     def _decide(self, play: Play) -> Paid | Unpaid | Waiting:
-        return decide(play, self.rates, self.tables.works, self.tables.segments, self.tables.consent,
-                      seen_before=play.play_id in self.ledger)
+        return decide(play, self.rates, self.tables.works, self.tables.segments, self.tables.consent, self.history)
 
-    def _record(self, msg: Message, play: Play, batch: _Batch, outcome: str, reason: str | None,
-                paid: Paid | None) -> None:
+    def _record(self, msg: Message, play: Play, outcome: str, reason: str | None, paid: Paid | None) -> None:
         ledger = self.serdes[LEDGER]
         _, partition, offset = source_of(msg)
-        total = sum(line.amount_micros for line in paid.lines) if paid else 0
+        total = paid.total_micros if paid else 0
+        timed = paid is not None and play.content_kind == "AI_SEGMENT"
         entry = {
             "play_id": play.play_id, "outcome": outcome, "reason": reason, "source_partition": partition,
             "source_offset": offset, "total_micros": total,
             "currency": paid.rate.currency if paid else None, "rate_card_id": paid.rate.id if paid else None,
             "line_count": len(paid.lines) if paid else 0, "play_started_at": play.started_at,
-            "processed_at": int(time.time() * 1000),
+            "processed_at": int(time.time() * 1000), "segment_id": play.segment_id,
+            "heard_ms": paid.heard_ms if timed else None, "paid_ms": paid.paid_ms if timed else None,
         }
         self.producer.produce(ledger.topic, key=ledger.encode_key({"play_id": play.play_id}),
                               value=ledger.encode_value(entry), partition=partition)
         if paid is not None:
             AMOUNT.labels(paid.rate.currency).inc(total)
-        if outcome != "DEAD_LETTERED":  # a dead letter may be replayed: it is not a decided play
-            self.ledger[play.play_id] = partition
-            batch.ledger_added.append(play.play_id)
+            if timed:
+                PAID_SECONDS.inc(paid.paid_ms / 1000)
         PLAYS_PROCESSED.labels(outcome, reason or "").inc()
 
-    def _dead_letter(self, msg: Message, reason_class: str, reason: str, play: Play | None, batch: _Batch) -> None:
+    def _dead_letter(self, msg: Message, reason_class: str, reason: str, play: Play | None) -> None:
         topic, partition, offset = source_of(msg)
         headers = dlq_headers(topic, partition, offset, SERVICE, reason_class, reason)
         self.producer.produce(self.dlq_topic, key=msg.key(), value=msg.value(), headers=headers)
         RECORDS_DEAD_LETTERED.labels(SERVICE, topic, reason_class).inc()
         log.warning("play_dead_lettered", partition=partition, offset=offset, reason=reason)
         if play is not None:
-            self._record(msg, play, batch, "DEAD_LETTERED", reason, None)
+            self._record(msg, play, "DEAD_LETTERED", reason, None)
         else:
             PLAYS_PROCESSED.labels("DEAD_LETTERED", reason_class).inc()
 
@@ -421,7 +431,7 @@ class RoyaltyProcessor:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {tp.partition for tp in partitions}
-        self.ledger = {play: p for play, p in self.ledger.items() if p not in revoked}
+        self.history.drop_partitions(revoked)
         for p in revoked:
             self._paused_until.pop(p, None)
         self._waiting_since = {k: v for k, v in self._waiting_since.items() if k[0] not in revoked}
@@ -446,12 +456,21 @@ class RoyaltyProcessor:
                     continue
                 entry = serde.decode_value(msg.value())
                 if entry is not None and entry["outcome"] != "DEAD_LETTERED":
-                    self.ledger[entry["play_id"]] = source_of(msg)[1]
+                    self._load_entry(entry, source_of(msg)[1])
                     loaded += 1
         reader.close()
+        self.history.commit()
         if len(at_end) < len(partitions):
             raise TimeoutError("play ledger did not load within 300s")
         return loaded
+
+    def _load_entry(self, entry: dict[str, Any], partition: int) -> None:
+        """A decided play back into the history; a paid AI segment's time is the segment's listener's."""
+        self.history.decided(entry["play_id"], partition)
+        segment = self.tables.segments.get(entry.get("segment_id") or "")
+        if entry.get("heard_ms") and segment is not None:
+            start = entry["play_started_at"]
+            self.history.paid(segment.listener_id, start, start + entry["heard_ms"], partition)
 
 
 def main() -> None:

@@ -14,7 +14,9 @@ the period (UTC), and writes one tab-separated report per rights holder and curr
 Amounts are exact: integer micro-units and the same as a decimal string. The
 reconciliation proves, per currency: detail = summary = footer for every report;
 the reports' total = the lines' total = the ledger's PAID total = the sum of the
-rate-card amounts of the paid plays; and every paid play's lines sum to its rate.
+rate-card amounts of the paid plays (a catalog play's per-play amount; an AI segment's
+per-minute amount times its ledgered ``paid_ms``, rounded as royalty rounds it); and every
+paid play's lines sum to its ledger total.
 """
 
 from __future__ import annotations
@@ -136,6 +138,13 @@ class Report:
                                       f"summary {self.total}")
 
 
+def measure(entry: dict[str, Any]) -> tuple[str, int, str]:
+    """(usage, paid milliseconds, seed) of a PAID ledger entry, to price it again from the rate card."""
+    if entry.get("segment_id") is not None:
+        return "AI_SEGMENT", entry["paid_ms"], entry["play_id"]
+    return "CATALOG_WORK", 0, entry["play_id"]
+
+
 def build(lines: list[dict[str, Any]], ledger: list[dict[str, Any]], rates: RateCard, start_ms: int,
           end_ms: int) -> tuple[dict[tuple[str, str], Report], dict[str, Any]]:
     """Reports per (rights holder, currency) and the reconciliation figures. Pure."""
@@ -160,7 +169,7 @@ def build(lines: list[dict[str, Any]], ledger: list[dict[str, Any]], rates: Rate
         reports_total = sum(r.total for (_, c), r in reports.items() if c == currency)
         lines_total = sum(x["amount_micros"] for x in in_period if x["currency"] == currency)
         ledger_total = sum(e["total_micros"] for e in paid.values() if e["currency"] == currency)
-        rates_total = sum(rate_by_id[e["rate_card_id"]].total_micros for e in paid.values()
+        rates_total = sum(rate_by_id[e["rate_card_id"]].total_micros(*measure(e)) for e in paid.values()
                           if e["currency"] == currency)
         figures["currencies"][currency] = {
             "reports_micros": reports_total, "lines_micros": lines_total, "ledger_paid_micros": ledger_total,

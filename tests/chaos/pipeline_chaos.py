@@ -64,8 +64,9 @@ from kit.auth import Pseudonymizer
 from kit.serde import TopicSerde
 from kit.settings import STATE_DIR, KafkaSettings
 from kit.topics import delete_prefixed_topics, ensure_topics
-from royalty.rates import RateCard
-from royalty.rules import Paid, Play, decide
+from royalty.rates import RateCard, RateCardMissing
+from royalty.history import PlayHistory
+from royalty.rules import Paid, Play, decide, remember
 from royalty.statement import build
 from royalty.tables import CONSENT, SEGMENTS, WORKS, ReferenceTables
 from soundtrack.schedule import segment_id
@@ -536,13 +537,18 @@ def check_royalty(kafka: KafkaSettings, acked: Acked, began_ms: int, timeout_s: 
                 tables.apply(logical, key, value, msg.timestamp()[1])
             except (ValueError, KeyError):
                 continue  # an injected bad record: royalty skips it too
-    rates, seen, expected = RateCard.load(), set(), {}
-    for _, _, value in decode_all(kafka, "listener.plays.v1"):  # in topic order: the first of a play id counts
-        if value is None or value["play_id"] not in acked.plays:
+    rates, history, expected = RateCard.load(), PlayHistory(), {}
+    for msg, _, value in decode_all(kafka, "listener.plays.v1"):  # in topic order: the first of a play id counts
+        if value is None:
             continue
         play = Play.from_record(value)
-        decision = decide(play, rates, tables.works, tables.segments, tables.consent, play.play_id in seen)
-        seen.add(play.play_id)
+        try:
+            decision = decide(play, rates, tables.works, tables.segments, tables.consent, history)
+        except RateCardMissing:
+            continue  # an injected play no rate prices: dead-lettered
+        remember(history, play, decision, msg.partition())  # unacknowledged plays count too: royalty saw them
+        if value["play_id"] not in acked.plays:
+            continue
         if isinstance(decision, Paid):
             for line in decision.lines:
                 expected[(play.play_id, line.rights_holder_id, line.right_type)] = line.amount_micros

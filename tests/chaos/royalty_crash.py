@@ -37,7 +37,8 @@ from kit.serde import TopicSerde
 from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
 from kit.topics import delete_prefixed_topics, ensure_topics
 from royalty.rates import RateCard
-from royalty.rules import Paid, Play, decide
+from royalty.history import PlayHistory
+from royalty.rules import Paid, Play, decide, remember
 from royalty.tables import ReferenceTables
 from tests.royalty_fixtures import Catalog
 
@@ -52,12 +53,11 @@ def expected_lines(catalog: Catalog, plays: list[dict[str, Any]]) -> dict[tuple[
     tables = ReferenceTables()
     for topic, key, value in catalog.published:
         tables.apply(topic, key, value, 0)
-    rates, seen, out = RateCard.load(), set(), {}
+    rates, history, out = RateCard.load(), PlayHistory(), {}
     for value in plays:
         play = Play.from_record(value)
-        decision = decide(play, rates, tables.works, tables.segments, tables.consent, play.play_id in seen)
-        if play.play_id not in seen:
-            seen.add(play.play_id)
+        decision = decide(play, rates, tables.works, tables.segments, tables.consent, history)
+        remember(history, play, decision, partition=0)
         if isinstance(decision, Paid):
             for line in decision.lines:
                 out[(play.play_id, line.rights_holder_id, line.right_type)] = line.amount_micros

@@ -36,16 +36,21 @@ def test_plays_become_exact_lines_and_ledger_entries(isolated: KafkaSettings) ->
     catalog = Catalog(isolated)
     now = int(time.time() * 1000) - 60_000
     plays = catalog.plays(40, now)
-    short = {**play_record(str(uuid.uuid4()), "seg-0", now, ms_played=10_000), "completed": False}  # skipped away
-    flagged = play_record(str(uuid.uuid4()), "seg-0", now, fraud=("played_longer_than_elapsed",))
+    skipped = {**play_record(str(uuid.uuid4()), "seg-0", now - 600_000, ms_played=1_500), "completed": False}
+    flagged = play_record(str(uuid.uuid4()), "seg-0", now - 500_000, fraud=("played_longer_than_elapsed",))
+    parallel = {**plays[0], "play_id": str(uuid.uuid4())}  # the same seconds again under another play id
     catalog_play = play_record(str(uuid.uuid4()), None, now, work_id="wk-3", territory="US", tier="FREE")
-    catalog.send_plays([*plays, short, flagged, catalog_play, plays[0]])  # plays[0] again: a repeated play id
+    short = play_record(str(uuid.uuid4()), None, now, work_id="wk-3", ms_played=10_000)
+    catalog.send_plays([*plays, skipped, flagged, parallel, catalog_play, short, plays[0]])  # plays[0]: a repeat
     run_royalty(isolated)
 
-    ledger = {e["play_id"]: e for e in decoded(isolated, "royalty.play-ledger.v1", 43)}
-    assert len(ledger) == 43
+    ledger = {e["play_id"]: e for e in decoded(isolated, "royalty.play-ledger.v1", 45)}
+    assert len(ledger) == 45
     assert ledger[short["play_id"]]["outcome"] == "UNPAID" and ledger[short["play_id"]]["reason"] == "short_play"
     assert ledger[flagged["play_id"]]["reason"] == "fraud_flagged"
+    assert ledger[parallel["play_id"]]["reason"] == "overlaps_paid_time"
+    assert ledger[skipped["play_id"]]["outcome"] == "PAID"  # skipped after 1.5 s: 1.5 s is paid
+    assert (ledger[skipped["play_id"]]["heard_ms"], ledger[skipped["play_id"]]["paid_ms"]) == (1_500, 1_500)
     assert ledger[plays[0]["play_id"]]["outcome"] == "PAID"  # the repeat did not overwrite the first entry
 
     lines = decoded(isolated, "royalty.events.v1", 10_000, timeout_s=8)
@@ -54,10 +59,16 @@ def test_plays_become_exact_lines_and_ledger_entries(isolated: KafkaSettings) ->
         per_play[line["play_id"]] += line["amount_micros"]
         assert sum(w["amount_micros"] for w in line["works"]) == line["amount_micros"]
     assert len({(x["play_id"], x["rights_holder_id"], x["right_type"]) for x in lines}) == len(lines)
-    for play in plays:
-        assert per_play[play["play_id"]] == 4000 == ledger[play["play_id"]]["total_micros"]  # EUR premium rate
-    assert per_play[catalog_play["play_id"]] == 1100  # US free
-    assert short["play_id"] not in per_play and flagged["play_id"] not in per_play
+    eu_premium = RATES.price("DE", "PREMIUM", now)
+    for play in plays:  # 8 s heard of each 8 s segment, at 429 + 714 µ€ a minute: 152.4 µ€
+        entry = ledger[play["play_id"]]
+        assert (entry["segment_id"], entry["heard_ms"], entry["paid_ms"]) == (play["segment_id"], 8_000, 8_000)
+        assert per_play[play["play_id"]] == entry["total_micros"] == \
+            eu_premium.total_micros("AI_SEGMENT", 8_000, play["play_id"])
+        assert entry["total_micros"] in (151, 152, 153, 154)
+    assert per_play[catalog_play["play_id"]] == 1100  # US free, per play
+    assert ledger[catalog_play["play_id"]]["paid_ms"] is None
+    assert not {short["play_id"], flagged["play_id"], parallel["play_id"]} & set(per_play)
 
 
 def test_an_opted_out_artist_is_paid_for_earlier_plays_only(isolated: KafkaSettings) -> None:
@@ -76,14 +87,16 @@ def test_an_opted_out_artist_is_paid_for_earlier_plays_only(isolated: KafkaSetti
     assert "rh-t0" in holders[before["play_id"]]
     assert "rh-t0" not in holders[after["play_id"]]
     after_total = sum(x["amount_micros"] for x in lines if x["play_id"] == after["play_id"])
-    assert after_total == 4000  # wk-1 took the whole play (renormalised)
+    rate = RATES.price("DE", "PREMIUM", after["started_at"])
+    assert after_total == rate.total_micros("AI_SEGMENT", 8_000, after["play_id"])  # wk-1 took it all (renormalised)
     assert all(w["work_id"] == "wk-1" for x in lines if x["play_id"] == after["play_id"] for w in x["works"])
 
 
 def test_a_play_waits_for_its_segment_and_is_dead_lettered_when_it_never_comes(isolated: KafkaSettings) -> None:
     catalog = Catalog(isolated, works=3, segments=0)
     now = int(time.time() * 1000) - 60_000
-    late, never = play_record(str(uuid.uuid4()), "seg-late", now), play_record(str(uuid.uuid4()), "seg-never", now)
+    late = play_record(str(uuid.uuid4()), "seg-late", now)
+    never = play_record(str(uuid.uuid4()), "seg-never", now + 8_000)  # the listener's next segment
     catalog.send_plays([late])
     settings = RoyaltySettings(instance_id=f"w-{uuid.uuid4().hex[:6]}", group_id=f"g-{uuid.uuid4().hex[:6]}",
                                wait_retry_s=0.5, max_wait_s=6)
@@ -141,7 +154,8 @@ def test_statements_from_the_committed_topics_reconcile(isolated: KafkaSettings)
     catalog = Catalog(isolated)
     now = int(time.time() * 1000) - 60_000
     plays = catalog.plays(30, now)
-    plays[0].update(ms_played=1_000, completed=False)  # skipped after a second: not paid
+    plays[0].update(ms_played=1_000, completed=False)  # skipped after a second: that second is paid
+    plays[1].update(ms_played=1_000, completed=True)  # "completed" after a second: not heard, not paid
     catalog.send_plays(plays)
     run_royalty(isolated)
     period = time.strftime("%Y-%m", time.gmtime(now / 1000))
@@ -149,5 +163,8 @@ def test_statements_from_the_committed_topics_reconcile(isolated: KafkaSettings)
                              read_committed(isolated, "royalty.play-ledger.v1"), RATES, *period_bounds(period))
     assert figures["reconciled"], figures["problems"]
     assert figures["currencies"]["EUR"]["paid_plays"] == 29
-    assert figures["currencies"]["EUR"]["reports_micros"] == 29 * 4000
+    rate = RATES.price("DE", "PREMIUM", now)
+    expected = sum(rate.total_micros("AI_SEGMENT", 1_000 if n == 0 else 8_000, p["play_id"])
+                   for n, p in enumerate(plays) if n != 1)
+    assert figures["currencies"]["EUR"]["reports_micros"] == expected
     assert reports

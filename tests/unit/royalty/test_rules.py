@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from royalty.history import PlayHistory
 from royalty.rates import RateCard, RateCardError, RateCardMissing
 from royalty.rules import (
     ConsentHistory,
@@ -21,6 +22,7 @@ from royalty.rules import (
     decide,
     event_id,
     influences_from_record,
+    remember,
 )
 
 T0 = 1_795_000_000_000
@@ -50,39 +52,49 @@ def total(decision) -> int:  # type: ignore[no-untyped-def]
     return sum(line.amount_micros for line in decision.lines)
 
 
-def test_an_ai_play_pays_its_rate_exactly_across_all_holders() -> None:
-    decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, everyone_consents(), seen_before=False)
+def test_an_ai_play_pays_its_time_heard_exactly_across_all_holders() -> None:
+    decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, everyone_consents(), PlayHistory())
     assert isinstance(decision, Paid)
     assert decision.rate.id == "eu-premium-2026" and decision.rate.currency == "EUR"
-    assert total(decision) == 4000
+    # 45 s played of a 40 s segment: 40 s heard and paid at 429 + 714 µ€ a minute = 286 + 476
+    assert (decision.heard_ms, decision.paid_ms) == (40_000, 40_000)
+    assert total(decision) == 762
     by_key = {(line.rights_holder_id, line.right_type): line for line in decision.lines}
-    # COMPOSITION 1500: wk-a 750 -> rh-1; wk-b 450 -> rh-4; wk-c 300 -> rh-7 150, rh-1 150
-    assert by_key[("rh-1", "COMPOSITION")].amount_micros == 900
-    assert dict(by_key[("rh-1", "COMPOSITION")].works) == {"wk-a": 750, "wk-c": 150}
-    assert by_key[("rh-4", "COMPOSITION")].amount_micros == 450
-    # RECORDING 2500: wk-a 1250 -> rh-2 750, rh-3 500; wk-b 750 -> rh-4; wk-c 500 -> rh-7
-    assert by_key[("rh-2", "RECORDING")].amount_micros == 750
-    assert by_key[("rh-3", "RECORDING")].amount_micros == 500
+    # COMPOSITION 286: wk-a 143 -> rh-1; wk-b 85.8 -> rh-4; wk-c 57.2 -> rh-7 28.6, rh-1 28.6
+    exact = {("rh-1", "COMPOSITION"): 171.6, ("rh-4", "COMPOSITION"): 85.8, ("rh-7", "COMPOSITION"): 28.6,
+             ("rh-2", "RECORDING"): 142.8, ("rh-3", "RECORDING"): 95.2, ("rh-4", "RECORDING"): 142.8,
+             ("rh-7", "RECORDING"): 95.2}
+    assert set(by_key) == set(exact)
+    for key, share in exact.items():
+        assert abs(by_key[key].amount_micros - share) < 2  # two roundings (work, then holder): under 2 µ€
     for line in decision.lines:
         assert line.event_id == event_id(AI_PLAY.play_id, line.rights_holder_id, line.right_type)
         assert sum(a for _, a in line.works) == line.amount_micros
 
 
+def test_a_catalog_play_pays_its_per_play_rate() -> None:
+    play = replace(AI_PLAY, content_kind="CATALOG_WORK", segment_id=None, work_id="wk-b")
+    decision = decide(play, RATES, WORKS, SEGMENTS, ConsentHistory(), PlayHistory())
+    assert isinstance(decision, Paid) and (decision.heard_ms, decision.paid_ms) == (0, 0)
+    assert {(x.rights_holder_id, x.right_type): x.amount_micros for x in decision.lines} == {
+        ("rh-4", "COMPOSITION"): 1500, ("rh-4", "RECORDING"): 2500}
+
+
 def test_an_opted_out_holder_s_work_is_removed_and_the_rest_renormalised() -> None:
     consent = everyone_consents()
     consent.add("rh-4", None, T0 - 1, {"ai_generation": False})  # rh-4 withdrew generation consent before the play
-    decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, consent, seen_before=False)
-    assert isinstance(decision, Paid) and total(decision) == 4000
+    decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, consent, PlayHistory())
+    assert isinstance(decision, Paid) and total(decision) == 762
     assert all(line.rights_holder_id != "rh-4" for line in decision.lines)
     by_key = {(line.rights_holder_id, line.right_type): line.amount_micros for line in decision.lines}
-    assert by_key[("rh-1", "COMPOSITION")] == 1500 * 5 // 7 + 1500 * 2 // 7 // 2  # wk-a 5/7, half of wk-c 2/7
+    assert abs(by_key[("rh-1", "COMPOSITION")] - 286 * (5 / 7 + 1 / 7)) < 2  # wk-a 5/7, half of wk-c 2/7
 
 
 def test_consent_applies_as_it_stood_at_play_time() -> None:
     consent = everyone_consents()
     consent.add("rh-4", None, T0 + 60_000, {"ai_generation": False})  # opted out one minute after the play started
-    before = decide(AI_PLAY, RATES, WORKS, SEGMENTS, consent, seen_before=False)
-    after = decide(replace(AI_PLAY, started_at=T0 + 120_000), RATES, WORKS, SEGMENTS, consent, seen_before=False)
+    before = decide(AI_PLAY, RATES, WORKS, SEGMENTS, consent, PlayHistory())
+    after = decide(replace(AI_PLAY, started_at=T0 + 120_000), RATES, WORKS, SEGMENTS, consent, PlayHistory())
     assert any(line.rights_holder_id == "rh-4" for line in before.lines)  # type: ignore[union-attr]
     assert all(line.rights_holder_id != "rh-4" for line in after.lines)  # type: ignore[union-attr]
 
@@ -98,46 +110,88 @@ def test_a_per_work_record_overrides_the_catalog_wide_one_and_no_record_means_no
 
 
 def test_no_consenting_influence_pays_nothing() -> None:
-    decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, ConsentHistory(), seen_before=False)
+    decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, ConsentHistory(), PlayHistory())
     assert decision == Unpaid("no_consenting_influence")
 
 
 @pytest.mark.parametrize(("change", "seen", "expected"), [
-    ({"ms_played": 29_999, "completed": False}, False, Unpaid("short_play")),
+    ({"content_kind": "CATALOG_WORK", "segment_id": None, "work_id": "wk-a", "ms_played": 29_999}, False,
+     Unpaid("short_play")),
     ({"fraud_flags": ("burst_rate",)}, False, Unpaid("fraud_flagged")),
     ({}, True, Unpaid("duplicate_play")),
     ({"segment_id": "seg-unknown"}, False, Waiting("segment_provenance_unknown")),
     ({"content_kind": "CATALOG_WORK", "segment_id": None, "work_id": "wk-unknown"}, False, Waiting("work_unknown")),
 ])
 def test_ineligible_and_waiting_plays(change: dict, seen: bool, expected: object) -> None:
-    assert decide(replace(AI_PLAY, **change), RATES, WORKS, SEGMENTS, everyone_consents(), seen) == expected
+    history = PlayHistory()
+    if seen:
+        history.decided(AI_PLAY.play_id, 0)
+    assert decide(replace(AI_PLAY, **change), RATES, WORKS, SEGMENTS, everyone_consents(), history) == expected
 
 
-def test_a_short_ai_segment_heard_to_the_end_pays_and_a_short_catalog_play_does_not() -> None:
+def test_a_partly_heard_ai_segment_pays_the_time_heard() -> None:
     short = {"seg-1": replace(SEGMENTS["seg-1"], duration_ms=3_200)}
-    segment = replace(AI_PLAY, ms_played=3_200, completed=True)
-    assert isinstance(decide(segment, RATES, WORKS, short, everyone_consents(), False), Paid)
+    skipped = decide(replace(AI_PLAY, ms_played=1_000, completed=False), RATES, WORKS, short, everyone_consents(),
+                     PlayHistory())
+    assert isinstance(skipped, Paid) and skipped.paid_ms == 1_000
+    assert total(skipped) in (19, 20)  # 1,143 µ€ a minute for one second: 19.05
     nearly = replace(AI_PLAY, ms_played=2_950, completed=True)  # within the 250 ms slack
-    assert isinstance(decide(nearly, RATES, WORKS, short, everyone_consents(), False), Paid)
-    catalog = replace(AI_PLAY, content_kind="CATALOG_WORK", segment_id=None, work_id="wk-a", ms_played=3_200,
-                      completed=True)
-    assert decide(catalog, RATES, WORKS, SEGMENTS, everyone_consents(), False) == Unpaid("short_play")
+    decision = decide(nearly, RATES, WORKS, short, everyone_consents(), PlayHistory())
+    assert isinstance(decision, Paid) and decision.paid_ms == 2_950
 
 
 @pytest.mark.parametrize(("change", "reason"), [
     ({"ms_played": 0, "completed": True}, "not_heard"),  # "completed" with nothing heard: farming
     ({"ms_played": 2_900, "completed": True}, "not_heard"),  # 300 ms short of a 3.2 s segment
+    ({"ms_played": 0, "completed": False}, "not_heard"),
     ({"listener_id": "m" * 64, "ms_played": 3_200, "completed": True}, "not_delivered_to_listener"),
 ])
 def test_an_ai_play_pays_only_what_was_delivered_to_that_listener_and_heard(change: dict, reason: str) -> None:
     short = {"seg-1": replace(SEGMENTS["seg-1"], duration_ms=3_200)}
-    assert decide(replace(AI_PLAY, **change), RATES, WORKS, short, everyone_consents(), False) == Unpaid(reason)
+    assert decide(replace(AI_PLAY, **change), RATES, WORKS, short, everyone_consents(), PlayHistory()) == \
+        Unpaid(reason)
+
+
+def test_a_listener_s_paid_time_never_overlaps() -> None:
+    """The same seconds posted again under other play ids (or other segments) pay once."""
+    segments = {f"seg-{n}": SegmentFacts(LISTENER, 3_000, (("wk-a", 1_000_000),)) for n in range(3)}
+    history, consent = PlayHistory(), everyone_consents()
+
+    def play(n: int, segment: int, start: int, ms: int = 3_000) -> Paid | Unpaid | Waiting:
+        p = replace(AI_PLAY, play_id=f"p-{n}", segment_id=f"seg-{segment}", started_at=T0 + start, ms_played=ms,
+                    completed=ms == 3_000)
+        decision = decide(p, RATES, WORKS, segments, consent, history)
+        remember(history, p, decision, partition=0)
+        return decision
+
+    first = play(1, 0, 0)
+    assert isinstance(first, Paid) and first.paid_ms == 3_000
+    assert play(2, 1, 0) == Unpaid("overlaps_paid_time")  # another segment "in parallel"
+    again = play(3, 0, 1_000)  # the same segment heard again from 1 s: only [3 s, 4 s) is new
+    assert isinstance(again, Paid) and again.paid_ms == 1_000
+    later = play(4, 2, 6_000)
+    assert isinstance(later, Paid) and later.paid_ms == 3_000
+    overlapping = play(5, 1, 4_500)  # [4.5 s, 7.5 s): 4.5-6 s is new, 6-7.5 s was paid
+    assert isinstance(overlapping, Paid) and overlapping.paid_ms == 1_500
+
+
+def test_paid_time_rolls_back_with_an_aborted_batch() -> None:
+    history = PlayHistory()
+    history.paid(LISTENER, 0, 1_000, 0)
+    history.commit()
+    history.paid(LISTENER, 1_000, 5_000, 0)
+    history.decided("p-x", 0)
+    assert history.unpaid_ms(LISTENER, 0, 5_000) == 0 and history.seen("p-x")
+    history.rollback()
+    assert history.unpaid_ms(LISTENER, 0, 5_000) == 4_000 and not history.seen("p-x")
+    history.drop_partitions({0})
+    assert history.unpaid_ms(LISTENER, 0, 5_000) == 5_000
 
 
 def test_a_catalog_play_splits_by_the_work_s_shares_without_consent() -> None:
     play = replace(AI_PLAY, content_kind="CATALOG_WORK", segment_id=None, work_id="wk-a", territory="US",
                    subscription_tier="FREE")
-    decision = decide(play, RATES, WORKS, SEGMENTS, ConsentHistory(), seen_before=False)
+    decision = decide(play, RATES, WORKS, SEGMENTS, ConsentHistory(), PlayHistory())
     assert isinstance(decision, Paid) and decision.rate.currency == "USD"
     assert {(line.rights_holder_id, line.right_type): line.amount_micros for line in decision.lines} == {
         ("rh-1", "COMPOSITION"): 450, ("rh-2", "RECORDING"): 390, ("rh-3", "RECORDING"): 260}
@@ -148,13 +202,24 @@ def test_the_rate_card_prices_by_territory_tier_and_date() -> None:
     assert RATES.price("JP", "PREMIUM", T0).id == "world-all-2026"
     with pytest.raises(RateCardMissing, match="territory DE, tier PREMIUM"):
         RATES.price("DE", "PREMIUM", 0)  # before every entry took effect
-    with pytest.raises(RateCardError, match="per_play_micros needs exactly"):
-        RateCard.parse({"entries": [{"id": "x", "territories": ["*"], "tiers": ["FREE"], "currency": "EUR",
-                                     "effective_from": "2026-01-01T00:00:00Z", "per_play_micros": {"COMPOSITION": 1}}]})
+    rate = RATES.price("DE", "PREMIUM", T0)
+    assert rate.amounts("CATALOG_WORK", 0, "p") == (("COMPOSITION", 1500), ("RECORDING", 2500))
+    assert rate.amounts("AI_SEGMENT", 60_000, "p") == (("COMPOSITION", 429), ("RECORDING", 714))
+    with pytest.raises(RateCardMissing, match="no tariff for COMPOSER_LICENCE"):
+        rate.amounts("COMPOSER_LICENCE", 0, "p")
+
+    def entry(**tariffs: object) -> dict:
+        return {"entries": [{"id": "x", "territories": ["*"], "tiers": ["FREE"], "currency": "EUR",
+                             "effective_from": "2026-01-01T00:00:00Z", "tariffs": tariffs}]}
+
+    with pytest.raises(RateCardError, match="micros needs exactly"):
+        RateCard.parse(entry(AI_SEGMENT={"per": "minute", "micros": {"COMPOSITION": 1}}))
     with pytest.raises(RateCardError, match="non-negative integers"):
-        RateCard.parse({"entries": [{"id": "x", "territories": ["*"], "tiers": ["FREE"], "currency": "EUR",
-                                     "effective_from": "2026-01-01T00:00:00Z",
-                                     "per_play_micros": {"COMPOSITION": 1.5, "RECORDING": 1}}]})
+        RateCard.parse(entry(AI_SEGMENT={"per": "minute", "micros": {"COMPOSITION": 1.5, "RECORDING": 1}}))
+    with pytest.raises(RateCardError, match="per must be one of"):
+        RateCard.parse(entry(AI_SEGMENT={"per": "fortnight", "micros": {"COMPOSITION": 1, "RECORDING": 1}}))
+    with pytest.raises(RateCardError, match="tariffs must map usages"):
+        RateCard.parse(entry())
 
 
 def test_malformed_reference_records_are_refused() -> None:
@@ -170,6 +235,7 @@ def test_malformed_reference_records_are_refused() -> None:
 @given(weights=st.lists(st.integers(1, 1000), min_size=1, max_size=3), n=st.integers(0, 10**6),
        opted_out=st.sets(st.sampled_from(["rh-1", "rh-2", "rh-3", "rh-4", "rh-7"])))
 def test_every_paid_play_sums_exactly_to_its_rate(weights: list[int], n: int, opted_out: set[str]) -> None:
+    """...whatever the weights and consent: the lines add up to the per-minute rate times the time paid."""
     works = ["wk-a", "wk-b", "wk-c"][: len(weights)]
     scaled = [w * 1_000_000 // sum(weights) for w in weights]
     scaled[0] += 1_000_000 - sum(scaled)
@@ -178,9 +244,10 @@ def test_every_paid_play_sums_exactly_to_its_rate(weights: list[int], n: int, op
     for holder in opted_out:
         consent.add(holder, None, T0 - 1, {"ai_generation": False})
     play = replace(AI_PLAY, play_id=f"p-{n}", segment_id="seg-x")
-    decision = decide(play, RATES, WORKS, segments, consent, seen_before=False)
+    decision = decide(play, RATES, WORKS, segments, consent, PlayHistory())
     if isinstance(decision, Paid):
-        assert total(decision) == decision.rate.total_micros
+        assert total(decision) == decision.rate.total_micros("AI_SEGMENT", 3_200, play.play_id)
+        assert abs(total(decision) - 1143 * 3_200 / 60_000) < 2  # 60.96 µ€, one rounding per right type
         assert not {line.rights_holder_id for line in decision.lines} & opted_out
     else:
         assert decision == Unpaid("no_consenting_influence")

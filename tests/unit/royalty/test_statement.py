@@ -62,3 +62,16 @@ def test_lines_outside_the_period_are_left_out() -> None:
     later = [{**x, "play_started_at": END} for x in LINES]
     reports, figures = build(later, [], RATES, START, END)
     assert reports == {} and figures["reconciled"]
+
+
+def test_time_priced_ai_plays_reconcile_against_the_per_minute_rate() -> None:
+    rate = RATES.price("DE", "PREMIUM", START + 1000)
+    amounts = dict(rate.amounts("AI_SEGMENT", 3_000, "p3"))  # 3 s at 429 + 714 µ€ a minute: 21.45 + 35.7
+    lines = [line("p3", "rh-1", "COMPOSITION", amounts["COMPOSITION"], {"wk-a": amounts["COMPOSITION"]}),
+             line("p3", "rh-2", "RECORDING", amounts["RECORDING"], {"wk-a": amounts["RECORDING"]})]
+    entry = {**ledger("p3", sum(amounts.values())), "segment_id": "seg-1", "heard_ms": 3_000, "paid_ms": 3_000}
+    _, figures = build(lines, [entry], RATES, START, END)
+    assert figures["reconciled"], figures["problems"]
+    assert figures["currencies"]["EUR"]["paid_plays_x_rates_micros"] in (56, 57, 58)
+    _, overpaid = build(lines, [{**entry, "paid_ms": 2_000}], RATES, START, END)  # lines for more than was paid
+    assert not overpaid["reconciled"]

@@ -3,7 +3,7 @@ segment id keeps its first record."""
 
 from __future__ import annotations
 
-from tests.royalty_fixtures import segment_record
+from tests.royalty_fixtures import LISTENERS, segment_record
 
 from royalty.tables import SEGMENTS, SWEEP_EVERY, ReferenceTables
 
@@ -17,7 +17,7 @@ def test_segments_past_the_play_horizon_are_swept_and_the_first_record_wins() ->
     tables.apply(SEGMENTS, {}, {**old, "generated_at": now - 32 * DAY}, 0)
     tables.apply(SEGMENTS, {}, {**fresh, "generated_at": now - DAY}, 0)
     tables.apply(SEGMENTS, {}, {**fresh, "generated_at": now - DAY, "listener_id": "x" * 64}, 0)  # a later record
-    assert tables.segments["seg-new"].listener_id == "l" * 64  # the first one stays
+    assert tables.segments["seg-new"].listener_id == LISTENERS[0]  # the first one stays
     assert tables.sweep(now) == 1 and set(tables.segments) == {"seg-new"}
 
 
