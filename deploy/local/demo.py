@@ -8,8 +8,9 @@ the app's backend: it mints one listener token per listener with the app key
 ingest every 2 s, a play through ingest for every segment a listener heard, and
 one rights holder withdrawing AI-generation consent half way. At the end it writes, into
 artifacts/demo/: one listener's continuous soundtrack (WAV and MP3), a plot of heart rate
-and cadence against the soundtrack tempo, a watermark summary, the royalty statement, and
-prints the listener page's URL. Ctrl-C stops everything (services and the local broker).
+and cadence against the soundtrack tempo, a watermark summary, the royalty statement and
+what this run's plays paid per listener-minute and to whom (royalties.json), and prints the
+listener page's URL. Ctrl-C stops everything (services and the local broker).
 
 Usage: python deploy/local/demo.py [--listeners 20] [--seconds 120] [--out artifacts/demo]
 """
@@ -34,6 +35,8 @@ import numpy as np
 
 from inference.catalog import ConsentSnapshot, load_catalog
 from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
+from royalty.rates import RateCard
+from royalty.statement import decimal, read_committed
 
 INGEST = "http://127.0.0.1:8080"
 DELIVERY = "http://127.0.0.1:8085"
@@ -123,6 +126,7 @@ def drive(listeners: list[Listener], seconds: float, keys: dict[str, str]) -> di
     tokens = {lt.user_id: mint_token(keys["ENTRAIN_DEV_APP_KEY"], lt.user_id) for lt in listeners}
     started = time.time()
     plays_posted, withdrawn, last_report = 0, False, 0.0
+    play_ids: set[str] = set()
     tempos: dict[str, float] = {}
     while (t := time.time() - started) < seconds:
         now_ms = int(time.time() * 1000)
@@ -148,6 +152,7 @@ def drive(listeners: list[Listener], seconds: float, keys: dict[str, str]) -> di
             if plays:
                 call("POST", f"{INGEST}/v1/plays", tokens[listener.user_id], {"plays": plays})
                 plays_posted += len(plays)
+                play_ids.update(p["play_id"] for p in plays)
         if not withdrawn and t >= seconds / 2:
             call("PUT", f"{INGEST}/v1/rights-holders/{WITHDRAWING_HOLDER}/consent",
                  keys["ENTRAIN_DEV_RIGHTS_HOLDER_KEY"], {"ai_training": True, "ai_generation": False,
@@ -162,7 +167,7 @@ def drive(listeners: list[Listener], seconds: float, keys: dict[str, str]) -> di
                   f"target tempo {mean_tempo:6.1f} BPM  segments heard {sum(len(lt.heard) for lt in listeners):4d}  "
                   f"plays {plays_posted:4d}", flush=True)
         time.sleep(max(0.0, 2.0 - (time.time() - started - t)))
-    return {"plays_posted": plays_posted, "started": started}
+    return {"plays_posted": plays_posted, "started": started, "play_ids": play_ids}
 
 
 # --- artifacts -------------------------------------------------------------------------
@@ -277,6 +282,40 @@ def statement(out: Path) -> None:
         print("    " + line)
 
 
+def royalties(out: Path, play_ids: set[str], listeners: int) -> None:
+    """What this run's plays paid, per listener-minute and to whom, next to the catalog rate."""
+    kafka = KafkaSettings.from_env()
+    ledger = [e for e in read_committed(kafka, "royalty.play-ledger.v1") if e["play_id"] in play_ids]
+    lines = [x for x in read_committed(kafka, "royalty.events.v1") if x["play_id"] in play_ids]
+    paid = [e for e in ledger if e["outcome"] == "PAID"]
+    minutes = sum(e["paid_ms"] or 0 for e in paid) / 60_000
+    total = sum(e["total_micros"] for e in paid)
+    reasons: dict[str, int] = {}
+    for e in ledger:
+        if e["outcome"] != "PAID":
+            reasons[e["reason"] or e["outcome"]] = reasons.get(e["reason"] or e["outcome"], 0) + 1
+    payees: dict[str, int] = {}
+    for x in lines:
+        payees[x["rights_holder_id"]] = payees.get(x["rights_holder_id"], 0) + x["amount_micros"]
+    rate = RateCard.load().price("DE", "PREMIUM", int(time.time() * 1000))
+    catalog_play = sum(a for _, a in rate.amounts("CATALOG_WORK", 0, ""))
+    summary = {"plays": len(play_ids), "ledgered": len(ledger), "paid": len(paid), "unpaid_by_reason": reasons,
+               "paid_minutes": round(minutes, 3), "total_micros": total, "currency": rate.currency,
+               "micros_per_listener_minute": round(total / minutes) if minutes else None,
+               "catalog_track_micros": catalog_play, "catalog_micros_per_minute_of_3_5_min_track":
+                   round(catalog_play / 3.5),
+               "payees": dict(sorted(payees.items(), key=lambda kv: -kv[1]))}
+    (out / "royalties.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"  royalties of this run: {len(paid)} of {len(play_ids)} plays paid ({len(ledger)} ledgered; "
+          f"unpaid: {reasons or 'none'}), {minutes:.1f} listener-minutes of AI music heard by {listeners} listeners,")
+    if minutes:
+        print(f"    {decimal(total)} {rate.currency} = {total / minutes:,.0f} µ{rate.currency[0]} per listener-minute "
+              f"(a {catalog_play:,} µ catalog play of a 3.5-minute track: {catalog_play / 3.5:,.0f} per minute)")
+    top = list(summary["payees"].items())[:5]
+    print(f"    to {len(payees)} rights holders; the largest: "
+          + ", ".join(f"{holder} {decimal(amount)}" for holder, amount in top))
+
+
 def stack(command: str) -> None:
     subprocess.run([sys.executable, str(REPO_ROOT / "deploy/local/services.py"), command], check=command == "up",
                    cwd=REPO_ROOT)
@@ -304,6 +343,7 @@ def main() -> int:
         print(f"== artifacts in {args.out.relative_to(REPO_ROOT) if args.out.is_relative_to(REPO_ROOT) else args.out}")
         write_artifacts(listeners, segments, args.out, stats["started"])
         statement(args.out)
+        royalties(args.out, stats["play_ids"], len(listeners))
         print("== try it yourself: open the listener page (the services keep running; `make down` stops them)")
         print("   (a listener token the demo minted as the app backend would; it expires in an hour)")
         print(f"   {DELIVERY}/#token={mint_token(keys['ENTRAIN_DEV_APP_KEY'], 'web-listener')}")

@@ -27,11 +27,14 @@ EXTERNAL = ("listener-app", "finance")
 # Manifest names that are not principals of their own.
 ALIASES = {"royalty statements": "finance"}
 # principal -> consumer-group name prefixes it uses (PREFIXED ACLs)
-GROUPS = {"soundtrack": ("{prefix}soundtrack",), "delivery": ("soundtrack-reader",),
+GROUPS = {"soundtrack": ("{prefix}soundtrack",), "delivery": ("soundtrack-delivery-",),
           "inference": ("{prefix}inference", "inference-consent-reader"), "watermark": ("{prefix}watermark",),
           "royalty": ("{prefix}royalty", "royalty-"), "finance": ("finance", "statement-")}
 # Topics a principal reads although no manifest names it a consumer.
-EXTRA_READS = {"delivery": ("soundtrack.segments.v1",)}
+# Delivery answers GET /v1/me/export: it reads the listener's partition of every topic that
+# carries a listener, and the soundtrack worker's changelog (granted below).
+EXTRA_READS = {"delivery": ("soundtrack.segments.v1", "listener.telemetry.v1", "listener.plays.v1",
+                            "soundtrack.requests.v1", "listener.erasures.v1")}
 
 
 @dataclass(frozen=True, order=True)
@@ -85,6 +88,8 @@ def acls(settings: KafkaSettings) -> list[Acl]:
             for name, pattern in ((settings.topic("soundtrack-"), "PREFIXED"), (settings.topic("soundtrack.ticks"),
                                                                                 "LITERAL"))
             for op in ("CREATE", "READ", "WRITE", "DESCRIBE")}
+    out |= {Acl("User:delivery", "TOPIC", settings.topic("soundtrack-listeners-changelog"), "LITERAL", op)
+            for op in ("READ", "DESCRIBE")}
     # Royalty's transactional ids are royalty-<instance>.
     out |= {Acl("User:royalty", "TRANSACTIONAL_ID", "royalty-", "PREFIXED", op) for op in ("WRITE", "DESCRIBE")}
     return sorted(out)

@@ -43,8 +43,8 @@ from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings, group_membership
 from royalty import reference_check
-from royalty.rates import DEFAULT_RATE_CARD, RateCard, RateCardMissing
 from royalty.history import PlayHistory
+from royalty.rates import DEFAULT_RATE_CARD, RateCard, RateCardMissing
 from royalty.rules import Paid, Play, Unpaid, Waiting, decide, line_record, remember
 from royalty.tables import PLAY_HORIZON_MS, SWEEP_EVERY, ReferenceTables, TableFeed
 
@@ -364,21 +364,21 @@ class RoyaltyProcessor:
         ledger = self.serdes[LEDGER]
         _, partition, offset = source_of(msg)
         total = paid.total_micros if paid else 0
-        timed = paid is not None and play.content_kind == "AI_SEGMENT"
+        timed = paid if paid is not None and play.content_kind == "AI_SEGMENT" else None
         entry = {
             "play_id": play.play_id, "outcome": outcome, "reason": reason, "source_partition": partition,
             "source_offset": offset, "total_micros": total,
             "currency": paid.rate.currency if paid else None, "rate_card_id": paid.rate.id if paid else None,
             "line_count": len(paid.lines) if paid else 0, "play_started_at": play.started_at,
             "processed_at": int(time.time() * 1000), "segment_id": play.segment_id,
-            "heard_ms": paid.heard_ms if timed else None, "paid_ms": paid.paid_ms if timed else None,
+            "heard_ms": timed.heard_ms if timed else None, "paid_ms": timed.paid_ms if timed else None,
         }
         self.producer.produce(ledger.topic, key=ledger.encode_key({"play_id": play.play_id}),
                               value=ledger.encode_value(entry), partition=partition)
         if paid is not None:
             AMOUNT.labels(paid.rate.currency).inc(total)
             if timed:
-                PAID_SECONDS.inc(paid.paid_ms / 1000)
+                PAID_SECONDS.inc(timed.paid_ms / 1000)
         PLAYS_PROCESSED.labels(outcome, reason or "").inc()
 
     def _dead_letter(self, msg: Message, reason_class: str, reason: str, play: Play | None) -> None:

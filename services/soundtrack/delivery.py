@@ -13,6 +13,7 @@ and expire, so an HLS player or a CDN can fetch them without a token.
   GET  /v1/playlist.m3u8[?session_id=S]   HLS EVENT media playlist of the same segments
   GET  /v1/audio/{sha256}.wav?l&exp&sig   watermarked audio (signed URL handed out in the playlist)
   POST /v1/underruns                      the player reports it ran dry {"segment_id"}
+  GET  /v1/me/export                      JSON: everything Entrain holds about the listener (soundtrack.export)
   GET  /healthz /readyz /metrics
 """
 
@@ -33,6 +34,7 @@ import yaml
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -45,6 +47,7 @@ from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings
 from kit.store import FileStore, StoreError
 from kit.tokens import Listener, TokenVerifier, bearer_credential
+from soundtrack.export import Exporter
 from soundtrack.playlists import Entry, Playlists, hls_media_playlist
 
 log = structlog.get_logger()
@@ -55,6 +58,7 @@ OPENAPI_PATH = Path(__file__).with_name("delivery_openapi.yaml")
 URL_TTL_S = 3600
 MAX_REPORT_BYTES = 4096
 RATE_PER_LISTENER, BURST_PER_LISTENER = 5.0, 20.0  # requests/s; a player polls about once a segment
+EXPORTS_PER_MINUTE, EXPORT_BURST = 1.0, 2.0  # an export reads days of the listener's partitions
 
 UNDERRUNS = Counter("entrain_soundtrack_buffer_underruns_total",
                     "Segments that reached the playlist after their deadline (server) or players that ran dry "
@@ -212,9 +216,10 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: SegmentFeed, store: FileStore,
                clock: Callable[[], float] = time.time,
-               limiter: RateLimiter | None = None) -> Starlette:
+               limiter: RateLimiter | None = None, exporter: Exporter | None = None) -> Starlette:
     signer = UrlSigner(pseudonymizer.secret)
     limiter = RateLimiter(RATE_PER_LISTENER, BURST_PER_LISTENER) if limiter is None else limiter
+    export_limiter = RateLimiter(EXPORTS_PER_MINUTE / 60, EXPORT_BURST)
 
     def limit(listener: str) -> None:
         if limiter.take(listener, 1, int(clock() * 1000)):
@@ -288,6 +293,22 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
         log.warning("client_underrun", listener_id=listener.listener_id, segment_id=segment_id)
         return JSONResponse({"recorded": True}, status_code=202)
 
+    async def export(request: Request) -> Response:
+        listener = listener_of(request)
+        if exporter is None:
+            raise HttpError(503, "exports are not configured on this delivery instance")
+        if export_limiter.take(listener.listener_id, 1, int(clock() * 1000)):
+            raise HttpError(429, f"at most {EXPORTS_PER_MINUTE:g} export a minute per listener; retry later")
+        held = await run_in_threadpool(exporter.export, listener.listener_id)
+        with feed.lock:
+            playlist = [e.segment["segment_id"] for e in feed.playlists.entries(listener.listener_id)]
+        log.info("listener_export", listener_id=listener.listener_id,
+                 records=sum(len(t["records"]) for t in held["topics"].values()))
+        return JSONResponse({**held, "token": {"subscription_tier": listener.subscription_tier,
+                                               "territory": listener.territory, "app": listener.app_id},
+                             "delivery_playlist": {"what": "segment ids in delivery's in-memory playlists",
+                                                   "segment_ids": playlist}})
+
     async def page(request: Request) -> Response:
         return FileResponse(PAGE, media_type="text/html")
 
@@ -326,6 +347,7 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
         route("/v1/playlist.m3u8", playlist_m3u8, "playlist_m3u8"),
         route("/v1/audio/{sha256}.wav", audio, "audio"),
         route("/v1/underruns", underruns, "underruns", ["POST"]),
+        route("/v1/me/export", export, "export"),
         route("/healthz", healthz, "healthz"),
         route("/readyz", readyz, "readyz"),
         route("/metrics", metrics, "metrics"),
@@ -348,7 +370,9 @@ def main() -> None:
     verifier, pseudonymizer = TokenVerifier.from_env(os.environ), pseudonymizer_from_env(os.environ)
     feed = SegmentFeed(KafkaSettings.from_env(), Playlists(),
                        float(os.environ.get("ENTRAIN_DELIVERY_LOOKBACK_S", "3600"))).start()
-    app = create_app(verifier, pseudonymizer, feed, FileStore())
+    kafka = KafkaSettings.from_env()
+    changelog = f"{os.environ.get('ENTRAIN_SOUNDTRACK_APP_ID', kafka.topic('soundtrack'))}-listeners-changelog"
+    app = create_app(verifier, pseudonymizer, feed, FileStore(), exporter=Exporter(kafka, changelog))
     uvicorn.run(app, host=os.environ.get("ENTRAIN_DELIVERY_HOST", "127.0.0.1"),
                 port=int(os.environ.get("ENTRAIN_DELIVERY_PORT", "8085")), log_level="warning")
     feed.stop()

@@ -57,9 +57,13 @@ class Playlists:
         """Drop everything held for a listener (an erasure); return how many segments."""
         return len(self._by_listener.pop(listener_id, ()))
 
+    def entries(self, listener_id: str) -> list[Entry]:
+        """Every segment held for a listener, all sessions."""
+        return list(self._by_listener.get(listener_id, ()))
+
     def session(self, listener_id: str, session_id: str | None = None) -> list[Entry]:
         """The listener's segments of ``session_id`` (default: their newest session), in sequence order."""
-        entries = list(self._by_listener.get(listener_id, ()))
+        entries = self.entries(listener_id)
         if not entries:
             return []
         wanted = session_id or max(entries, key=lambda e: e.segment["generated_at"]).segment["session_id"]

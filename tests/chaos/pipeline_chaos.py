@@ -64,8 +64,8 @@ from kit.auth import Pseudonymizer
 from kit.serde import TopicSerde
 from kit.settings import STATE_DIR, KafkaSettings
 from kit.topics import delete_prefixed_topics, ensure_topics
-from royalty.rates import RateCard, RateCardMissing
 from royalty.history import PlayHistory
+from royalty.rates import RateCard, RateCardMissing
 from royalty.rules import Paid, Play, decide, remember
 from royalty.statement import build
 from royalty.tables import CONSENT, SEGMENTS, WORKS, ReferenceTables

@@ -36,8 +36,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from kit.serde import TopicSerde
 from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
 from kit.topics import delete_prefixed_topics, ensure_topics
-from royalty.rates import RateCard
 from royalty.history import PlayHistory
+from royalty.rates import RateCard
 from royalty.rules import Paid, Play, decide, remember
 from royalty.tables import ReferenceTables
 from tests.royalty_fixtures import Catalog
