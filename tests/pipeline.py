@@ -83,6 +83,7 @@ class Pipeline:
             "ENTRAIN_INGEST_CORS_ORIGINS": self.delivery_url,
             "ENTRAIN_SOUNDTRACK_METRICS_PORT": str(self.ports["soundtrack"]),
             "ENTRAIN_INFERENCE_METRICS_PORT": str(self.ports["inference"]),
+            "ENTRAIN_RETRAINER_METRICS_PORT": str(self.ports["retrainer"]),
             "ENTRAIN_WATERMARK_METRICS_PORT": str(self.ports["watermark"]),
             "ENTRAIN_WATERMARK_DETECT_PORT": str(self.ports["detect"]),
             "ENTRAIN_DELIVERY_LOOKBACK_S": "600",
@@ -95,13 +96,14 @@ class Pipeline:
     @property
     def modules(self) -> dict[str, str]:
         modules = {"ingest": "ingest", "soundtrack": "soundtrack", "inference": "inference",
+                   "retrainer": "inference.retrainer",
                    "watermark": "watermark", "delivery": "soundtrack.delivery"}
         return {**modules, "royalty": "royalty"} if self.royalty else modules
 
     def start(self, timeout_s: float = 120) -> Pipeline:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ports = {name: free_port() for name in
-                      ("ingest", "delivery", "soundtrack", "inference", "watermark", "detect", "royalty")}
+                      ("ingest", "delivery", "soundtrack", "inference", "retrainer", "watermark", "detect", "royalty")}
         for name in self.modules:
             self.launch(name)
         self.wait_ready(list(self.modules), timeout_s)

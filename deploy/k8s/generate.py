@@ -38,6 +38,7 @@ SERVICES: dict[str, dict[str, Any]] = {
     "delivery": {"port": 8085, "replicas": 2, "cpu": "500m", "memory": "512Mi"},
     "inference": {"port": 9103, "group": "inference", "topic": "soundtrack.requests.v1", "replicas": 2,
                   "cpu": "1", "memory": "2Gi"},
+    "retrainer": {"port": 9106, "replicas": 1, "cpu": "2", "memory": "2Gi"},  # trains when training consent ends
     "watermark": {"port": 9104, "group": "watermark", "topic": "soundtrack.segments.generated.v1", "replicas": 2,
                   "cpu": "1", "memory": "1Gi"},
     "royalty": {"port": 9105, "group": "royalty", "topic": "listener.plays.v1", "replicas": 1,

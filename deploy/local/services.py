@@ -51,6 +51,8 @@ def services() -> dict[str, Service]:
             **api_keys, **pseudonyms, **secret("ENTRAIN_TOKEN_SIGNING_KEYS_FILE", "token-signing.jwks")}),
         "soundtrack": Service("soundtrack", int(os.environ.get("ENTRAIN_SOUNDTRACK_METRICS_PORT", "9102")), {}),
         "inference": Service("inference", int(os.environ.get("ENTRAIN_INFERENCE_METRICS_PORT", "9103")), {}),
+        "retrainer": Service("retrainer", int(os.environ.get("ENTRAIN_RETRAINER_METRICS_PORT", "9106")), {},
+                             module="inference.retrainer"),
         "watermark": Service("watermark", int(os.environ.get("ENTRAIN_WATERMARK_METRICS_PORT", "9104")),
                              api_keys),  # the detection API
         "delivery": Service("delivery", int(os.environ.get("ENTRAIN_DELIVERY_PORT", "8085")),

@@ -85,13 +85,32 @@ class ConsentSnapshot:
     granted_training: frozenset[str]
     granted_generation: frozenset[str]
     sha256: str
+    withheld_training_works: frozenset[str] = frozenset()  # per-work refusals of holders who grant otherwise
+    raw: bytes = b""
 
     @classmethod
     def load(cls, path: Path = CONSENT_SNAPSHOT) -> ConsentSnapshot:
-        raw = path.read_bytes()
+        return cls.parse(path.read_bytes())
+
+    @classmethod
+    def parse(cls, raw: bytes) -> ConsentSnapshot:
         data = json.loads(raw)
         return cls(frozenset(data["granted_training"]), frozenset(data["granted_generation"]),
-                   hashlib.sha256(raw).hexdigest())
+                   hashlib.sha256(raw).hexdigest(), frozenset(data.get("withheld_training_works", ())), raw)
+
+    @classmethod
+    def taken(cls, history: ConsentHistory, at_ms: int, taken_at: str) -> ConsentSnapshot:
+        """The live consent records as a snapshot: catalog-wide grants per demo holder, and the works
+        a per-work record withholds from training, so ``trainable`` is the live rule at ``at_ms``."""
+        holders = sorted({h for w in load_catalog() for h in w.rights_holders})
+        training = [h for h in holders if history.allowed("ai_training", h, "", at_ms)]
+        generation = [h for h in holders if history.allowed("ai_generation", h, "", at_ms)]
+        withheld = sorted(w.work_id for w in load_catalog() if w.rights_holders <= set(training)
+                          and not history.work_allowed("ai_training", w.rights_holders, w.work_id, at_ms))
+        body = {"description": "Consent records of catalog.consent.v1 in effect at taken_at, as grants (opt-in), "
+                               "taken by the retrainer.", "taken_at": taken_at, "granted_training": training,
+                "granted_generation": generation, "withheld_training_works": withheld}
+        return cls.parse((json.dumps(body, indent=2) + "\n").encode())
 
     def history(self) -> ConsentHistory:
         """The snapshot as consent records, read by the shared rule (a holder not listed: no record)."""
@@ -102,9 +121,18 @@ class ConsentSnapshot:
         return history
 
     def trainable(self, work: CatalogWork) -> bool:
-        return self.history().work_allowed("ai_training", work.rights_holders, work.work_id, 0)
+        return work.work_id not in self.withheld_training_works and \
+            self.history().work_allowed("ai_training", work.rights_holders, work.work_id, 0)
 
     def consent_body(self, holder: str) -> dict[str, bool]:
         """What a holder's consent record says in the snapshot (the demo and tests seed it through ingest)."""
         return {"ai_training": holder in self.granted_training, "ai_generation": holder in self.granted_generation,
                 "likeness": False}
+
+
+def training_withdrawals(history: ConsentHistory, trained_works: set[str] | frozenset[str],
+                         at_ms: int) -> list[tuple[str, str]]:
+    """(rights holder, work) for every work a model was trained on whose holder's consent in effect
+    at ``at_ms`` refuses ``ai_training``: a model version with any must not generate."""
+    return sorted((holder, work.work_id) for work in load_catalog() if work.work_id in trained_works
+                  for holder in work.rights_holders if history.refused("ai_training", holder, work.work_id, at_ms))

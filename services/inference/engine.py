@@ -92,7 +92,8 @@ class Engine:
         self.model.load_state_dict(checkpoint["state"])
         self.model.eval()
         manifest = json.loads((model_dir / "training_manifest.json").read_text())
-        taught = {w["work_id"] for w in manifest["works"]} - set(manifest["held_out_works"])
+        self.trained_works = frozenset(w["work_id"] for w in manifest["works"])  # trained and held out
+        taught = self.trained_works - set(manifest["held_out_works"])
         # Attribution covers only works the model was trained on, whatever profiles.json holds.
         self.profiles = {work: grams for work, grams in json.loads((model_dir / "profiles.json").read_text()).items()
                          if work in taught}

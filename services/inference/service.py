@@ -12,6 +12,12 @@ Generation consent: the live records on catalog.consent.v1 under the shared rule
 (``kit.consent``: opt-in, a per-work record over a catalog-wide one, no record = no
 consent). Only works the model was trained on whose every rights holder grants
 ``ai_generation`` at generation time may receive influence weight.
+
+Training consent: the model generates only while no holder of a work it was trained on has
+a record in effect refusing ``ai_training``, and only if the model registry
+(inference.models.v1, ``inference.registry``) has not retired its version; otherwise new
+requests are refused (counted, logged) until the retrainer publishes a replacement, which is
+loaded from the segment store at the next batch.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import hashlib
 import json
 import os
 import signal
+import tempfile
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -29,8 +37,10 @@ import torch
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from inference.catalog import load_catalog
+from inference.catalog import load_catalog, training_withdrawals
 from inference.engine import Context, Engine, Job, Params
+from inference.registry import ModelRegistry, unpack
+from inference.train import MODEL_DIR
 from inference.wav import wav_bytes
 from kit.consent import ConsentHistory
 from kit.consumer import ConsumerLoop, Record
@@ -50,6 +60,9 @@ SEGMENTS = Counter("entrain_inference_segments_total", "Segments generated.")
 REPLAYED = Counter("entrain_inference_segments_replayed_total",
                    "Requests answered from the generation log (the segment existed: not generated again).")
 QUEUE_DEPTH = Gauge("entrain_inference_batch_size", "Requests in the last micro-batch.")
+REFUSED = Counter("entrain_inference_requests_refused_total",
+                  "Requests not generated because the model's training consent ended (until a new version).")
+MODEL = Gauge("entrain_inference_model_info", "The model version generating (1).", ["model_version"])
 
 
 class GenerationConsent:
@@ -87,11 +100,51 @@ def segment_id_for(request_id: str) -> str:
 
 
 class InferenceService:
-    def __init__(self, kafka: KafkaSettings, engine: Engine, store: SegmentStore, producer: Producer) -> None:
+    def __init__(self, kafka: KafkaSettings, engine: Engine, store: SegmentStore, producer: Producer,
+                 registry: ModelRegistry | None = None, models_dir: Path | None = None) -> None:
         self.kafka, self.engine, self.store, self.producer = kafka, engine, store, producer
         self.out = TopicSerde.for_topic("soundtrack.segments.generated.v1", kafka)
         self.consent = GenerationConsent(kafka)
         self.log = GenerationLog(store)
+        self.registry = registry
+        self.models_dir = models_dir or Path(tempfile.mkdtemp(prefix="entrain-models-"))
+        MODEL.labels(engine.model_version).set(1)
+
+    def refusal(self, now_ms: int) -> str | None:
+        """Why the model must not generate now (its training consent ended), or None. Switches to
+        the registry's newest CURRENT version first."""
+        if self.registry is not None:
+            self.registry.refresh()
+            current = self.registry.current()
+            if current is not None and current["model_version"] != self.engine.model_version:
+                self._switch(current)
+            retired = self.registry.retired(self.engine.model_version)
+            if retired is not None:
+                return f"model {self.engine.model_version} retired: {retired}"
+        withdrawn = training_withdrawals(self.consent.history, self.engine.trained_works, now_ms)
+        if withdrawn:
+            holders = sorted({h for h, _ in withdrawn})
+            return f"model {self.engine.model_version}: ai_training withdrawn by {', '.join(holders)}"
+        return None
+
+    def _switch(self, record: dict[str, Any]) -> None:
+        version = record["model_version"]
+        try:
+            if record["artifact_uri"] is None:
+                folder = MODEL_DIR  # the version built into the image
+            else:
+                folder = unpack(self.store.get(record["artifact_uri"]), record["artifact_sha256"],
+                                self.models_dir / hashlib.sha256(version.encode()).hexdigest()[:16])
+            engine = Engine(folder)
+            if engine.model_version != version:
+                raise ValueError(f"artifact holds {engine.model_version}, not {version}")
+        except Exception as exc:  # a bad artifact must not stop the service: logged, the old model stays
+            log.error("model_switch_failed", model_version=version, error=str(exc))
+            return
+        MODEL.labels(self.engine.model_version).set(0)
+        log.info("model_switched", previous=self.engine.model_version, model_version=version)
+        self.engine = engine
+        MODEL.labels(version).set(1)
 
     def publish_catalog(self) -> int:
         serde, now = TopicSerde.for_topic("catalog.works.v1", self.kafka), int(time.time() * 1000)
@@ -134,6 +187,11 @@ class InferenceService:
                 continue
             pending.append((i, request, params))
         if not pending:
+            return reasons
+        refusal = self.refusal(now)
+        if refusal is not None:  # not the requests' fault: dropped like a missed deadline, counted
+            REFUSED.inc(len(pending))
+            log.warning("generation_refused", reason=refusal, requests=len(pending))
             return reasons
         allowed = self.consent.allowed_works(now) & set(self.engine.profiles)
         if not allowed:
@@ -236,7 +294,10 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("ENTRAIN_INFERENCE_THREADS", "1")))
     kafka = KafkaSettings.from_env()
     producer = Producer(kafka, SERVICE)
-    service = InferenceService(kafka, Engine(), FileStore(), producer)
+    registry = ModelRegistry(kafka)
+    registry.refresh(until_caught_up_s=30)
+    service = InferenceService(kafka, Engine(), FileStore(), producer, registry)
+    service.refusal(int(time.time() * 1000))  # load the registry's current version before the first request
     log.info("catalog_published", works=service.publish_catalog())
     loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_INFERENCE_GROUP", kafka.group("inference")),
                         ["soundtrack.requests.v1"], lambda r: None, producer, batch_handler=service.handle,

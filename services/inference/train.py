@@ -76,15 +76,22 @@ def windows_of(tokens: list[int]) -> list[list[int]]:
     return [prefix + body[i:i + WINDOW] for i in range(0, max(1, len(body) - STRIDE), STRIDE)]
 
 
-def train(epochs: int, out: Path, limit: int | None = None, seed: int = SEED) -> dict[str, Any]:
+def train(epochs: int, out: Path, limit: int | None = None, seed: int = SEED,
+          snapshot: ConsentSnapshot | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train on the works ``snapshot`` (default: the committed consent snapshot) allows; write the
+    version into ``out``, with the snapshot itself when it is not the committed one."""
     torch.manual_seed(seed)
     random.seed(seed)
     torch.set_num_threads(2)
-    snapshot = ConsentSnapshot.load()
+    if snapshot is None:
+        snapshot = ConsentSnapshot.load()
+    elif snapshot.raw:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "consent_snapshot.json").write_bytes(snapshot.raw)
     works = [w for w in load_catalog() if snapshot.trainable(w)][:limit]
     excluded = [w.work_id for w in load_catalog() if not snapshot.trainable(w)]
     sequences = []
-    for work in tqdm(works, desc="parsing corpus", unit="work"):
+    for work in tqdm(works, desc="parsing corpus", unit="work", disable=not progress):
         item = extract(work)
         if item is not None:
             sequences.append(item)
@@ -99,7 +106,7 @@ def train(epochs: int, out: Path, limit: int | None = None, seed: int = SEED) ->
     losses: list[float] = []
     val_losses: list[float] = []
     order = list(range(len(windows)))
-    bar = tqdm(range(epochs), desc="training", unit="epoch")
+    bar = tqdm(range(epochs), desc="training", unit="epoch", disable=not progress)
     for _ in bar:
         model.train()
         random.shuffle(order)
@@ -147,7 +154,8 @@ def train(epochs: int, out: Path, limit: int | None = None, seed: int = SEED) ->
         "model_id": MODEL_ID, "model_version": f"1.0.0+consent.{snapshot.sha256[:8]}",
         "training_manifest_sha256": manifest_sha}, indent=1) + "\n")
     _plot(losses, val_losses, out / "loss_curve.png")
-    return {"losses": losses, "held_out_losses": val_losses, "works": len(sequences), "manifest_sha256": manifest_sha}
+    return {"losses": losses, "held_out_losses": val_losses, "works": len(sequences), "manifest_sha256": manifest_sha,
+            "model_version": f"1.0.0+consent.{snapshot.sha256[:8]}"}
 
 
 def _pad(windows: list[list[int]]) -> torch.Tensor:

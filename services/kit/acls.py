@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from kit.contracts import TopicContract, load_contracts
 from kit.settings import KafkaSettings
 
-SERVICES = ("ingest", "soundtrack", "delivery", "inference", "watermark", "royalty")
+SERVICES = ("ingest", "soundtrack", "delivery", "inference", "retrainer", "watermark", "royalty")
 EXTERNAL = ("listener-app", "finance")
 # Manifest names that are not principals of their own.
 ALIASES = {"royalty statements": "finance"}
 # principal -> consumer-group name prefixes it uses (PREFIXED ACLs)
 GROUPS = {"soundtrack": ("{prefix}soundtrack",), "delivery": ("soundtrack-delivery-",),
-          "inference": ("{prefix}inference", "inference-consent-reader"), "watermark": ("{prefix}watermark",),
+          "inference": ("{prefix}inference", "inference-consent-reader", "inference-model-registry"),
+          "retrainer": ("inference-consent-reader", "inference-model-registry"), "watermark": ("{prefix}watermark",),
           "royalty": ("{prefix}royalty", "royalty-"), "finance": ("finance", "statement-")}
 # Topics a principal reads although no manifest names it a consumer.
 # Delivery answers GET /v1/me/export: it reads the listener's partition of every topic that

@@ -80,6 +80,14 @@ class ConsentHistory:
         catalog = self._in_effect((rights_holder_id, None), at_ms)
         return catalog is not None and purpose in catalog
 
+    def refused(self, purpose: str, rights_holder_id: str, work_id: str, at_ms: int) -> bool:
+        """A record in effect says no (a withdrawal), as opposed to there being no record at all."""
+        per_work = self._in_effect((rights_holder_id, work_id), at_ms)
+        if per_work is not None:
+            return purpose not in per_work
+        catalog = self._in_effect((rights_holder_id, None), at_ms)
+        return catalog is not None and purpose not in catalog
+
     def work_allowed(self, purpose: str, rights_holders: frozenset[str] | set[str], work_id: str, at_ms: int) -> bool:
         """Every rights holder of the work allows it (a work with no holder is never allowed)."""
         return bool(rights_holders) and all(self.allowed(purpose, h, work_id, at_ms) for h in rights_holders)

@@ -21,6 +21,7 @@ DESIGN_TOPICS = {
 }
 INTERNAL_TOPICS = {"royalty.play-ledger.v1"}  # a service's own state, still a contract
 INTERNAL_TOPICS |= {"listener.erasures.v1"}  # the data-deletion path (issue: data lifecycle)
+INTERNAL_TOPICS |= {"inference.models.v1"}  # the model registry: versions retired when training consent ends
 CONTRACTS = load_contracts()
 SIDES = [(c, side) for c in CONTRACTS.values() for side in (c.key, c.value)]
 

@@ -1,0 +1,143 @@
+"""The model registry: inference.models.v1 (compacted, one record per model version).
+
+A version is CURRENT (it may generate) or RETIRED (never again, with the reason). Inference
+generates with the newest CURRENT version; the retrainer (``inference.retrainer``) retires
+versions whose training consent ended and publishes their replacements. A version's artifact
+(weights, profiles, training manifest, version, consent snapshot, model card) is a gzipped tar
+in the segment store; the version built into the image (services/inference/model) has none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from kit.consumer import is_partition_eof
+from kit.serde import DecodeError, TopicSerde
+from kit.settings import KafkaSettings
+
+TOPIC = "inference.models.v1"
+ARTIFACT_FILES = ("weights.pt", "profiles.json", "training_manifest.json", "version.json", "consent_snapshot.json",
+                  "MODEL_CARD.md")
+
+
+def pack(model_dir: Path) -> bytes:
+    """A model directory as a deterministic gzipped tar (sorted names, zeroed times and owners)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for name in ARTIFACT_FILES:
+            path = model_dir / name
+            if not path.exists():
+                continue
+            data = path.read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def unpack(data: bytes, sha256: str, dest: Path) -> Path:
+    """Check the artifact's SHA-256 and extract its known files into ``dest``."""
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError("model artifact does not match its SHA-256")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            if member.name not in ARTIFACT_FILES or not member.isfile():
+                raise ValueError(f"unexpected member {member.name!r} in a model artifact")
+            source = tar.extractfile(member)
+            assert source is not None
+            (dest / member.name).write_bytes(source.read())
+    return dest
+
+
+def manifest_of(model_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((model_dir / "training_manifest.json").read_text()))
+
+
+def record_for(model_dir: Path, status: str, reason: str | None, artifact: tuple[str, str] | None,
+               replaces: str | None = None, changed_at: int | None = None) -> dict[str, Any]:
+    """The registry value of the version in ``model_dir``."""
+    version = json.loads((model_dir / "version.json").read_text())
+    manifest = manifest_of(model_dir)
+    return {"model_id": version["model_id"], "model_version": version["model_version"], "status": status,
+            "reason": reason, "artifact_uri": artifact[0] if artifact else None,
+            "artifact_sha256": artifact[1] if artifact else None,
+            "training_manifest_sha256": version["training_manifest_sha256"],
+            "consent_snapshot_sha256": manifest["consent_snapshot_sha256"], "trained_works": len(manifest["works"]),
+            "replaces": replaces, "changed_at": int(time.time() * 1000) if changed_at is None else changed_at}
+
+
+class ModelRegistry:
+    """Follows inference.models.v1 from the beginning: the latest record of every version."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.serde = TopicSerde.for_topic(TOPIC, kafka)
+        self.versions: dict[str, dict[str, Any]] = {}
+        self._consumer = Consumer({**kafka.client_config(), "group.id": "inference-model-registry",
+                                   "enable.auto.commit": False, "enable.partition.eof": True,
+                                   "isolation.level": "read_committed"})
+        partitions = self._consumer.list_topics(self.serde.topic, timeout=30).topics[self.serde.topic].partitions
+        self._pending = set(partitions)
+        self._consumer.assign([TopicPartition(self.serde.topic, p, OFFSET_BEGINNING) for p in partitions])
+
+    def refresh(self, until_caught_up_s: float = 0.0) -> None:
+        """Apply what has arrived; with ``until_caught_up_s``, first read to the topic's end."""
+        deadline = time.monotonic() + until_caught_up_s
+        while True:
+            waiting = bool(self._pending) and time.monotonic() < deadline
+            batch = self._consumer.consume(500, 0.2 if waiting else 0)
+            for msg in batch:
+                if msg.error() is not None:
+                    if is_partition_eof(msg):
+                        self._pending.discard(msg.partition())
+                    continue
+                try:
+                    value = self.serde.decode_value(msg.value())
+                except DecodeError:
+                    continue
+                if value is not None:
+                    self.versions[value["model_version"]] = value
+            if not batch and not waiting:
+                return
+
+    def retired(self, version: str) -> str | None:
+        """Why ``version`` was retired, or None if it was not."""
+        record = self.versions.get(version)
+        return (record["reason"] or "retired") if record and record["status"] == "RETIRED" else None
+
+    def current(self) -> dict[str, Any] | None:
+        """The newest CURRENT version."""
+        live = [r for r in self.versions.values() if r["status"] == "CURRENT"]
+        return max(live, key=lambda r: (r["changed_at"], r["model_version"])) if live else None
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def versions_table(versions: dict[str, dict[str, Any]]) -> str:
+    """The model card's versions table, newest first."""
+    rows = ["| version | status | since | why |", "|---|---|---|---|"]
+    for r in sorted(versions.values(), key=lambda r: -r["changed_at"]):
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r["changed_at"] / 1000))
+        rows.append(f"| `{r['model_version']}` | {r['status'].lower()} | {since} | {r['reason'] or ''} |")
+    return "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    """python -m inference.registry: the registry's versions table."""
+    registry = ModelRegistry(KafkaSettings.from_env())
+    registry.refresh(until_caught_up_s=30)
+    registry.close()
+    print(versions_table(registry.versions), end="")
+
+
+if __name__ == "__main__":
+    main()
