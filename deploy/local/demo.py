@@ -309,8 +309,9 @@ def royalties(out: Path, play_ids: set[str], listeners: int) -> None:
     print(f"  royalties of this run: {len(paid)} of {len(play_ids)} plays paid ({len(ledger)} ledgered; "
           f"unpaid: {reasons or 'none'}), {minutes:.1f} listener-minutes of AI music heard by {listeners} listeners,")
     if minutes:
-        print(f"    {decimal(total)} {rate.currency} = {total / minutes:,.0f} µ{rate.currency[0]} per listener-minute "
-              f"(a {catalog_play:,} µ catalog play of a 3.5-minute track: {catalog_play / 3.5:,.0f} per minute)")
+        print(f"    {decimal(total)} {rate.currency} = {total / minutes:,.0f} µ{rate.currency} per listener-minute "
+              f"(a catalog play of a 3.5-minute track, {catalog_play:,} µ{rate.currency}: {catalog_play / 3.5:,.0f} "
+              "per minute)")
     top = list(summary["payees"].items())[:5]
     print(f"    to {len(payees)} rights holders; the largest: "
           + ", ".join(f"{holder} {decimal(amount)}" for holder, amount in top))

@@ -18,7 +18,8 @@ import yaml
 from royalty.money import scale
 
 RIGHT_TYPES = ("COMPOSITION", "RECORDING")
-UNITS = {"play": None, "minute": 60_000}  # unit -> milliseconds per unit (None: a flat amount per play)
+UNITS = {"play": None, "minute": 60_000}
+TRACK_MINUTES = 3.5  # the catalog track length the AI per-minute rates are at parity with (rate_card.yaml)  # unit -> milliseconds per unit (None: a flat amount per play)
 DEFAULT_RATE_CARD = Path(__file__).with_name("rate_card.yaml")
 
 
@@ -129,3 +130,28 @@ def parse_tariff(raw: Any, where: str) -> Tariff:
     if not all(isinstance(a, int) and not isinstance(a, bool) and a >= 0 for a in amounts.values()):
         raise RateCardError(f"{where}: amounts must be non-negative integers (micro-units)")
     return Tariff(raw["per"], tuple((rt, amounts[rt]) for rt in RIGHT_TYPES))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m royalty.rates [--minutes 30]: what that much listening pays under every entry, AI
+    music (its per-minute tariff) next to catalog tracks of TRACK_MINUTES (per play)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--rate-card", type=Path, default=DEFAULT_RATE_CARD)
+    args = parser.parse_args(argv)
+    ms = round(args.minutes * 60_000)
+    plays = args.minutes / TRACK_MINUTES
+    print(f"{args.minutes:g} minutes of listening ({plays:.2f} catalog plays of {TRACK_MINUTES} minutes):")
+    print(f"{'entry':16s} {'cur':3s} {'AI music':>10s} {'catalog':>10s}   AI split (composition / recording)")
+    for rate in RateCard.load(args.rate_card).rates:
+        ai = dict(rate.amounts("AI_SEGMENT", ms, "quote"))
+        catalog = sum(amount for _, amount in rate.amounts("CATALOG_WORK", 0, "quote")) * plays
+        print(f"{rate.id:16s} {rate.currency:3s} {sum(ai.values()) / 1e6:10.6f} {catalog / 1e6:10.6f}   "
+              f"{ai['COMPOSITION'] / 1e6:.6f} / {ai['RECORDING'] / 1e6:.6f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
