@@ -4,10 +4,13 @@ Royalty's duplicate-play state is the compacted ledger (one entry per decided pl
 days; ingest accepts plays up to 30 days old, so a full window is 30 days of plays). On every
 assignment it reads the ledger partitions of the plays partitions it was given, inside the
 rebalance callback: the poll loop waits for it. This bench writes ``--entries`` ledger entries
-(the committed example, unique play ids) over the 6 partitions, then times
+shaped like production's (PAID plays of 3-second AI segments, each listener's one after the other,
+``--listeners`` listeners, every segment known to the processor as after its start-up catch-up)
+over the 6 partitions, then times
 
   raw     a plain consumer reading the same records to their end (no decoding): the baseline
-  load    ``RoyaltyProcessor._load_ledger`` for all 6 partitions (decode + fill the dict)
+  load    ``RoyaltyProcessor._load_ledger`` for all 6 partitions (decode, fill the play-id map and
+          rebuild every listener's paid time from the segments)
 
 and extrapolates, by stated arithmetic, to a 30-day window at ``--plays-per-day``: entries per
 partition x partitions one instance of ``--instances`` owns / the measured load rate, against
@@ -32,24 +35,36 @@ from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
 from kit.topics import delete_prefixed_topics, ensure_topics
 from royalty.rates import RateCard
+from royalty.rules import SegmentFacts
 from royalty.service import RoyaltyProcessor, RoyaltySettings
 
 LEDGER = "royalty.play-ledger.v1"
 MAX_POLL_INTERVAL_S = 300
 
 
-def write_entries(kafka: KafkaSettings, n: int, partitions: int) -> None:
+SEGMENT_MS = 3_000
+
+
+def write_entries(kafka: KafkaSettings, n: int, partitions: int, listeners: int) -> dict[str, SegmentFacts]:
+    """The entries, and the segment facts the processor would hold for them."""
     serde = TopicSerde.for_topic(LEDGER, kafka)
-    example = contract(LEDGER).examples()[0][1]["value"]
+    example = next(v["value"] for name, v in contract(LEDGER).examples() if name == "paid-ai-segment.json")
     producer = RawProducer({**kafka.client_config(), **DEFAULT_CONFIG})
+    start = int(time.time() * 1000) - 86_400_000
+    segments = {}
     for i in range(n):
-        play_id = str(uuid.uuid4())
-        producer.produce(serde.topic, key=serde.encode_key({"play_id": play_id}),
-                         value=serde.encode_value({**example, "play_id": play_id}), partition=i % partitions)
+        play_id, segment_id, listener = str(uuid.uuid4()), f"seg-{i:024x}", i % listeners
+        at = start + (i // listeners) * SEGMENT_MS
+        segments[segment_id] = SegmentFacts(f"{listener:064x}", SEGMENT_MS, (("wk-1", 1_000_000),), at)
+        value = {**example, "play_id": play_id, "segment_id": segment_id, "play_started_at": at,
+                 "heard_ms": SEGMENT_MS, "paid_ms": SEGMENT_MS}
+        producer.produce(serde.topic, key=serde.encode_key({"play_id": play_id}), value=serde.encode_value(value),
+                         partition=listener % partitions)  # a listener's plays share a partition
         if i % 10_000 == 0:
             producer.poll(0)
     if producer.flush(120):
         raise SystemExit("ledger entries not acknowledged")
+    return segments
 
 
 def raw_read_s(kafka: KafkaSettings, partitions: int) -> tuple[float, int]:
@@ -74,17 +89,19 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=300_000)
     parser.add_argument("--plays-per-day", type=int, default=1_000_000)
     parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--listeners", type=int, default=2_000)
     args = parser.parse_args()
     kafka = replace(KafkaSettings.from_env(), topic_prefix=f"bench-ledger-{uuid.uuid4().hex[:6]}.")
     ensure_topics(kafka)
     partitions = contract(LEDGER).partitions
     try:
         started = time.perf_counter()
-        write_entries(kafka, args.entries, partitions)
+        segments = write_entries(kafka, args.entries, partitions, args.listeners)
         print(f"wrote {args.entries:,} ledger entries in {time.perf_counter() - started:.1f} s", flush=True)
         raw_s, raw_count = raw_read_s(kafka, partitions)
         processor = RoyaltyProcessor(kafka, RoyaltySettings(instance_id=f"bench-{uuid.uuid4().hex[:6]}",
                                                             group_id=f"bench-{uuid.uuid4().hex[:6]}"), RateCard.load())
+        processor.tables.segments.update(segments)
         started = time.perf_counter()
         loaded = processor._load_ledger(list(range(partitions)))
         load_s = time.perf_counter() - started
