@@ -25,8 +25,11 @@ Ineligible plays pay nothing (the reason is a metric label and a ledger field): 
 decided before (``duplicate_play``), fraud-flagged, a catalog play under 30 s
 (``short_play``), an AI segment not delivered to that listener
 (``not_delivered_to_listener``), with nothing heard or claimed ``completed`` with
-``ms_played`` short of the segment by more than ``HEARD_SLACK_MS`` (``not_heard``), whose
-time was already paid (``overlaps_paid_time``), or with no consenting influence left.
+``ms_played`` short of the segment by more than ``HEARD_SLACK_MS`` (``not_heard``), claimed
+to start before the segment was generated (``played_before_generated``, with ``CLOCK_SLACK_MS``
+for device clocks: a listener's paid time cannot be backfilled into the past), whose time was
+already paid (``overlaps_paid_time``), or with no consenting influence left. Together with
+non-overlap this bounds a listener's paid AI time by the real time since their first segment.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from royalty.rates import RIGHT_TYPES, Rate, RateCard
 
 MIN_PLAY_MS = 30_000
 HEARD_SLACK_MS = 250  # a player's clock and the segment's rounding: "to the end" within a quarter second
+CLOCK_SLACK_MS = 300_000  # a device clock this far behind the servers' still has its plays paid
 PPM = 1_000_000
 
 
@@ -184,6 +188,8 @@ def decide(
             return Waiting("segment_provenance_unknown")
         if segment.listener_id != play.listener_id:
             return Unpaid("not_delivered_to_listener")
+        if play.started_at < segment.generated_at - CLOCK_SLACK_MS:  # no backfilling paid time before it existed
+            return Unpaid("played_before_generated")
         heard_ms = min(play.ms_played, segment.duration_ms)
         if heard_ms <= 0 or (play.completed and play.ms_played < segment.duration_ms - HEARD_SLACK_MS):
             return Unpaid("not_heard")

@@ -59,6 +59,7 @@ URL_TTL_S = 3600
 MAX_REPORT_BYTES = 4096
 RATE_PER_LISTENER, BURST_PER_LISTENER = 5.0, 20.0  # requests/s; a player polls about once a segment
 EXPORTS_PER_MINUTE, EXPORT_BURST = 1.0, 2.0  # an export reads days of the listener's partitions
+EXPORTS_AT_ONCE = 2  # per process, whoever asks: many listeners' exports cannot exhaust the broker or memory
 
 UNDERRUNS = Counter("entrain_soundtrack_buffer_underruns_total",
                     "Segments that reached the playlist after their deadline (server) or players that ran dry "
@@ -220,6 +221,7 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
     signer = UrlSigner(pseudonymizer.secret)
     limiter = RateLimiter(RATE_PER_LISTENER, BURST_PER_LISTENER) if limiter is None else limiter
     export_limiter = RateLimiter(EXPORTS_PER_MINUTE / 60, EXPORT_BURST)
+    exports_running = threading.BoundedSemaphore(EXPORTS_AT_ONCE)
 
     def limit(listener: str) -> None:
         if limiter.take(listener, 1, int(clock() * 1000)):
@@ -299,7 +301,12 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
             raise HttpError(503, "exports are not configured on this delivery instance")
         if export_limiter.take(listener.listener_id, 1, int(clock() * 1000)):
             raise HttpError(429, f"at most {EXPORTS_PER_MINUTE:g} export a minute per listener; retry later")
-        held = await run_in_threadpool(exporter.export, listener.listener_id)
+        if not exports_running.acquire(blocking=False):
+            raise HttpError(429, f"{EXPORTS_AT_ONCE} exports are running on this instance; retry in a minute")
+        try:
+            held = await run_in_threadpool(exporter.export, listener.listener_id)
+        finally:
+            exports_running.release()
         with feed.lock:
             playlist = [e.segment["segment_id"] for e in feed.playlists.entries(listener.listener_id)]
         log.info("listener_export", listener_id=listener.listener_id,

@@ -145,9 +145,10 @@ def test_a_partly_heard_ai_segment_pays_the_time_heard() -> None:
     ({"ms_played": 2_900, "completed": True}, "not_heard"),  # 300 ms short of a 3.2 s segment
     ({"ms_played": 0, "completed": False}, "not_heard"),
     ({"listener_id": "m" * 64, "ms_played": 3_200, "completed": True}, "not_delivered_to_listener"),
+    ({"started_at": T0 - 3_600_000}, "played_before_generated"),  # an hour before the segment existed
 ])
 def test_an_ai_play_pays_only_what_was_delivered_to_that_listener_and_heard(change: dict, reason: str) -> None:
-    short = {"seg-1": replace(SEGMENTS["seg-1"], duration_ms=3_200)}
+    short = {"seg-1": replace(SEGMENTS["seg-1"], duration_ms=3_200, generated_at=T0 - 1_000)}
     assert decide(replace(AI_PLAY, **change), RATES, WORKS, short, everyone_consents(), PlayHistory()) == \
         Unpaid(reason)
 
