@@ -34,7 +34,7 @@ def segment_record(segment_id: str, works: list[tuple[str, int]], listener: str 
                   "duration_ms": SEGMENT_MS},
         "provenance": {"model_id": "m", "model_version": "1", "training_manifest_sha256": "0" * 64, "seed": 1,
                        "influences": [{"work_id": w, "weight_ppm": p} for w, p in works]},
-        "generated_at": 0, "deadline": 0, "source_sha256": "0" * 64,
+        "generated_at": int(time.time() * 1000) - 7_200_000, "deadline": 0, "source_sha256": "0" * 64,
         "watermark": {"key_id": "k", "payload_hex": "00", "verification_score": 1.0, "verified_at": 0},
     }
 

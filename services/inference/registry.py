@@ -26,6 +26,8 @@ from kit.settings import KafkaSettings
 TOPIC = "inference.models.v1"
 ARTIFACT_FILES = ("weights.pt", "profiles.json", "training_manifest.json", "version.json", "consent_snapshot.json",
                   "MODEL_CARD.md")
+REQUIRED_FILES = frozenset(ARTIFACT_FILES) - {"consent_snapshot.json", "MODEL_CARD.md"}
+MAX_ARTIFACT_BYTES = 256 * 1024 * 1024  # unpacked; the demo model is about 3 MB
 
 
 def pack(model_dir: Path) -> bytes:
@@ -44,17 +46,27 @@ def pack(model_dir: Path) -> bytes:
 
 
 def unpack(data: bytes, sha256: str, dest: Path) -> Path:
-    """Check the artifact's SHA-256 and extract its known files into ``dest``."""
+    """Check the artifact's SHA-256, then extract its files into ``dest`` (which must not exist):
+    only the known names, each once, regular files, at most MAX_ARTIFACT_BYTES in all, and the
+    training manifest must match the hash in version.json."""
     if hashlib.sha256(data).hexdigest() != sha256:
         raise ValueError("model artifact does not match its SHA-256")
-    dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        for member in tar.getmembers():
-            if member.name not in ARTIFACT_FILES or not member.isfile():
-                raise ValueError(f"unexpected member {member.name!r} in a model artifact")
+        members = tar.getmembers()
+        names = [m.name for m in members]
+        if len(set(names)) != len(names) or not set(names) <= set(ARTIFACT_FILES) or not set(names) >= REQUIRED_FILES:
+            raise ValueError(f"a model artifact holds {sorted(names)}, not the model files")
+        if any(not m.isfile() for m in members) or sum(m.size for m in members) > MAX_ARTIFACT_BYTES:
+            raise ValueError("a model artifact holds something other than small regular files")
+        dest.mkdir(parents=True)
+        for member in members:
             source = tar.extractfile(member)
             assert source is not None
-            (dest / member.name).write_bytes(source.read())
+            (dest / member.name).write_bytes(source.read(member.size + 1)[: member.size])
+    version = json.loads((dest / "version.json").read_text())
+    manifest_sha = hashlib.sha256((dest / "training_manifest.json").read_bytes()).hexdigest()
+    if manifest_sha != version["training_manifest_sha256"]:
+        raise ValueError("the artifact's training manifest does not match its version.json")
     return dest
 
 

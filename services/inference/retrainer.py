@@ -20,6 +20,9 @@ The bound: generation with a withdrawn holder's works stops within one inference
 consent record reaching the topic; generation resumes, on a model without those works, after
 one training run (the demo catalog's full run: about a minute on two cores, see docs/consent.md)
 plus one batch. A grant (or a re-grant) changes nothing until the next retrain or ``make train``.
+Consent is read to the topic's end before every snapshot. A crash between the RETIRED and the
+CURRENT record leaves no CURRENT version: the next step trains one. A RETIRED version is never
+published again, even when the live consent snapshot would reproduce it (logged).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from prometheus_client import Counter, Histogram
 from inference.catalog import ConsentSnapshot, training_withdrawals
 from inference.registry import TOPIC, ModelRegistry, manifest_of, pack, record_for, unpack, versions_table
 from inference.service import GenerationConsent
-from inference.train import MODEL_DIR, train
+from inference.train import MODEL_DIR, train, version_for
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings
@@ -64,10 +67,11 @@ class Retrainer:
         self.consent = GenerationConsent(kafka)
         self.registry = ModelRegistry(kafka)
         self._manifests: dict[str, frozenset[str]] = {}
+        self._refused: str | None = None
 
     def start(self) -> None:
         self.registry.refresh(until_caught_up_s=30)
-        self.consent.refresh()
+        self.consent.catch_up()
         builtin = record_for(self.builtin, "CURRENT", "built into the image (make train)", None)
         if builtin["model_version"] not in self.registry.versions:
             self._publish(builtin)
@@ -78,8 +82,12 @@ class Retrainer:
         self.consent.refresh()
         self.registry.refresh()
         current = self.registry.current()
-        if current is None:
-            return None
+        if current is None:  # every version retired and no replacement (a crash between the two): train one
+            retired = max(self.registry.versions.values(), key=lambda r: r["changed_at"], default=None)
+            if retired is None:
+                return None
+            self.consent.catch_up()
+            return self._replace(str(retired["model_version"]), now_ms)
         withdrawn = training_withdrawals(self.consent.history, self._trained_works(current), now_ms)
         if not withdrawn:
             return None
@@ -94,16 +102,18 @@ class Retrainer:
 
     def _replace(self, retired: str, now_ms: int) -> str:
         started = time.monotonic()
+        self.consent.catch_up()  # the snapshot must hold every record on the topic, not just those read so far
         snapshot = ConsentSnapshot.taken(self.consent.history, now_ms, iso(now_ms))
+        version = version_for(snapshot)
+        known = self.registry.versions.get(version)
+        if known is not None:  # trained before: a restart mid-way (CURRENT), or a RETIRED one never comes back
+            if known["status"] == "RETIRED" and version != self._refused:
+                self._refused = version
+                log.error("retrain_would_revive_a_retired_version", model_version=version, reason=known["reason"])
+            return version
         with tempfile.TemporaryDirectory(prefix="entrain-train-") as tmp:
             out = Path(tmp)
             result = train(self.epochs, out, self.limit, snapshot=snapshot, progress=False)
-            version = result["model_version"]
-            known = self.registry.versions.get(version)
-            if known is not None:  # trained before: a restart mid-way (CURRENT) or never again (RETIRED)
-                if known["status"] == "RETIRED":
-                    log.error("retrained_version_was_retired", model_version=version, reason=known["reason"])
-                return version
             record = record_for(out, "CURRENT", f"retrained on the works whose holders grant ai_training at "
                                 f"{iso(now_ms)}", None, replaces=retired)
             (out / "MODEL_CARD.md").write_text(model_card(record, result, {**self.registry.versions,
@@ -125,7 +135,7 @@ class Retrainer:
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     folder = unpack(self.store.get(str(record["artifact_uri"])), str(record["artifact_sha256"]),
-                                    Path(tmp))
+                                    Path(tmp) / "model")
                     manifest = manifest_of(folder)
             self._manifests[version] = frozenset(w["work_id"] for w in manifest["works"])
         return self._manifests[version]

@@ -74,7 +74,22 @@ class GenerationConsent:
         self.consumer = Consumer({**kafka.client_config(), "group.id": "inference-consent-reader",
                                   "enable.auto.commit": False, "isolation.level": "read_committed"})
         parts = self.consumer.list_topics(self.serde.topic, timeout=30).topics[self.serde.topic].partitions
+        self.partitions = [TopicPartition(self.serde.topic, p) for p in parts]
         self.consumer.assign([TopicPartition(self.serde.topic, p, OFFSET_BEGINNING) for p in parts])
+
+    def catch_up(self, timeout_s: float = 30.0) -> None:
+        """Read every record that is on the topic now (to each partition's high watermark): a
+        decision that must see every withdrawal (start-up, a training snapshot) waits for this."""
+        ends = {tp.partition: self.consumer.get_watermark_offsets(tp, timeout=10) for tp in self.partitions}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.refresh()
+            positions = {tp.partition: tp.offset for tp in self.consumer.position(self.partitions)}
+            if all(low == high or positions[p] >= high for p, (low, high) in ends.items()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.serde.topic} not read to its end within {timeout_s:.0f}s")
+            time.sleep(0.05)
 
     def refresh(self) -> None:
         for msg in self.consumer.consume(1000, 0):
@@ -108,6 +123,8 @@ class InferenceService:
         self.log = GenerationLog(store)
         self.registry = registry
         self.models_dir = models_dir or Path(tempfile.mkdtemp(prefix="entrain-models-"))
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self._unloadable: set[str] = set()
         MODEL.labels(engine.model_version).set(1)
 
     def refusal(self, now_ms: int) -> str | None:
@@ -129,17 +146,20 @@ class InferenceService:
 
     def _switch(self, record: dict[str, Any]) -> None:
         version = record["model_version"]
+        if version in self._unloadable:
+            return
         try:
             if record["artifact_uri"] is None:
                 folder = MODEL_DIR  # the version built into the image
             else:
                 folder = unpack(self.store.get(record["artifact_uri"]), record["artifact_sha256"],
-                                self.models_dir / hashlib.sha256(version.encode()).hexdigest()[:16])
+                                Path(tempfile.mkdtemp(dir=self.models_dir)) / "model")
             engine = Engine(folder)
             if engine.model_version != version:
                 raise ValueError(f"artifact holds {engine.model_version}, not {version}")
         except Exception as exc:  # a bad artifact must not stop the service: logged, the old model stays
             log.error("model_switch_failed", model_version=version, error=str(exc))
+            self._unloadable.add(version)  # not retried every batch; a new version replaces it
             return
         MODEL.labels(self.engine.model_version).set(0)
         log.info("model_switched", previous=self.engine.model_version, model_version=version)
@@ -297,6 +317,7 @@ def main() -> None:
     registry = ModelRegistry(kafka)
     registry.refresh(until_caught_up_s=30)
     service = InferenceService(kafka, Engine(), FileStore(), producer, registry)
+    service.consent.catch_up()  # every withdrawal on the topic is seen before the first request
     service.refusal(int(time.time() * 1000))  # load the registry's current version before the first request
     log.info("catalog_published", works=service.publish_catalog())
     loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_INFERENCE_GROUP", kafka.group("inference")),

@@ -76,6 +76,11 @@ def windows_of(tokens: list[int]) -> list[list[int]]:
     return [prefix + body[i:i + WINDOW] for i in range(0, max(1, len(body) - STRIDE), STRIDE)]
 
 
+def version_for(snapshot: ConsentSnapshot) -> str:
+    """A model version is named by the consent snapshot it was trained under."""
+    return f"1.0.0+consent.{snapshot.sha256[:8]}"
+
+
 def train(epochs: int, out: Path, limit: int | None = None, seed: int = SEED,
           snapshot: ConsentSnapshot | None = None, progress: bool = True) -> dict[str, Any]:
     """Train on the works ``snapshot`` (default: the committed consent snapshot) allows; write the
@@ -151,11 +156,11 @@ def train(epochs: int, out: Path, limit: int | None = None, seed: int = SEED,
     (out / "training_manifest.json").write_text(text)
     manifest_sha = hashlib.sha256(text.encode()).hexdigest()
     (out / "version.json").write_text(json.dumps({
-        "model_id": MODEL_ID, "model_version": f"1.0.0+consent.{snapshot.sha256[:8]}",
+        "model_id": MODEL_ID, "model_version": version_for(snapshot),
         "training_manifest_sha256": manifest_sha}, indent=1) + "\n")
     _plot(losses, val_losses, out / "loss_curve.png")
     return {"losses": losses, "held_out_losses": val_losses, "works": len(sequences), "manifest_sha256": manifest_sha,
-            "model_version": f"1.0.0+consent.{snapshot.sha256[:8]}"}
+            "model_version": version_for(snapshot)}
 
 
 def _pad(windows: list[list[int]]) -> torch.Tensor:

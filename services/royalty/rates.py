@@ -18,8 +18,8 @@ import yaml
 from royalty.money import scale
 
 RIGHT_TYPES = ("COMPOSITION", "RECORDING")
-UNITS = {"play": None, "minute": 60_000}
-TRACK_MINUTES = 3.5  # the catalog track length the AI per-minute rates are at parity with (rate_card.yaml)  # unit -> milliseconds per unit (None: a flat amount per play)
+UNITS = {"play": None, "minute": 60_000}  # unit -> milliseconds per unit (None: a flat amount per play)
+TRACK_MINUTES = 3.5  # the catalog track length the AI per-minute rates are at parity with (rate_card.yaml)
 DEFAULT_RATE_CARD = Path(__file__).with_name("rate_card.yaml")
 
 
@@ -58,7 +58,7 @@ class Rate:
         unit_ms = UNITS[tariff.per]
         if unit_ms is None:
             return tariff.micros
-        return tuple((rt, scale(micros, paid_ms, unit_ms, f"{seed}/{rt}")) for rt, micros in tariff.micros)
+        return tuple((rt, scale(micros, paid_ms, unit_ms, f"{seed}/minutes/{rt}")) for rt, micros in tariff.micros)
 
     def total_micros(self, usage: str, paid_ms: int, seed: str) -> int:
         return sum(amount for _, amount in self.amounts(usage, paid_ms, seed))

@@ -16,8 +16,9 @@ right type rt; an AI-segment play pays the per-minute amount times its **paid ti
 * Each work's part is split across the work's rights holders for rt by their shares (ppm).
 
 Every rounding (per-minute amount, work split, holder split) is the unbiased systematic
-rounding of ``royalty.money`` seeded by the play id: every play's lines sum exactly to its
-amount, each payee is within one micro-unit of its exact share, and over many plays each
+rounding of ``royalty.money``, each seeded separately from the play's position on its topic
+(which the broker assigns, so a client cannot grind play ids for favourable rounding): every
+play's lines sum exactly to its amount, each payee is within one micro-unit of its exact share, and over many plays each
 payee's mean is its exact share, however small. Lines are aggregated per (rights holder,
 right type) with a per-work breakdown, and carry a deterministic event id.
 
@@ -27,9 +28,10 @@ decided before (``duplicate_play``), fraud-flagged, a catalog play under 30 s
 (``not_delivered_to_listener``), with nothing heard or claimed ``completed`` with
 ``ms_played`` short of the segment by more than ``HEARD_SLACK_MS`` (``not_heard``), claimed
 to start before the segment was generated (``played_before_generated``, with ``CLOCK_SLACK_MS``
-for device clocks: a listener's paid time cannot be backfilled into the past), whose time was
-already paid (``overlaps_paid_time``), or with no consenting influence left. Together with
-non-overlap this bounds a listener's paid AI time by the real time since their first segment.
+for device clocks) or more than ``PLAY_WINDOW_MS`` after (``played_after_window``), whose time
+was already paid (``overlaps_paid_time``), or with no consenting influence left. With
+non-overlap, a listener's paid AI time is then bounded by the union of the day after each
+segment they were really sent: it cannot be backfilled or spread from one segment over weeks.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from royalty.rates import RIGHT_TYPES, Rate, RateCard
 MIN_PLAY_MS = 30_000
 HEARD_SLACK_MS = 250  # a player's clock and the segment's rounding: "to the end" within a quarter second
 CLOCK_SLACK_MS = 300_000  # a device clock this far behind the servers' still has its plays paid
+PLAY_WINDOW_MS = 86_400_000  # a segment is generated for one listening session: paid if played within a day
 PPM = 1_000_000
 
 
@@ -174,8 +177,11 @@ def decide(
     segments: Mapping[str, SegmentFacts],
     consent: ConsentHistory,
     history: PlayHistory,
+    position: str,
 ) -> Decision:
-    """What a play pays, given what was decided before it. Raises RateCardMissing when no rate prices it."""
+    """What a play pays, given what was decided before it. ``position`` ("partition:offset" of the play
+    on listener.plays.v1, which the broker assigns) seeds every rounding: a client cannot choose it, so
+    it cannot pick play ids that round in its favour. Raises RateCardMissing when no rate prices it."""
     if history.seen(play.play_id):
         return Unpaid("duplicate_play")
     if play.fraud_flags:
@@ -190,6 +196,8 @@ def decide(
             return Unpaid("not_delivered_to_listener")
         if play.started_at < segment.generated_at - CLOCK_SLACK_MS:  # no backfilling paid time before it existed
             return Unpaid("played_before_generated")
+        if play.started_at > segment.generated_at + PLAY_WINDOW_MS:  # nor spreading one segment over weeks
+            return Unpaid("played_after_window")
         heard_ms = min(play.ms_played, segment.duration_ms)
         if heard_ms <= 0 or (play.completed and play.ms_played < segment.duration_ms - HEARD_SLACK_MS):
             return Unpaid("not_heard")
@@ -213,11 +221,11 @@ def decide(
         weights = {play.work_id: PPM}
 
     amounts: dict[tuple[str, str], dict[str, int]] = {}
-    for right_type, amount in rate.amounts(play.content_kind, paid_ms, seed=play.play_id):
-        per_work = split(amount, weights, seed=f"{play.play_id}/{right_type}")
+    for right_type, amount in rate.amounts(play.content_kind, paid_ms, seed=position):
+        per_work = split(amount, weights, seed=f"{position}/works/{right_type}")
         for work, work_amount in per_work.items():
             holders = dict(works[work].by_right[right_type])
-            per_holder = split(work_amount, holders, seed=f"{play.play_id}/{right_type}/{work}")
+            per_holder = split(work_amount, holders, seed=f"{position}/holders/{right_type}/{work}")
             for holder, part in per_holder.items():
                 breakdown = amounts.setdefault((holder, right_type), {})
                 breakdown[work] = breakdown.get(work, 0) + part

@@ -323,13 +323,13 @@ class RoyaltyProcessor:
             return True
         play = Play.from_record(value)
         try:
-            decision = self._decide(play)
+            decision = self._decide(play, msg)
         except RateCardMissing as exc:
             self._dead_letter(msg, "invalid", str(exc), play)
             return True
         if isinstance(decision, Waiting):
             self.feed.drain(max_s=0.5)  # the input may just have arrived
-            decision = self._decide(play)
+            decision = self._decide(play, msg)
         if isinstance(decision, Waiting):
             key = source_of(msg)[1:]
             since = self._waiting_since.setdefault(key, time.monotonic())
@@ -357,8 +357,10 @@ class RoyaltyProcessor:
         self.producer.poll(0)
         return True
 
-    def _decide(self, play: Play) -> Paid | Unpaid | Waiting:
-        return decide(play, self.rates, self.tables.works, self.tables.segments, self.tables.consent, self.history)
+    def _decide(self, play: Play, msg: Message) -> Paid | Unpaid | Waiting:
+        _, partition, offset = source_of(msg)
+        return decide(play, self.rates, self.tables.works, self.tables.segments, self.tables.consent, self.history,
+                      position=f"{partition}:{offset}")
 
     def _record(self, msg: Message, play: Play, outcome: str, reason: str | None, paid: Paid | None) -> None:
         ledger = self.serdes[LEDGER]

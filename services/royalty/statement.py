@@ -140,9 +140,10 @@ class Report:
 
 def measure(entry: dict[str, Any]) -> tuple[str, int, str]:
     """(usage, paid milliseconds, seed) of a PAID ledger entry, to price it again from the rate card."""
+    position = f"{entry['source_partition']}:{entry['source_offset']}"  # the seed royalty rounded with
     if entry.get("segment_id") is not None:
-        return "AI_SEGMENT", entry["paid_ms"], entry["play_id"]
-    return "CATALOG_WORK", 0, entry["play_id"]
+        return "AI_SEGMENT", entry["paid_ms"], position
+    return "CATALOG_WORK", 0, position
 
 
 def build(lines: list[dict[str, Any]], ledger: list[dict[str, Any]], rates: RateCard, start_ms: int,

@@ -30,6 +30,7 @@ from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings
 
 READ_TIMEOUT_S = 60.0
+MAX_RECORDS = 20_000  # per topic: about 5.5 hours of 1 Hz telemetry; beyond it the answer says "truncated"
 NOT_HELD = {
     "royalty.events.v1, royalty.play-ledger.v1": "royalty lines and the ledger name play ids, segments and rights "
                                                    "holders, never a listener",
@@ -107,10 +108,10 @@ class Exporter:
                 if source.logical == "listener.telemetry.v1":
                     telemetry_partition = partition
                 since = now_ms - serde.contract.retention_ms if serde.contract.retention_ms > 0 else 0
-                records = [serde.decode_value(value) for value in
-                           self._read(consumer, serde.topic, partition, since, {key})]
+                values, truncated = self._read(consumer, serde.topic, partition, since, {key})
+                records = [serde.decode_value(value) for value in values]
                 topics[source.logical] = {"what": source.what, "retention_ms": serde.contract.retention_ms,
-                                          "records": [r for r in records if r is not None]}
+                                          "records": [r for r in records if r is not None], "truncated": truncated}
             state = self._state(consumer, listener_id, telemetry_partition)
         finally:
             consumer.close()
@@ -119,9 +120,8 @@ class Exporter:
 
     def _state(self, consumer: Consumer, listener_id: str, partition: int) -> dict[str, Any] | None:
         keys = {listener_id.encode(), json.dumps(listener_id).encode()}  # raw, or JSON as Faust writes it
-        latest: bytes | None = None
-        for value in self._read(consumer, self.changelog_topic, partition, 0, keys):
-            latest = value  # a tombstone (None) after an erasure or an idle eviction ends the state
+        values, _ = self._read(consumer, self.changelog_topic, partition, 0, keys, keep_last=True)
+        latest: bytes | None = values[-1] if values else None  # a tombstone (None) ends the state
         if latest is None:
             return None
         try:
@@ -129,14 +129,15 @@ class Exporter:
         except (ValueError, TypeError):
             raise DecodeError(f"unreadable soundtrack state on {self.changelog_topic}") from None
 
-    def _read(self, consumer: Consumer, topic: str, partition: int, since_ms: int,
-              keys: set[bytes]) -> list[Any]:
-        """Values of ``keys`` on one partition from ``since_ms`` (0: the beginning) to its end now."""
+    def _read(self, consumer: Consumer, topic: str, partition: int, since_ms: int, keys: set[bytes],
+              keep_last: bool = False) -> tuple[list[Any], bool]:
+        """Values of ``keys`` on one partition from ``since_ms`` (0: the beginning) to its end now: the
+        first MAX_RECORDS (or with ``keep_last`` only the last), and whether any were left out."""
         start = TopicPartition(topic, partition, since_ms) if since_ms > 0 else None
         if start is not None:
             [start] = consumer.offsets_for_times([start], timeout=30)
             if start.offset < 0:  # nothing that recent
-                return []
+                return [], False
         consumer.assign([start or TopicPartition(topic, partition, OFFSET_BEGINNING)])
         values: list[Any] = []
         deadline = time.monotonic() + READ_TIMEOUT_S
@@ -146,8 +147,12 @@ class Exporter:
                 continue
             if msg.error() is not None:
                 if is_partition_eof(msg):
-                    return values
+                    return values, False
                 continue
             if msg.key() in keys:
+                if keep_last:
+                    values.clear()
                 values.append(msg.value())
+                if len(values) >= MAX_RECORDS:
+                    return values, True
         raise TimeoutError(f"{topic} [{partition}] not read to its end within {READ_TIMEOUT_S:.0f}s")

@@ -543,7 +543,8 @@ def check_royalty(kafka: KafkaSettings, acked: Acked, began_ms: int, timeout_s: 
             continue
         play = Play.from_record(value)
         try:
-            decision = decide(play, rates, tables.works, tables.segments, tables.consent, history)
+            decision = decide(play, rates, tables.works, tables.segments, tables.consent, history,
+                              f"{msg.partition()}:{msg.offset()}")
         except RateCardMissing:
             continue  # an injected play no rate prices: dead-lettered
         remember(history, play, decision, msg.partition())  # unacknowledged plays count too: royalty saw them

@@ -40,6 +40,7 @@ from royalty.history import PlayHistory
 from royalty.rates import RateCard
 from royalty.rules import Paid, Play, decide, remember
 from royalty.tables import ReferenceTables
+from tests.kafka_helpers import read_to_end
 from tests.royalty_fixtures import Catalog
 
 KAFKA_SCRIPT = REPO_ROOT / "deploy" / "local" / "kafka.py"
@@ -48,16 +49,21 @@ QUIET.addHandler(logging.NullHandler())
 QUIET.propagate = False
 
 
-def expected_lines(catalog: Catalog, plays: list[dict[str, Any]]) -> dict[tuple[str, str, str], int]:
-    """What the rules say each play pays, computed here from the same inputs."""
+def expected_lines(catalog: Catalog, kafka: KafkaSettings) -> dict[tuple[str, str, str], int]:
+    """What the rules say each play pays, computed here from the same inputs: the plays as they
+    sit on their topic (in partition order, with the positions that seed the rounding)."""
     tables = ReferenceTables()
     for topic, key, value in catalog.published:
         tables.apply(topic, key, value, 0)
     rates, history, out = RateCard.load(), PlayHistory(), {}
-    for value in plays:
+    serde = TopicSerde.for_topic("listener.plays.v1", kafka)
+    for msg in read_to_end(kafka, serde.topic):
+        value = serde.decode_value(msg.value())
+        assert value is not None
         play = Play.from_record(value)
-        decision = decide(play, rates, tables.works, tables.segments, tables.consent, history)
-        remember(history, play, decision, partition=0)
+        decision = decide(play, rates, tables.works, tables.segments, tables.consent, history,
+                          f"{msg.partition()}:{msg.offset()}")
+        remember(history, play, decision, msg.partition())
         if isinstance(decision, Paid):
             for line in decision.lines:
                 out[(play.play_id, line.rights_holder_id, line.right_type)] = line.amount_micros
@@ -173,7 +179,7 @@ def run(plays_n: int, kills: int, broker_restart: bool, seed: int = 1, timeout_s
     all_plays = plays + repeats
     catalog.send_plays(all_plays)
     del catalog.producer  # its reconnect attempts during the broker restart would only add noise
-    expected = expected_lines(catalog, all_plays)
+    expected = expected_lines(catalog, kafka)
     distinct_plays = len({p["play_id"] for p in all_plays})
 
     folder = STATE_DIR / "crash"

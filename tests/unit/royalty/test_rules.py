@@ -35,7 +35,8 @@ WORKS = {
                                 "RECORDING": (("rh-7", 1_000_000),)}),
 }
 LISTENER = "l" * 64
-SEGMENTS = {"seg-1": SegmentFacts(LISTENER, 40_000, (("wk-a", 500_000), ("wk-b", 300_000), ("wk-c", 200_000)))}
+SEGMENTS = {"seg-1": SegmentFacts(LISTENER, 40_000, (("wk-a", 500_000), ("wk-b", 300_000), ("wk-c", 200_000)),
+                                  T0 - 60_000)}
 AI_PLAY = Play("c8e2f0a4-0000-4c5e-8f7a-6b9d0e1f2a3b", "AI_SEGMENT", "seg-1", None, T0, 45_000, "DE", "PREMIUM", (),
                listener_id=LISTENER)
 
@@ -53,7 +54,7 @@ def total(decision) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_an_ai_play_pays_its_time_heard_exactly_across_all_holders() -> None:
-    decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, everyone_consents(), PlayHistory())
+    decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, everyone_consents(), PlayHistory(), "0:1")
     assert isinstance(decision, Paid)
     assert decision.rate.id == "eu-premium-2026" and decision.rate.currency == "EUR"
     # 45 s played of a 40 s segment: 40 s heard and paid at 429 + 714 µ€ a minute = 286 + 476
@@ -74,7 +75,7 @@ def test_an_ai_play_pays_its_time_heard_exactly_across_all_holders() -> None:
 
 def test_a_catalog_play_pays_its_per_play_rate() -> None:
     play = replace(AI_PLAY, content_kind="CATALOG_WORK", segment_id=None, work_id="wk-b")
-    decision = decide(play, RATES, WORKS, SEGMENTS, ConsentHistory(), PlayHistory())
+    decision = decide(play, RATES, WORKS, SEGMENTS, ConsentHistory(), PlayHistory(), "0:1")
     assert isinstance(decision, Paid) and (decision.heard_ms, decision.paid_ms) == (0, 0)
     assert {(x.rights_holder_id, x.right_type): x.amount_micros for x in decision.lines} == {
         ("rh-4", "COMPOSITION"): 1500, ("rh-4", "RECORDING"): 2500}
@@ -83,7 +84,7 @@ def test_a_catalog_play_pays_its_per_play_rate() -> None:
 def test_an_opted_out_holder_s_work_is_removed_and_the_rest_renormalised() -> None:
     consent = everyone_consents()
     consent.add("rh-4", None, T0 - 1, {"ai_generation": False})  # rh-4 withdrew generation consent before the play
-    decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, consent, PlayHistory())
+    decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, consent, PlayHistory(), "0:1")
     assert isinstance(decision, Paid) and total(decision) == 762
     assert all(line.rights_holder_id != "rh-4" for line in decision.lines)
     by_key = {(line.rights_holder_id, line.right_type): line.amount_micros for line in decision.lines}
@@ -93,8 +94,8 @@ def test_an_opted_out_holder_s_work_is_removed_and_the_rest_renormalised() -> No
 def test_consent_applies_as_it_stood_at_play_time() -> None:
     consent = everyone_consents()
     consent.add("rh-4", None, T0 + 60_000, {"ai_generation": False})  # opted out one minute after the play started
-    before = decide(AI_PLAY, RATES, WORKS, SEGMENTS, consent, PlayHistory())
-    after = decide(replace(AI_PLAY, started_at=T0 + 120_000), RATES, WORKS, SEGMENTS, consent, PlayHistory())
+    before = decide(AI_PLAY, RATES, WORKS, SEGMENTS, consent, PlayHistory(), "0:1")
+    after = decide(replace(AI_PLAY, started_at=T0 + 120_000), RATES, WORKS, SEGMENTS, consent, PlayHistory(), "0:1")
     assert any(line.rights_holder_id == "rh-4" for line in before.lines)  # type: ignore[union-attr]
     assert all(line.rights_holder_id != "rh-4" for line in after.lines)  # type: ignore[union-attr]
 
@@ -110,7 +111,7 @@ def test_a_per_work_record_overrides_the_catalog_wide_one_and_no_record_means_no
 
 
 def test_no_consenting_influence_pays_nothing() -> None:
-    decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, ConsentHistory(), PlayHistory())
+    decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, ConsentHistory(), PlayHistory(), "0:1")
     assert decision == Unpaid("no_consenting_influence")
 
 
@@ -126,17 +127,17 @@ def test_ineligible_and_waiting_plays(change: dict, seen: bool, expected: object
     history = PlayHistory()
     if seen:
         history.decided(AI_PLAY.play_id, 0)
-    assert decide(replace(AI_PLAY, **change), RATES, WORKS, SEGMENTS, everyone_consents(), history) == expected
+    assert decide(replace(AI_PLAY, **change), RATES, WORKS, SEGMENTS, everyone_consents(), history, "0:1") == expected
 
 
 def test_a_partly_heard_ai_segment_pays_the_time_heard() -> None:
     short = {"seg-1": replace(SEGMENTS["seg-1"], duration_ms=3_200)}
     skipped = decide(replace(AI_PLAY, ms_played=1_000, completed=False), RATES, WORKS, short, everyone_consents(),
-                     PlayHistory())
+                     PlayHistory(), "0:1")
     assert isinstance(skipped, Paid) and skipped.paid_ms == 1_000
     assert total(skipped) in (19, 20)  # 1,143 µ€ a minute for one second: 19.05
     nearly = replace(AI_PLAY, ms_played=2_950, completed=True)  # within the 250 ms slack
-    decision = decide(nearly, RATES, WORKS, short, everyone_consents(), PlayHistory())
+    decision = decide(nearly, RATES, WORKS, short, everyone_consents(), PlayHistory(), "0:1")
     assert isinstance(decision, Paid) and decision.paid_ms == 2_950
 
 
@@ -146,22 +147,23 @@ def test_a_partly_heard_ai_segment_pays_the_time_heard() -> None:
     ({"ms_played": 0, "completed": False}, "not_heard"),
     ({"listener_id": "m" * 64, "ms_played": 3_200, "completed": True}, "not_delivered_to_listener"),
     ({"started_at": T0 - 3_600_000}, "played_before_generated"),  # an hour before the segment existed
+    ({"started_at": T0 + 2 * 86_400_000}, "played_after_window"),  # one segment spread over later days
 ])
 def test_an_ai_play_pays_only_what_was_delivered_to_that_listener_and_heard(change: dict, reason: str) -> None:
     short = {"seg-1": replace(SEGMENTS["seg-1"], duration_ms=3_200, generated_at=T0 - 1_000)}
-    assert decide(replace(AI_PLAY, **change), RATES, WORKS, short, everyone_consents(), PlayHistory()) == \
+    assert decide(replace(AI_PLAY, **change), RATES, WORKS, short, everyone_consents(), PlayHistory(), "0:1") == \
         Unpaid(reason)
 
 
 def test_a_listener_s_paid_time_never_overlaps() -> None:
     """The same seconds posted again under other play ids (or other segments) pay once."""
-    segments = {f"seg-{n}": SegmentFacts(LISTENER, 3_000, (("wk-a", 1_000_000),)) for n in range(3)}
+    segments = {f"seg-{n}": SegmentFacts(LISTENER, 3_000, (("wk-a", 1_000_000),), T0) for n in range(3)}
     history, consent = PlayHistory(), everyone_consents()
 
     def play(n: int, segment: int, start: int, ms: int = 3_000) -> Paid | Unpaid | Waiting:
         p = replace(AI_PLAY, play_id=f"p-{n}", segment_id=f"seg-{segment}", started_at=T0 + start, ms_played=ms,
                     completed=ms == 3_000)
-        decision = decide(p, RATES, WORKS, segments, consent, history)
+        decision = decide(p, RATES, WORKS, segments, consent, history, f"0:{n}")
         remember(history, p, decision, partition=0)
         return decision
 
@@ -192,7 +194,7 @@ def test_paid_time_rolls_back_with_an_aborted_batch() -> None:
 def test_a_catalog_play_splits_by_the_work_s_shares_without_consent() -> None:
     play = replace(AI_PLAY, content_kind="CATALOG_WORK", segment_id=None, work_id="wk-a", territory="US",
                    subscription_tier="FREE")
-    decision = decide(play, RATES, WORKS, SEGMENTS, ConsentHistory(), PlayHistory())
+    decision = decide(play, RATES, WORKS, SEGMENTS, ConsentHistory(), PlayHistory(), "0:1")
     assert isinstance(decision, Paid) and decision.rate.currency == "USD"
     assert {(line.rights_holder_id, line.right_type): line.amount_micros for line in decision.lines} == {
         ("rh-1", "COMPOSITION"): 450, ("rh-2", "RECORDING"): 390, ("rh-3", "RECORDING"): 260}
@@ -240,14 +242,14 @@ def test_every_paid_play_sums_exactly_to_its_rate(weights: list[int], n: int, op
     works = ["wk-a", "wk-b", "wk-c"][: len(weights)]
     scaled = [w * 1_000_000 // sum(weights) for w in weights]
     scaled[0] += 1_000_000 - sum(scaled)
-    segments = {"seg-x": SegmentFacts(LISTENER, 3_200, tuple(zip(works, scaled, strict=True)))}
+    segments = {"seg-x": SegmentFacts(LISTENER, 3_200, tuple(zip(works, scaled, strict=True)), T0)}
     consent = everyone_consents()
     for holder in opted_out:
         consent.add(holder, None, T0 - 1, {"ai_generation": False})
     play = replace(AI_PLAY, play_id=f"p-{n}", segment_id="seg-x")
-    decision = decide(play, RATES, WORKS, segments, consent, PlayHistory())
+    decision = decide(play, RATES, WORKS, segments, consent, PlayHistory(), "0:1")
     if isinstance(decision, Paid):
-        assert total(decision) == decision.rate.total_micros("AI_SEGMENT", 3_200, play.play_id)
+        assert total(decision) == decision.rate.total_micros("AI_SEGMENT", 3_200, "0:1")
         assert abs(total(decision) - 1143 * 3_200 / 60_000) < 2  # 60.96 µ€, one rounding per right type
         assert not {line.rights_holder_id for line in decision.lines} & opted_out
     else:

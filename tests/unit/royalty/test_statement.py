@@ -17,9 +17,10 @@ def line(play: str, holder: str, right_type: str, micros: int, works: dict[str, 
             "play_started_at": START + 1000}
 
 
-def ledger(play: str, total: int) -> dict[str, Any]:
+def ledger(play: str, total: int, offset: int = 0) -> dict[str, Any]:
     return {"play_id": play, "outcome": "PAID", "total_micros": total, "currency": "EUR",
-            "rate_card_id": "eu-premium-2026", "play_started_at": START + 1000}
+            "rate_card_id": "eu-premium-2026", "play_started_at": START + 1000, "source_partition": 0,
+            "source_offset": offset}
 
 
 LINES = [
@@ -66,10 +67,11 @@ def test_lines_outside_the_period_are_left_out() -> None:
 
 def test_time_priced_ai_plays_reconcile_against_the_per_minute_rate() -> None:
     rate = RATES.price("DE", "PREMIUM", START + 1000)
-    amounts = dict(rate.amounts("AI_SEGMENT", 3_000, "p3"))  # 3 s at 429 + 714 µ€ a minute: 21.45 + 35.7
+    amounts = dict(rate.amounts("AI_SEGMENT", 3_000, "0:7"))  # 3 s at 429 + 714 µ€ a minute: 21.45 + 35.7
     lines = [line("p3", "rh-1", "COMPOSITION", amounts["COMPOSITION"], {"wk-a": amounts["COMPOSITION"]}),
              line("p3", "rh-2", "RECORDING", amounts["RECORDING"], {"wk-a": amounts["RECORDING"]})]
-    entry = {**ledger("p3", sum(amounts.values())), "segment_id": "seg-1", "heard_ms": 3_000, "paid_ms": 3_000}
+    entry = {**ledger("p3", sum(amounts.values()), offset=7),  # the play's position seeds the rounding
+             "segment_id": "seg-1", "heard_ms": 3_000, "paid_ms": 3_000}
     _, figures = build(lines, [entry], RATES, START, END)
     assert figures["reconciled"], figures["problems"]
     assert figures["currencies"]["EUR"]["paid_plays_x_rates_micros"] in (56, 57, 58)
