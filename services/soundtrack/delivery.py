@@ -217,10 +217,12 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: SegmentFeed, store: FileStore,
                clock: Callable[[], float] = time.time,
-               limiter: RateLimiter | None = None, exporter: Exporter | None = None) -> Starlette:
+               limiter: RateLimiter | None = None, exporter: Exporter | None = None,
+               export_limiter: RateLimiter | None = None) -> Starlette:
     signer = UrlSigner(pseudonymizer.secret)
     limiter = RateLimiter(RATE_PER_LISTENER, BURST_PER_LISTENER) if limiter is None else limiter
-    export_limiter = RateLimiter(EXPORTS_PER_MINUTE / 60, EXPORT_BURST)
+    if export_limiter is None:
+        export_limiter = RateLimiter(EXPORTS_PER_MINUTE / 60, EXPORT_BURST)
     exports_running = threading.BoundedSemaphore(EXPORTS_AT_ONCE)
 
     def limit(listener: str) -> None:

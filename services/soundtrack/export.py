@@ -132,7 +132,11 @@ class Exporter:
     def _read(self, consumer: Consumer, topic: str, partition: int, since_ms: int, keys: set[bytes],
               keep_last: bool = False) -> tuple[list[Any], bool]:
         """Values of ``keys`` on one partition from ``since_ms`` (0: the beginning) to its end now: the
-        first MAX_RECORDS (or with ``keep_last`` only the last), and whether any were left out."""
+        first MAX_RECORDS (or with ``keep_last`` only the last), and whether any were left out. A topic
+        or partition that does not exist (the worker never ran) holds nothing."""
+        metadata = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if metadata is None or metadata.error is not None or partition not in metadata.partitions:
+            return [], False
         start = TopicPartition(topic, partition, since_ms) if since_ms > 0 else None
         if start is not None:
             [start] = consumer.offsets_for_times([start], timeout=30)

@@ -19,6 +19,7 @@ from kit.settings import KafkaSettings
 from kit.store import FileStore
 from soundtrack.delivery import SegmentFeed
 from soundtrack.delivery import create_app as create_delivery
+from soundtrack.export import Exporter
 from soundtrack.playlists import Playlists
 
 
@@ -54,8 +55,11 @@ def test_no_generated_request_breaks_delivery_s_contract(isolated: KafkaSettings
     pseudonymizer = Pseudonymizer(b"p" * 32)
     feed = SegmentFeed(isolated, Playlists(), lookback_s=1).start()
     try:
-        app = create_delivery(VERIFIER, pseudonymizer, feed, FileStore(tmp_path), limiter=RateLimiter(1e6, 1e6))
+        exporter = Exporter(isolated, isolated.topic("soundtrack-listeners-changelog"))  # no worker: no state
+        app = create_delivery(VERIFIER, pseudonymizer, feed, FileStore(tmp_path), limiter=RateLimiter(1e6, 1e6),
+                              exporter=exporter, export_limiter=RateLimiter(1e6, 1e6))
         fuzz_all(app, {}, bearer(token_for(pseudonymizer, "fuzzer")),
-                 {"GET /v1/playlist", "GET /v1/playlist.m3u8", "GET /v1/audio/{sha256}.wav", "POST /v1/underruns"})
+                 {"GET /v1/playlist", "GET /v1/playlist.m3u8", "GET /v1/audio/{sha256}.wav", "POST /v1/underruns",
+                  "GET /v1/me/export"})
     finally:
         feed.stop()
