@@ -97,7 +97,7 @@ class Pipeline:
     def modules(self) -> dict[str, str]:
         modules = {"ingest": "ingest", "soundtrack": "soundtrack", "inference": "inference",
                    "retrainer": "inference.retrainer",
-                   "watermark": "watermark", "delivery": "soundtrack.delivery"}
+                   "watermark": "watermark", "delivery": "delivery"}
         return {**modules, "royalty": "royalty"} if self.royalty else modules
 
     def start(self, timeout_s: float = 120) -> Pipeline:

@@ -56,7 +56,7 @@ def services() -> dict[str, Service]:
         "watermark": Service("watermark", int(os.environ.get("ENTRAIN_WATERMARK_METRICS_PORT", "9104")),
                              api_keys),  # the detection API
         "delivery": Service("delivery", int(os.environ.get("ENTRAIN_DELIVERY_PORT", "8085")),
-                            {**pseudonyms, **token_public}, module="soundtrack.delivery"),
+                            {**pseudonyms, **token_public}, module="delivery"),
         "royalty": Service("royalty", int(os.environ.get("ENTRAIN_ROYALTY_METRICS_PORT", "9105")), {
             "ENTRAIN_ROYALTY_INSTANCE": os.environ.get("ENTRAIN_ROYALTY_INSTANCE", "local-0"),
         }),

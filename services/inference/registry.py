@@ -9,6 +9,7 @@ in the segment store; the version built into the image (services/inference/model
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -33,7 +34,8 @@ MAX_ARTIFACT_BYTES = 256 * 1024 * 1024  # unpacked; the demo model is about 3 MB
 def pack(model_dir: Path) -> bytes:
     """A model directory as a deterministic gzipped tar (sorted names, zeroed times and owners)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:  # no time in the gzip header
         for name in ARTIFACT_FILES:
             path = model_dir / name
             if not path.exists():

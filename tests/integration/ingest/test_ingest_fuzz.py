@@ -13,14 +13,14 @@ from starlette.applications import Starlette
 from tests.auth_helpers import VERIFIER, bearer, token_for
 from tests.integration.ingest.test_ingest_api import ADMIN_KEY, ALICE, APP, SETTINGS
 
+from delivery.app import SegmentFeed
+from delivery.app import create_app as create_delivery
+from delivery.export import Exporter
+from delivery.playlists import Playlists
 from ingest.app import create_app
 from kit.ratelimit import RateLimiter
 from kit.settings import KafkaSettings
 from kit.store import FileStore
-from soundtrack.delivery import SegmentFeed
-from soundtrack.delivery import create_app as create_delivery
-from soundtrack.export import Exporter
-from soundtrack.playlists import Playlists
 
 
 def fuzz_all(app: Starlette, credentials: dict[str, dict[str, str]], default: dict[str, str],

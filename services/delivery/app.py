@@ -1,6 +1,6 @@
 """Soundtrack delivery: soundtrack.segments.v1 -> each listener's live playlist over HTTP.
 
-``python -m soundtrack.delivery`` (port ENTRAIN_DELIVERY_PORT, default 8085). A reader
+``python -m delivery`` (port ENTRAIN_DELIVERY_PORT, default 8085). A reader
 thread follows soundtrack.segments.v1 (every partition, from ENTRAIN_DELIVERY_LOOKBACK_S
 ago) into in-memory playlists; the HTTP side serves them. Every listener endpoint takes
 ``Authorization: Bearer <listener token>`` (minted by ingest for the app's backend,
@@ -13,7 +13,7 @@ and expire, so an HLS player or a CDN can fetch them without a token.
   GET  /v1/playlist.m3u8[?session_id=S]   HLS EVENT media playlist of the same segments
   GET  /v1/audio/{sha256}.wav?l&exp&sig   watermarked audio (signed URL handed out in the playlist)
   POST /v1/underruns                      the player reports it ran dry {"segment_id"}
-  GET  /v1/me/export                      JSON: everything Entrain holds about the listener (soundtrack.export)
+  GET  /v1/me/export                      JSON: everything Entrain holds about the listener (delivery.export)
   GET  /healthz /readyz /metrics
 """
 
@@ -39,6 +39,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from delivery.export import Exporter
+from delivery.playlists import Entry, Playlists, hls_media_playlist
 from kit.auth import AuthError, Pseudonymizer, pseudonymizer_from_env
 from kit.consumer import is_partition_eof
 from kit.http import error_handlers
@@ -47,14 +49,12 @@ from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings
 from kit.store import FileStore, StoreError
 from kit.tokens import Listener, TokenVerifier, bearer_credential
-from soundtrack.export import Exporter
-from soundtrack.playlists import Entry, Playlists, hls_media_playlist
 
 log = structlog.get_logger()
 SERVICE = "soundtrack-delivery"
 SEGMENTS, ERASURES = "soundtrack.segments.v1", "listener.erasures.v1"
 PAGE = Path(__file__).with_name("web") / "index.html"
-OPENAPI_PATH = Path(__file__).with_name("delivery_openapi.yaml")
+OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 URL_TTL_S = 3600
 MAX_REPORT_BYTES = 4096
 RATE_PER_LISTENER, BURST_PER_LISTENER = 5.0, 20.0  # requests/s; a player polls about once a segment

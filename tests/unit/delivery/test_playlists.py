@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from soundtrack.playlists import Playlists
+from delivery.playlists import Playlists
 
 
 def segment(listener: str, sequence: int, session: str = "s-1") -> dict[str, Any]:

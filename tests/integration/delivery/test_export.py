@@ -15,14 +15,14 @@ from starlette.testclient import TestClient
 from tests.auth_helpers import VERIFIER, bearer, token_for
 from tests.royalty_fixtures import play_record, segment_record
 
+from delivery.app import SegmentFeed, create_app
+from delivery.export import Exporter, crc32_partition, murmur2_partition
+from delivery.playlists import Playlists
 from kit.auth import Pseudonymizer
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
 from kit.store import FileStore
-from soundtrack.delivery import SegmentFeed, create_app
-from soundtrack.export import Exporter, crc32_partition, murmur2_partition
-from soundtrack.playlists import Playlists
 
 PSEUDO = Pseudonymizer(b"e" * 32)
 

@@ -12,14 +12,14 @@ from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 from tests.auth_helpers import VERIFIER, bearer, token_for
 
+from delivery.app import SegmentFeed, create_app
+from delivery.playlists import Playlists
 from kit.auth import Pseudonymizer
 from kit.producer import Producer
 from kit.ratelimit import RateLimiter
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
 from kit.store import FileStore
-from soundtrack.delivery import SegmentFeed, create_app
-from soundtrack.playlists import Playlists
 
 APP_KEY = "app-key-for-delivery-tests-0123456789"
 PSEUDO = Pseudonymizer(b"p" * 32)
