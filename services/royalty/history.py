@@ -110,6 +110,12 @@ class PlayHistory:
             self._paid.pop(p, None)
         self.commit()
 
+    def forget(self, listener: str) -> None:
+        """An erasure: the listener's paid time goes (their segments go with it, so nothing of
+        theirs from before can be paid again; later segments cannot be played before they exist)."""
+        for listeners in self._paid.values():
+            listeners.pop(listener, None)
+
     def drop_paid_before(self, cutoff: int) -> None:
         """Forget paid time that ended before ``cutoff`` (no play that old is accepted any more)."""
         for listeners in self._paid.values():

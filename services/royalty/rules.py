@@ -29,7 +29,8 @@ decided before (``duplicate_play``), fraud-flagged, a catalog play under 30 s
 ``ms_played`` short of the segment by more than ``HEARD_SLACK_MS`` (``not_heard``), claimed
 to start before the segment was generated (``played_before_generated``, with ``CLOCK_SLACK_MS``
 for device clocks) or more than ``PLAY_WINDOW_MS`` after (``played_after_window``), whose time
-was already paid (``overlaps_paid_time``), or with no consenting influence left. With
+was already paid (``overlaps_paid_time``), of a listener erased since (``listener_erased``), or with
+no consenting influence left. With
 non-overlap, a listener's paid AI time is then bounded by the union of the day after each
 segment they were really sent: it cannot be backfilled or spread from one segment over weeks.
 """
@@ -37,7 +38,7 @@ segment they were really sent: it cannot be backfilled or spread from one segmen
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,6 +179,7 @@ def decide(
     consent: ConsentHistory,
     history: PlayHistory,
     position: str,
+    erased: Callable[[str, int], bool] = lambda listener, at_ms: False,
 ) -> Decision:
     """What a play pays, given what was decided before it. ``position`` ("partition:offset" of the play
     on listener.plays.v1, which the broker assigns) seeds every rounding: a client cannot choose it, so
@@ -189,6 +191,8 @@ def decide(
     rate = rates.price(play.territory, play.subscription_tier, play.started_at)
     heard_ms = paid_ms = 0
     if play.content_kind == "AI_SEGMENT":
+        if erased(play.listener_id, play.started_at):  # its segments and paid time went with the erasure
+            return Unpaid("listener_erased")
         segment = segments.get(play.segment_id or "")
         if segment is None:
             return Waiting("segment_provenance_unknown")

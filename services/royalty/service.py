@@ -67,6 +67,8 @@ TRANSACTIONS = Counter("entrain_royalty_transactions_total", "Transactions by re
 COMMIT_SECONDS = Histogram("entrain_royalty_commit_seconds", "Time to commit one transaction.",
                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 STALLS = Counter("entrain_royalty_stalls_total", "Steps that outlived their limit (the process exits and restarts).")
+ERASURES_APPLIED = Counter("entrain_royalty_erasures_total",
+                           "Listener erasures applied (their segments and paid time forgotten).")
 PAID_SECONDS = Counter("entrain_royalty_ai_paid_seconds_total",
                        "Listening time of AI segments paid (the per-minute tariff's measure).")
 WAITING = Gauge("entrain_royalty_waiting_partitions", "Play partitions paused waiting for inputs.")
@@ -201,6 +203,7 @@ class RoyaltyProcessor:
             while not self._stopping:
                 self._resume_due()
                 self.feed.drain()
+                self._apply_erasures()
                 messages = [m for m in self.consumer.consume(self.settings.batch_max, 0.2) if self._usable(m)]
                 if messages:
                     self._process(messages)
@@ -292,6 +295,12 @@ class RoyaltyProcessor:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
+    def _apply_erasures(self) -> None:
+        """Between batches: forget the paid time of listeners erased since the last loop."""
+        while self.tables.newly_erased:
+            self.history.forget(self.tables.newly_erased.pop())
+            ERASURES_APPLIED.inc()
+
     def _sweep_paid_time(self, processed: int) -> None:
         """Every SWEEP_EVERY plays, forget paid time older than the play horizon (plus a day of slack)."""
         before, self._decided = self._decided, self._decided + processed
@@ -360,7 +369,7 @@ class RoyaltyProcessor:
     def _decide(self, play: Play, msg: Message) -> Paid | Unpaid | Waiting:
         _, partition, offset = source_of(msg)
         return decide(play, self.rates, self.tables.works, self.tables.segments, self.tables.consent, self.history,
-                      position=f"{partition}:{offset}")
+                      position=f"{partition}:{offset}", erased=self.tables.erased_before)
 
     def _record(self, msg: Message, play: Play, outcome: str, reason: str | None, paid: Paid | None) -> None:
         ledger = self.serdes[LEDGER]

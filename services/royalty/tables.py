@@ -1,4 +1,4 @@
-"""Royalty's reference data: works, consent history and segment provenance, kept in
+"""Royalty's reference data: works, consent history, segment provenance and erasures, kept in
 memory from their topics (every partition, read_committed, from the beginning)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from royalty.rules import InvalidReference, SegmentFacts, WorkShares
 log = structlog.get_logger()
 
 WORKS, CONSENT, SEGMENTS = "catalog.works.v1", "catalog.consent.v1", "soundtrack.segments.v1"
+ERASURES = "listener.erasures.v1"
 
 
 PLAY_HORIZON_MS = contract("listener.plays.v1").retention_ms  # ingest accepts no play started earlier
@@ -30,11 +31,19 @@ SWEEP_EVERY = 10_000
 class ReferenceTables:
     """Works, consent and segments. Segments are bounded: one generated longer ago than the play
     horizon (ingest's acceptance window for plays) can no longer be played for pay, and is
-    dropped in a sweep every ``SWEEP_EVERY`` new segments."""
+    dropped in a sweep every ``SWEEP_EVERY`` new segments.
+
+    An erasure of a listener drops every segment generated for them up to the erasure (a later
+    record of one is ignored, also when the topics are read again after a restart), and lists
+    the listener in ``erased`` (until the play horizon passes) and in ``newly_erased`` for the
+    service to forget their paid time. Their plays of those segments are then unpaid at once
+    (``listener_erased``), never held waiting for a segment that will not come back."""
 
     works: dict[str, WorkShares] = field(default_factory=dict)
     segments: dict[str, SegmentFacts] = field(default_factory=dict)
     consent: ConsentHistory = field(default_factory=ConsentHistory)
+    erased: dict[str, int] = field(default_factory=dict)  # listener -> time of their latest erasure
+    newly_erased: list[str] = field(default_factory=list)
     rejected: int = 0
     horizon_ms: int = PLAY_HORIZON_MS
     _added: int = 0
@@ -45,7 +54,12 @@ class ReferenceTables:
         old = [sid for sid, facts in self.segments.items() if facts.generated_at < cutoff]
         for sid in old:
             del self.segments[sid]
+        self.erased = {listener: at for listener, at in self.erased.items() if at >= cutoff}
         return len(old)
+
+    def erased_before(self, listener: str, at_ms: int) -> bool:
+        """Was the listener erased at or after ``at_ms`` (so what they did then is gone)?"""
+        return at_ms <= self.erased.get(listener, -1)
 
     def apply(self, logical_topic: str, key: dict[str, Any], value: dict[str, Any] | None, timestamp_ms: int,
               offset: int | None = None) -> None:
@@ -61,7 +75,16 @@ class ReferenceTables:
                 self.consent.withdraw(key["rights_holder_id"], key["work_id"], timestamp_ms, offset)
             else:
                 self.consent.add_record(value, offset)
-        elif logical_topic == SEGMENTS and value is not None and value["segment_id"] not in self.segments:
+        elif logical_topic == ERASURES:
+            listener = key["listener_id"]
+            at = max(int(value["requested_at"]) if value else 0, timestamp_ms)
+            self.erased[listener] = max(at, self.erased.get(listener, 0))
+            for sid in [s for s, facts in self.segments.items() if facts.listener_id == listener
+                        and facts.generated_at <= at]:
+                del self.segments[sid]
+            self.newly_erased.append(listener)
+        elif logical_topic == SEGMENTS and value is not None and value["segment_id"] not in self.segments \
+                and not self.erased_before(value["listener_id"], int(value["generated_at"])):
             # First write wins, as in delivery: a replayed record of a segment id names the same audio
             # (inference never regenerates an existing segment), and what was delivered is what is paid.
             self.segments[value["segment_id"]] = SegmentFacts.from_record(value)
@@ -75,7 +98,8 @@ class TableFeed:
 
     def __init__(self, kafka: KafkaSettings, tables: ReferenceTables) -> None:
         self.tables = tables
-        self._serdes = {kafka.topic(t): (t, TopicSerde.for_topic(t, kafka)) for t in (WORKS, CONSENT, SEGMENTS)}
+        self._serdes = {kafka.topic(t): (t, TopicSerde.for_topic(t, kafka))
+                        for t in (WORKS, CONSENT, SEGMENTS, ERASURES)}
         self._consumer = Consumer({
             **kafka.client_config(), "group.id": "royalty-reference-reader", "enable.auto.commit": False,
             "isolation.level": "read_committed", "enable.partition.eof": True,

@@ -68,7 +68,7 @@ from royalty.history import PlayHistory
 from royalty.rates import RateCard, RateCardMissing
 from royalty.rules import Paid, Play, decide, remember
 from royalty.statement import build
-from royalty.tables import CONSENT, SEGMENTS, WORKS, ReferenceTables
+from royalty.tables import CONSENT, ERASURES, SEGMENTS, WORKS, ReferenceTables
 from soundtrack.schedule import segment_id
 from tests.chaos.royalty_crash import QUIET, restart_broker
 from tests.kafka_helpers import read_to_end
@@ -537,6 +537,10 @@ def check_royalty(kafka: KafkaSettings, acked: Acked, began_ms: int, timeout_s: 
                 tables.apply(logical, key, value, msg.timestamp()[1])
             except (ValueError, KeyError):
                 continue  # an injected bad record: royalty skips it too
+    # What an erased listener's plays pay depends on when royalty saw the erasure: they are not compared.
+    erased = {key["listener_id"] for _, key, _ in decode_all(kafka, ERASURES)}
+    uncompared = {v["play_id"] for _, _, v in decode_all(kafka, "listener.plays.v1")
+                  if v and v["listener_id"] in erased}
     rates, history, expected = RateCard.load(), PlayHistory(), {}
     for msg, _, value in decode_all(kafka, "listener.plays.v1"):  # in topic order: the first of a play id counts
         if value is None:
@@ -548,16 +552,17 @@ def check_royalty(kafka: KafkaSettings, acked: Acked, began_ms: int, timeout_s: 
         except RateCardMissing:
             continue  # an injected play no rate prices: dead-lettered
         remember(history, play, decision, msg.partition())  # unacknowledged plays count too: royalty saw them
-        if value["play_id"] not in acked.plays:
+        if value["play_id"] not in acked.plays or value["play_id"] in uncompared:
             continue
         if isinstance(decision, Paid):
             for line in decision.lines:
                 expected[(play.play_id, line.rights_holder_id, line.right_type)] = line.amount_micros
     lines = [v for _, _, v in decode_all(kafka, "royalty.events.v1")
-             if v is not None and v["play_id"] in acked.plays]
+             if v is not None and v["play_id"] in acked.plays and v["play_id"] not in uncompared]
     got = Counter((x["play_id"], x["rights_holder_id"], x["right_type"]) for x in lines)
     amounts = {(x["play_id"], x["rights_holder_id"], x["right_type"]): x["amount_micros"] for x in lines}
-    _, figures = build(lines, [e for e in entries if e["play_id"] in acked.plays], rates, began_ms - 3_600_000,
+    compared = [e for e in entries if e["play_id"] in acked.plays and e["play_id"] not in uncompared]
+    _, figures = build(lines, compared, rates, began_ms - 3_600_000,
                        int(time.time() * 1000) + 3_600_000)
     outcomes = Counter(e["outcome"] for e in entries if e["play_id"] in acked.plays)
     return {

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from tests.kafka_helpers import read_all
-from tests.royalty_fixtures import Catalog, consent_record, play_record
+from tests.royalty_fixtures import LISTENERS, Catalog, consent_record, play_record
 
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
@@ -175,3 +175,26 @@ def test_statements_from_the_committed_topics_reconcile(isolated: KafkaSettings)
                    for n, p in enumerate(plays) if n != 1)
     assert figures["currencies"]["EUR"]["reports_micros"] == expected
     assert reports
+
+
+def test_an_erasure_reaches_royalty_and_survives_a_restart(isolated: KafkaSettings) -> None:
+    catalog = Catalog(isolated, works=3, segments=0)
+    catalog.add_segment("seg-e", [("wk-0", 1_000_000)])
+    now = int(time.time() * 1000) - 600_000
+    first = play_record(str(uuid.uuid4()), "seg-e", now)
+    parallel = {**first, "play_id": str(uuid.uuid4())}
+    catalog.send_plays([first, parallel])
+    group, instance = f"royalty-{uuid.uuid4().hex[:6]}", f"test-{uuid.uuid4().hex[:6]}"
+    run_royalty(isolated, group_id=group, instance_id=instance)
+    erasures = TopicSerde.for_topic("listener.erasures.v1", isolated)
+    catalog.producer.produce(erasures, {"listener_id": LISTENERS[0]},
+                             {"erasure_id": str(uuid.uuid4()), "listener_id": LISTENERS[0],
+                              "requested_at": int(time.time() * 1000)})
+    again = {**first, "play_id": str(uuid.uuid4())}  # the same minutes, reported again after the erasure
+    catalog.send_plays([again])
+    restarted = run_royalty(isolated, group_id=group, instance_id=instance)  # tables and ledger read again
+    ledger = {e["play_id"]: e for e in decoded(isolated, "royalty.play-ledger.v1", 3)}
+    assert ledger[first["play_id"]]["outcome"] == "PAID"
+    assert ledger[parallel["play_id"]]["reason"] == "overlaps_paid_time"  # before the erasure: paid time held
+    assert ledger[again["play_id"]]["reason"] == "listener_erased"  # after it: nothing of theirs is paid again
+    assert "seg-e" not in restarted.tables.segments and LISTENERS[0] in restarted.tables.erased  # also after a restart

@@ -178,6 +178,18 @@ def test_a_listener_s_paid_time_never_overlaps() -> None:
     assert isinstance(overlapping, Paid) and overlapping.paid_ms == 1_500
 
 
+def test_an_erased_listener_s_earlier_plays_pay_nothing_and_their_paid_time_is_forgotten() -> None:
+    history = PlayHistory()
+    history.paid(LISTENER, T0, T0 + 40_000, 0)
+    history.commit()
+    erased_at = T0 + 100_000
+    decision = decide(AI_PLAY, RATES, WORKS, SEGMENTS, everyone_consents(), history, "0:1",
+                      erased=lambda listener, at: listener == LISTENER and at <= erased_at)
+    assert decision == Unpaid("listener_erased")
+    history.forget(LISTENER)
+    assert history.unpaid_ms(LISTENER, T0, T0 + 40_000) == 40_000
+
+
 def test_paid_time_rolls_back_with_an_aborted_batch() -> None:
     history = PlayHistory()
     history.paid(LISTENER, 0, 1_000, 0)

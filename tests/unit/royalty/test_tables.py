@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.royalty_fixtures import LISTENERS, segment_record
 
-from royalty.tables import SEGMENTS, SWEEP_EVERY, ReferenceTables
+from royalty.tables import ERASURES, SEGMENTS, SWEEP_EVERY, ReferenceTables
 
 DAY = 86_400_000
 
@@ -27,3 +27,19 @@ def test_a_flood_of_segments_triggers_sweeps_on_its_own() -> None:
     for n in range(SWEEP_EVERY):
         tables.apply(SEGMENTS, {}, {**record, "segment_id": f"s-{n}", "generated_at": 0}, 0)
     assert len(tables.segments) == 0  # all long past the horizon: the sweep at the 10,000th removed them
+
+
+def test_an_erasure_drops_the_listener_s_segments_then_and_after_a_re_read() -> None:
+    tables, now = ReferenceTables(horizon_ms=30 * DAY), 1_800_000_000_000
+    record = segment_record("seg-a", [("wk-1", 1_000_000)])
+    other = {**segment_record("seg-b", [("wk-1", 1_000_000)]), "listener_id": "b" * 64, "generated_at": now}
+    tables.apply(SEGMENTS, {}, {**record, "generated_at": now}, 0)
+    tables.apply(SEGMENTS, {}, other, 0)
+    erasure = {"erasure_id": "e-1", "listener_id": LISTENERS[0], "requested_at": now + 1_000}
+    tables.apply(ERASURES, {"listener_id": LISTENERS[0]}, erasure, now + 1_000)
+    assert set(tables.segments) == {"seg-b"} and tables.newly_erased == [LISTENERS[0]]
+    assert tables.erased_before(LISTENERS[0], now + 500) and not tables.erased_before(LISTENERS[0], now + 2_000)
+    tables.apply(SEGMENTS, {}, {**record, "generated_at": now}, 0)  # read again after a restart: stays gone
+    later = {**segment_record("seg-c", [("wk-1", 1_000_000)]), "generated_at": now + 5_000}  # they came back
+    tables.apply(SEGMENTS, {}, later, 0)
+    assert set(tables.segments) == {"seg-b", "seg-c"}
