@@ -25,6 +25,7 @@ import json
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ SEGMENTS, ERASURES = "soundtrack.segments.v1", "listener.erasures.v1"
 PAGE = Path(__file__).with_name("web") / "index.html"
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 URL_TTL_S = 3600
+MAX_ERASED_REMEMBERED = 100_000  # erasures whose in-flight segments are still dropped
 MAX_REPORT_BYTES = 4096
 RATE_PER_LISTENER, BURST_PER_LISTENER = 5.0, 20.0  # requests/s; a player polls about once a segment
 EXPORTS_PER_MINUTE, EXPORT_BURST = 1.0, 2.0  # an export reads days of the listener's partitions
@@ -82,6 +84,7 @@ class SegmentFeed:
         self.erasures = TopicSerde.for_topic(ERASURES, kafka)
         self.playlists, self.on_entry = playlists, on_entry
         self.lock = threading.Lock()
+        self._erased: OrderedDict[str, int] = OrderedDict()  # listener -> erasure time, newest last
         self.caught_up = threading.Event()
         self._stop = threading.Event()
         self._consumer = Consumer({**kafka.client_config(), "group.id": f"{SERVICE}-reader",
@@ -150,17 +153,26 @@ class SegmentFeed:
     def _erase(self, msg: Any) -> None:
         try:
             listener = self.erasures.decode_key(msg.key())["listener_id"]
-            if self.erasures.decode_value(msg.value()) is None:
+            value = self.erasures.decode_value(msg.value())
+            if value is None:
                 raise DecodeError("erasure record is a tombstone")
         except DecodeError as exc:  # the soundtrack worker dead-letters it; nothing is erased
             log.warning("erasure_undecodable", reason=str(exc))
             return
+        erased_at = max(int(value["requested_at"]), msg.timestamp()[1])
         with self.lock:
-            dropped = self.playlists.forget(listener)
+            dropped = self.playlists.forget(listener, until_ms=erased_at)
+            # Segments generated before the erasure that are still on their way are dropped too.
+            self._erased[listener] = erased_at
+            self._erased.move_to_end(listener)
+            while len(self._erased) > MAX_ERASED_REMEMBERED:
+                self._erased.popitem(last=False)
         log.info("playlist_erased", listener_id=listener, segments=dropped)
 
     def add(self, segment: dict[str, Any], arrived_ms: int) -> None:
         with self.lock:
+            if segment["generated_at"] <= self._erased.get(segment["listener_id"], -1):
+                return  # generated for a listener before they were erased
             entry = self.playlists.add(segment, arrived_ms)
             PLAYLISTS.set(len(self.playlists))
         if entry is None:

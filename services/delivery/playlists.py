@@ -53,9 +53,14 @@ class Playlists:
             entries.extend(ordered)
         return entry
 
-    def forget(self, listener_id: str) -> int:
-        """Drop everything held for a listener (an erasure); return how many segments."""
-        return len(self._by_listener.pop(listener_id, ()))
+    def forget(self, listener_id: str, until_ms: int | None = None) -> int:
+        """Drop what is held for a listener (an erasure): everything, or the segments generated up to
+        ``until_ms``; return how many segments."""
+        entries = self._by_listener.pop(listener_id, deque())
+        kept = [] if until_ms is None else [e for e in entries if e.segment["generated_at"] > until_ms]
+        if kept:
+            self._by_listener[listener_id] = deque(kept, maxlen=self.keep)
+        return len(entries) - len(kept)
 
     def entries(self, listener_id: str) -> list[Entry]:
         """Every segment held for a listener, all sessions."""

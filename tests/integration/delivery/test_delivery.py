@@ -122,3 +122,33 @@ def test_only_a_valid_token_for_the_same_listener_is_served(isolated: KafkaSetti
         assert strict.get("/v1/playlist", headers=dave).status_code == 200  # per listener, not per app
     finally:
         feed.stop()
+
+
+def test_an_erasure_empties_the_playlist_and_keeps_out_segments_generated_before_it(isolated: KafkaSettings,
+                                                                                     tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    uri, sha = store.put(b"RIFF-not-really-a-wav", "wav")
+    alice = PSEUDO.listener_id("alice")
+    segments, erasures = (TopicSerde.for_topic(t, isolated) for t in ("soundtrack.segments.v1",
+                                                                      "listener.erasures.v1"))
+    producer = Producer(isolated, "test")
+    before = segment(alice, 0, uri, sha, 100.0, late=False)
+    producer.produce(segments, {"listener_id": alice}, before)
+    erased_at = int(time.time() * 1000) + 1_000
+    producer.produce(erasures, {"listener_id": alice}, {"erasure_id": "e-1", "listener_id": alice,
+                                                         "requested_at": erased_at})
+    in_flight = {**segment(alice, 1, uri, sha, 100.0, late=False), "generated_at": erased_at - 500}
+    after = {**segment(alice, 2, uri, sha, 100.0, late=False), "generated_at": erased_at + 5_000}
+    for record in (in_flight, after):  # arrive after the erasure; only the later one is theirs to keep
+        producer.produce(segments, {"listener_id": alice}, record)
+    assert producer.flush(30) == 0
+    feed = SegmentFeed(isolated, Playlists(), lookback_s=600).start()
+    try:
+        client = TestClient(create_app(VERIFIER, PSEUDO, feed, store))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not feed.caught_up.is_set():
+            time.sleep(0.2)
+        time.sleep(1)
+        assert [s["sequence"] for s in client.get("/v1/playlist", headers=ALICE).json()["segments"]] == [2]
+    finally:
+        feed.stop()

@@ -62,17 +62,22 @@ def check_export_and_erasure(pipeline: Pipeline) -> None:
                                      headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 202
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 60  # delivery drops the playlist (not rate-limited: poll it)
+    while get(f"{pipeline.delivery_url}/v1/playlist", token)["segments"] and time.monotonic() < deadline:
+        time.sleep(1)
+    deadline = time.monotonic() + 150  # exports: one a minute (burst two), so at most three more tries
+    after: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        time.sleep(3)
         try:
             after = get(f"{pipeline.delivery_url}/v1/me/export", token)
-        except urllib.error.HTTPError as exc:  # one export a minute, burst of two
+        except urllib.error.HTTPError as exc:
             if exc.code != 429:
                 raise
+            time.sleep(10)
             continue
         if after["soundtrack_state"] is None and not after["delivery_playlist"]["segment_ids"]:
             assert after["topics"]["listener.erasures.v1"]["records"]  # the request itself is listed
             return
-    raise AssertionError(f"state or playlist still held after the erasure: {after['soundtrack_state']}, "
-                         f"{after['delivery_playlist']}")
+        time.sleep(10)
+    raise AssertionError(f"state or playlist still held after the erasure: {after.get('soundtrack_state')}, "
+                         f"{after.get('delivery_playlist')}")
