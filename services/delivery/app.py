@@ -319,6 +319,9 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
             raise HttpError(429, f"{EXPORTS_AT_ONCE} exports are running on this instance; retry in a minute")
         try:
             held = await run_in_threadpool(exporter.export, listener.listener_id)
+        except (KafkaException, TimeoutError) as exc:  # the broker, not the caller: retry later
+            log.warning("listener_export_failed", listener_id=listener.listener_id, error=str(exc))
+            raise HttpError(503, "the export could not read every topic in time; retry in a minute") from None
         finally:
             exports_running.release()
         with feed.lock:
@@ -389,9 +392,8 @@ def main() -> None:
 
     configure_logging(SERVICE)
     verifier, pseudonymizer = TokenVerifier.from_env(os.environ), pseudonymizer_from_env(os.environ)
-    feed = SegmentFeed(KafkaSettings.from_env(), Playlists(),
-                       float(os.environ.get("ENTRAIN_DELIVERY_LOOKBACK_S", "3600"))).start()
     kafka = KafkaSettings.from_env()
+    feed = SegmentFeed(kafka, Playlists(), float(os.environ.get("ENTRAIN_DELIVERY_LOOKBACK_S", "3600"))).start()
     changelog = f"{os.environ.get('ENTRAIN_SOUNDTRACK_APP_ID', kafka.topic('soundtrack'))}-listeners-changelog"
     app = create_app(verifier, pseudonymizer, feed, FileStore(), exporter=Exporter(kafka, changelog))
     uvicorn.run(app, host=os.environ.get("ENTRAIN_DELIVERY_HOST", "127.0.0.1"),

@@ -242,6 +242,11 @@ def decide(
     return Paid(rate, lines, heard_ms, paid_ms)
 
 
+def position(partition: int, offset: int) -> str:
+    """The rounding seed of the play at (partition, offset) of listener.plays.v1 (the ledger keeps both)."""
+    return f"{partition}:{offset}"
+
+
 def remember(history: PlayHistory, play: Play, decision: Decision, partition: int) -> None:
     """Fold a decided play into the history (what its ledger entry says, once committed)."""
     if isinstance(decision, Waiting) or decision == Unpaid("duplicate_play"):

@@ -45,7 +45,7 @@ from kit.settings import KafkaSettings, ServiceSettings, group_membership
 from royalty import reference_check
 from royalty.history import PlayHistory
 from royalty.rates import DEFAULT_RATE_CARD, RateCard, RateCardMissing
-from royalty.rules import Paid, Play, Unpaid, Waiting, decide, line_record, remember
+from royalty.rules import Paid, Play, Unpaid, Waiting, decide, line_record, position, remember
 from royalty.tables import PLAY_HORIZON_MS, SWEEP_EVERY, ReferenceTables, TableFeed
 
 log = structlog.get_logger()
@@ -369,7 +369,7 @@ class RoyaltyProcessor:
     def _decide(self, play: Play, msg: Message) -> Paid | Unpaid | Waiting:
         _, partition, offset = source_of(msg)
         return decide(play, self.rates, self.tables.works, self.tables.segments, self.tables.consent, self.history,
-                      position=f"{partition}:{offset}", erased=self.tables.erased_before)
+                      position=position(partition, offset), erased=self.tables.erased_before)
 
     def _record(self, msg: Message, play: Play, outcome: str, reason: str | None, paid: Paid | None) -> None:
         ledger = self.serdes[LEDGER]

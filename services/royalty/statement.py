@@ -39,6 +39,7 @@ from kit.consumer import is_partition_eof, source_of
 from kit.serde import TopicSerde
 from kit.settings import REPO_ROOT, KafkaSettings
 from royalty.rates import DEFAULT_RATE_CARD, RateCard
+from royalty.rules import position
 
 SENDER = "Entrain"
 MESSAGE_VERSION = "entrain-dsr/1.0"
@@ -140,10 +141,10 @@ class Report:
 
 def measure(entry: dict[str, Any]) -> tuple[str, int, str]:
     """(usage, paid milliseconds, seed) of a PAID ledger entry, to price it again from the rate card."""
-    position = f"{entry['source_partition']}:{entry['source_offset']}"  # the seed royalty rounded with
+    seed = position(entry["source_partition"], entry["source_offset"])  # the seed royalty rounded with
     if entry.get("segment_id") is not None:
-        return "AI_SEGMENT", entry["paid_ms"], position
-    return "CATALOG_WORK", 0, position
+        return "AI_SEGMENT", entry["paid_ms"], seed
+    return "CATALOG_WORK", 0, seed
 
 
 def build(lines: list[dict[str, Any]], ledger: list[dict[str, Any]], rates: RateCard, start_ms: int,

@@ -66,7 +66,7 @@ from kit.settings import STATE_DIR, KafkaSettings
 from kit.topics import delete_prefixed_topics, ensure_topics
 from royalty.history import PlayHistory
 from royalty.rates import RateCard, RateCardMissing
-from royalty.rules import Paid, Play, decide, remember
+from royalty.rules import Paid, Play, decide, position, remember
 from royalty.statement import build
 from royalty.tables import CONSENT, ERASURES, SEGMENTS, WORKS, ReferenceTables
 from soundtrack.schedule import segment_id
@@ -548,7 +548,7 @@ def check_royalty(kafka: KafkaSettings, acked: Acked, began_ms: int, timeout_s: 
         play = Play.from_record(value)
         try:
             decision = decide(play, rates, tables.works, tables.segments, tables.consent, history,
-                              f"{msg.partition()}:{msg.offset()}")
+                              position(msg.partition(), msg.offset()))
         except RateCardMissing:
             continue  # an injected play no rate prices: dead-lettered
         remember(history, play, decision, msg.partition())  # unacknowledged plays count too: royalty saw them

@@ -38,7 +38,7 @@ from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
 from kit.topics import delete_prefixed_topics, ensure_topics
 from royalty.history import PlayHistory
 from royalty.rates import RateCard
-from royalty.rules import Paid, Play, decide, remember
+from royalty.rules import Paid, Play, decide, position, remember
 from royalty.tables import ReferenceTables
 from tests.kafka_helpers import read_to_end
 from tests.royalty_fixtures import Catalog
@@ -62,7 +62,7 @@ def expected_lines(catalog: Catalog, kafka: KafkaSettings) -> dict[tuple[str, st
         assert value is not None
         play = Play.from_record(value)
         decision = decide(play, rates, tables.works, tables.segments, tables.consent, history,
-                          f"{msg.partition()}:{msg.offset()}")
+                          position(msg.partition(), msg.offset()))
         remember(history, play, decision, msg.partition())
         if isinstance(decision, Paid):
             for line in decision.lines:

@@ -111,3 +111,19 @@ def test_an_export_holds_the_listener_s_records_and_no_one_else_s(isolated: Kafk
         assert all(not t["records"] for t in carol["topics"].values()) and carol["soundtrack_state"] is None
     finally:
         feed.stop()
+
+
+def test_an_export_the_broker_cannot_serve_in_time_is_a_503_with_a_reason(isolated: KafkaSettings,
+                                                                           tmp_path: Path) -> None:
+    class Stalled(Exporter):
+        def export(self, listener_id: str) -> dict:  # type: ignore[type-arg]
+            raise TimeoutError("listener.telemetry.v1 [3] not read to its end within 60s")
+
+    feed = SegmentFeed(isolated, Playlists(), lookback_s=1).start()
+    try:
+        client = TestClient(create_app(VERIFIER, PSEUDO, feed, FileStore(tmp_path),
+                                       exporter=Stalled(isolated, "no-changelog")))
+        answer = client.get("/v1/me/export", headers=bearer(token_for(PSEUDO, "alice")))
+        assert answer.status_code == 503 and "retry in a minute" in answer.json()["error"]
+    finally:
+        feed.stop()

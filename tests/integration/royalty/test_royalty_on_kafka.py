@@ -14,6 +14,7 @@ from tests.royalty_fixtures import LISTENERS, Catalog, consent_record, play_reco
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
 from royalty.rates import RateCard
+from royalty.rules import position as play_position
 from royalty.service import RoyaltyProcessor, RoyaltySettings
 
 RATES = RateCard.load()
@@ -29,7 +30,7 @@ def run_royalty(kafka: KafkaSettings, **changes: Any) -> RoyaltyProcessor:
 
 def position(entry: dict[str, Any]) -> str:
     """The seed royalty rounded a play with: its position on listener.plays.v1."""
-    return f"{entry['source_partition']}:{entry['source_offset']}"
+    return play_position(entry["source_partition"], entry["source_offset"])
 
 
 def decoded(kafka: KafkaSettings, topic: str, expected: int, timeout_s: float = 15) -> list[dict[str, Any]]:
