@@ -18,7 +18,7 @@ record in effect that refuses ``ai_training``, it
 
 The bound: generation with a withdrawn holder's works stops within one inference batch of the
 consent record reaching the topic; generation resumes, on a model without those works, after
-one training run (the demo catalog's full run: about a minute on two cores, see docs/consent.md)
+one training run (the demo catalog's full run: 54 s under ``make up`` here, see the README's "Inference")
 plus one batch. A grant (or a re-grant) changes nothing until the next retrain or ``make train``.
 Consent is read to the topic's end before every snapshot. A crash between the RETIRED and the
 CURRENT record leaves no CURRENT version: the next step trains one. A RETIRED version is never
