@@ -41,7 +41,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from delivery.export import Exporter
-from delivery.playlists import Entry, Playlists, hls_media_playlist
+from delivery.playlists import Entry, Playlists, hls_media_playlist, requested_at
 from kit.auth import AuthError, Pseudonymizer, pseudonymizer_from_env
 from kit.consumer import is_partition_eof
 from kit.http import error_handlers
@@ -171,8 +171,8 @@ class SegmentFeed:
 
     def add(self, segment: dict[str, Any], arrived_ms: int) -> None:
         with self.lock:
-            if segment["generated_at"] <= self._erased.get(segment["listener_id"], -1):
-                return  # generated for a listener before they were erased
+            if requested_at(segment) <= self._erased.get(segment["listener_id"], -1):
+                return  # requested for a listener before they were erased (rendered before or after)
             entry = self.playlists.add(segment, arrived_ms)
             PLAYLISTS.set(len(self.playlists))
         if entry is None:

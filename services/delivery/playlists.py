@@ -54,10 +54,10 @@ class Playlists:
         return entry
 
     def forget(self, listener_id: str, until_ms: int | None = None) -> int:
-        """Drop what is held for a listener (an erasure): everything, or the segments generated up to
-        ``until_ms``; return how many segments."""
+        """Drop what is held for a listener (an erasure): everything, or the segments requested up to
+        ``until_ms`` (see ``requested_at``); return how many segments."""
         entries = self._by_listener.pop(listener_id, deque())
-        kept = [] if until_ms is None else [e for e in entries if e.segment["generated_at"] > until_ms]
+        kept = [] if until_ms is None else [e for e in entries if requested_at(e.segment) > until_ms]
         if kept:
             self._by_listener[listener_id] = deque(kept, maxlen=self.keep)
         return len(entries) - len(kept)
@@ -76,6 +76,13 @@ class Playlists:
 
     def __len__(self) -> int:
         return len(self._by_listener)
+
+
+def requested_at(segment: dict[str, Any]) -> int:
+    """When the segment's request was issued: what an erasure is compared with. A request issued
+    before the erasure is covered even when its rendering finished after it. Records written
+    before v2 carry no request time; their render time stands in."""
+    return int(segment.get("requested_at") or segment["generated_at"])
 
 
 def _order(entry: Entry) -> tuple[str, int]:

@@ -252,6 +252,7 @@ class InferenceService:
                            "training_manifest_sha256": self.engine.manifest_sha256, "seed": request["seed"],
                            "influences": [{"work_id": w, "weight_ppm": p} for w, p in segment.influences]},
             "generated_at": int(time.time() * 1000), "deadline": request["deadline"],
+            "requested_at": request["requested_at"],
         }
 
 

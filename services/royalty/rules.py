@@ -87,11 +87,13 @@ class SegmentFacts:
     duration_ms: int
     influences: tuple[tuple[str, int], ...]
     generated_at: int = 0
+    requested_at: int = 0  # what an erasure is compared with: a request before it is covered, rendered when it may
 
     @classmethod
     def from_record(cls, value: Mapping[str, Any]) -> SegmentFacts:
+        generated = int(value["generated_at"])
         return cls(value["listener_id"], int(value["audio"]["duration_ms"]), influences_from_record(value),
-                   int(value["generated_at"]))
+                   generated, int(value.get("requested_at") or generated))
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,14 +80,16 @@ class ReferenceTables:
             at = max(int(value["requested_at"]) if value else 0, timestamp_ms)
             self.erased[listener] = max(at, self.erased.get(listener, 0))
             for sid in [s for s, facts in self.segments.items() if facts.listener_id == listener
-                        and facts.generated_at <= at]:
+                        and facts.requested_at <= at]:
                 del self.segments[sid]
             self.newly_erased.append(listener)
-        elif logical_topic == SEGMENTS and value is not None and value["segment_id"] not in self.segments \
-                and not self.erased_before(value["listener_id"], int(value["generated_at"])):
+        elif logical_topic == SEGMENTS and value is not None and value["segment_id"] not in self.segments:
             # First write wins, as in delivery: a replayed record of a segment id names the same audio
             # (inference never regenerates an existing segment), and what was delivered is what is paid.
-            self.segments[value["segment_id"]] = SegmentFacts.from_record(value)
+            facts = SegmentFacts.from_record(value)
+            if self.erased_before(facts.listener_id, facts.requested_at):
+                return
+            self.segments[value["segment_id"]] = facts
             self._added += 1
             if self._added % SWEEP_EVERY == 0:
                 self.sweep(int(time.time() * 1000))

@@ -124,7 +124,7 @@ def test_only_a_valid_token_for_the_same_listener_is_served(isolated: KafkaSetti
         feed.stop()
 
 
-def test_an_erasure_empties_the_playlist_and_keeps_out_segments_generated_before_it(isolated: KafkaSettings,
+def test_an_erasure_empties_the_playlist_and_keeps_out_segments_requested_before_it(isolated: KafkaSettings,
                                                                                      tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     uri, sha = store.put(b"RIFF-not-really-a-wav", "wav")
@@ -138,8 +138,11 @@ def test_an_erasure_empties_the_playlist_and_keeps_out_segments_generated_before
     producer.produce(erasures, {"listener_id": alice}, {"erasure_id": "e-1", "listener_id": alice,
                                                          "requested_at": erased_at})
     in_flight = {**segment(alice, 1, uri, sha, 100.0, late=False), "generated_at": erased_at - 500}
-    after = {**segment(alice, 2, uri, sha, 100.0, late=False), "generated_at": erased_at + 5_000}
-    for record in (in_flight, after):  # arrive after the erasure; only the later one is theirs to keep
+    rendered_late = {**segment(alice, 3, uri, sha, 100.0, late=False), "generated_at": erased_at + 4_000,
+                     "requested_at": erased_at - 200}  # requested before the erasure, rendered after it
+    after = {**segment(alice, 2, uri, sha, 100.0, late=False), "generated_at": erased_at + 5_000,
+             "requested_at": erased_at + 4_000}
+    for record in (in_flight, rendered_late, after):  # arrive after the erasure; only the last is theirs to keep
         producer.produce(segments, {"listener_id": alice}, record)
     assert producer.flush(30) == 0
     feed = SegmentFeed(isolated, Playlists(), lookback_s=600).start()

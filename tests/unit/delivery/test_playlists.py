@@ -27,3 +27,14 @@ def test_an_erased_listener_has_nothing_left_and_others_keep_theirs() -> None:
         playlists.add(segment("b", n), 500)
     assert playlists.forget("a") == 3 and playlists.forget("a") == 0
     assert playlists.session("a") == [] and len(playlists.session("b")) == 3
+
+
+def test_an_erasure_covers_segments_requested_before_it_even_when_rendered_after() -> None:
+    playlists = Playlists()
+    requested_before = {**segment("a", 1), "generated_at": 2_000, "requested_at": 900}
+    requested_after = {**segment("a", 2), "generated_at": 2_500, "requested_at": 1_200}
+    old_record = {**segment("a", 3), "generated_at": 800}  # v1: no request time, its render time stands in
+    for record in (requested_before, requested_after, old_record):
+        playlists.add(record, 3_000)
+    assert playlists.forget("a", until_ms=1_000) == 2
+    assert [e.segment["sequence"] for e in playlists.session("a")] == [2]

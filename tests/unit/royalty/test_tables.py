@@ -42,4 +42,7 @@ def test_an_erasure_drops_the_listener_s_segments_then_and_after_a_re_read() -> 
     tables.apply(SEGMENTS, {}, {**record, "generated_at": now}, 0)  # read again after a restart: stays gone
     later = {**segment_record("seg-c", [("wk-1", 1_000_000)]), "generated_at": now + 5_000}  # they came back
     tables.apply(SEGMENTS, {}, later, 0)
+    rendered_late = {**segment_record("seg-d", [("wk-1", 1_000_000)]), "generated_at": now + 5_000,
+                     "requested_at": now + 900}  # requested before the erasure: covered by it
+    tables.apply(SEGMENTS, {}, rendered_late, 0)
     assert set(tables.segments) == {"seg-b", "seg-c"}
