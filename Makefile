@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: bench-ledger replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
+.PHONY: registry-up registry-down bench-ledger replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -34,7 +34,13 @@ kafka-down: venv ## stop the local Kafka (data is kept in .state/kafka)
 kafka-status: venv ## does the configured Kafka answer?
 	$(PY) deploy/local/kafka.py status
 
-topics: kafka-up ## create every topic and DLQ from schemas/ (idempotent)
+registry-up: venv ## start the local schema registry (Apicurio 3.3.3, in memory) unless ENTRAIN_SCHEMA_REGISTRY_URL is set
+	$(PY) deploy/local/registry.py up
+
+registry-down: venv ## stop the local schema registry (it forgets every schema; `make topics` registers them again)
+	$(PY) deploy/local/registry.py down
+
+topics: kafka-up registry-up ## create every topic and DLQ from schemas/ and register their schemas (idempotent)
 	$(PY) -m kit.topics
 
 dev-secrets: venv ## create local API keys and the pseudonymisation secret in .state/ingest (once)
@@ -45,6 +51,7 @@ up: topics dev-secrets ## start Kafka, create topics, start the services (ingest
 
 down: venv ## stop the services and the local Kafka
 	$(PY) deploy/local/services.py down
+	$(PY) deploy/local/registry.py down
 	$(PY) deploy/local/kafka.py down
 
 BROWSER_DEPS := tests/browser/node_modules/.package-lock.json

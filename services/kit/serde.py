@@ -1,34 +1,49 @@
-"""Avro serde for topic keys and values: Avro single-object encoding.
+"""Avro serde for topic keys and values: Confluent wire format, ids from the schema registry.
 
 Every key and value on an Entrain topic is::
 
-    C3 01 | 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema | Avro binary body
+    00 | 4-byte big-endian schema id | Avro binary body
 
-(the Avro specification's *single-object encoding*). The fingerprint names the
-writer's schema version; decoders find it among the versions committed under
-``schemas/`` and resolve it to their own (latest) version, so records written by
-an older producer still decode after a BACKWARD-compatible change.
+the framing every Confluent-compatible client reads (confluent-kafka's ``AvroDeserializer``,
+Kafka Connect, ksqlDB, Flink, kcat -s avro): with only the registry URL, a stock client decodes
+our topics. Subjects follow the TopicNameStrategy (``<topic>-key``, ``<topic>-value``);
+``python -m kit.topics`` registers every committed version under them, in order, and sets
+their compatibility from the manifest. Producers never register: a schema that ``make topics``
+did not register is an error, not a silent new version.
 
-Why not Confluent wire format with a registry: see "Schema registry" in the
-README. Nothing outside this module depends on the encoding; a registry-backed
-serde can replace it behind the same four methods.
+Why the kit frames the bytes itself around fastavro instead of calling confluent-kafka's
+``AvroSerializer``: the serializer re-validates and converts each record and resolves the
+subject per call, several times the cost of the encoding itself (``make bench-kafka``
+prints both); the bytes are identical (tests/integration/test_schema_registry.py checks
+them, and that ``AvroDeserializer`` reads ours).
+
+Decoding takes the writer schema by id from the registry (once per id; ids never change)
+and resolves it to the reader's own latest committed version, so records written by an
+older producer decode after a BACKWARD-compatible change. An id the registry does not know,
+or bytes without the framing, are a DecodeError (bad data: dead-lettered); a registry that
+cannot be reached is RegistryUnavailable (an outage: the record is not dead-lettered).
 """
 
 from __future__ import annotations
 
 import io
+import json
+import threading
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
-from fastavro.schema import fingerprint, to_parsing_canonical_form
+from fastavro.schema import to_parsing_canonical_form
 
 from kit.contracts import SchemaSide, TopicContract, contract
-from kit.settings import KafkaSettings
+from kit.settings import KafkaSettings, RegistrySettings
 
-SINGLE_OBJECT_MAGIC = b"\xc3\x01"
-HEADER_LENGTH = 10
+MAGIC = b"\x00"
+HEADER_LENGTH = 5
+UNKNOWN_IDS_REMEMBERED = 10_000  # ids the registry said it does not know (bounded: a hostile writer can pick any)
 
 
 class DecodeError(ValueError):
@@ -39,17 +54,19 @@ class EncodeError(ValueError):
     """A record does not fit its topic's schema (a bug in the producing code)."""
 
 
-def schema_fingerprint(schema: dict[str, Any] | str) -> bytes:
-    """The 8-byte little-endian CRC-64-AVRO fingerprint of a schema's Parsing Canonical Form."""
-    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+class RegistryUnavailable(RuntimeError):
+    """The schema registry could not be asked (down, unreachable, refusing our credentials)."""
+
+
+class SchemaNotRegistered(RuntimeError):
+    """Our committed schema is not registered under its subject: run ``make topics``."""
 
 
 def _plain(schema: Any) -> Any:
     """The schema without logicalType annotations.
 
-    Timestamps stay epoch milliseconds (``int``) in Python, as on the wire: no
-    datetime objects are built per record, and the fingerprint (computed from the
-    canonical form, which drops logicalType anyway) is unchanged.
+    Timestamps stay epoch milliseconds (``int``) in Python, as on the wire: no datetime objects
+    are built per record. The registered schema keeps them (stock clients see timestamps).
     """
     if isinstance(schema, dict):
         return {k: _plain(v) for k, v in schema.items() if k != "logicalType"}
@@ -58,30 +75,88 @@ def _plain(schema: Any) -> Any:
     return schema
 
 
-@dataclass(frozen=True)
+def subject(physical_topic: str, role: str) -> str:
+    """The TopicNameStrategy subject of a topic's key or value."""
+    return f"{physical_topic}-{role}"
+
+
+class SchemaIds:
+    """The registry, as the serde needs it: our schema's id under a subject, a schema by id.
+    Answers are cached for the process's lifetime (a registered id never changes meaning)."""
+
+    def __init__(self, client: SchemaRegistryClient) -> None:
+        self.client = client
+        self._ids: dict[tuple[str, str], int] = {}
+        self._unknown: set[int] = set()
+        self._lock = threading.Lock()
+
+    def id_of(self, subject_name: str, schema_str: str) -> int:
+        key = (subject_name, schema_str)
+        found = self._ids.get(key)
+        if found is None:
+            try:
+                found = self.client.lookup_schema(subject_name, Schema(schema_str, "AVRO")).schema_id
+            except SchemaRegistryError as exc:
+                if exc.http_status_code == 404:
+                    raise SchemaNotRegistered(f"{subject_name}: our schema is not registered "
+                                              f"(run `make topics`): {exc.error_message}") from None
+                raise RegistryUnavailable(f"{subject_name}: registry refused the lookup: {exc}") from exc
+            except Exception as exc:  # httpx transport errors, timeouts
+                raise RegistryUnavailable(f"{subject_name}: registry unreachable: {exc}") from exc
+            with self._lock:
+                self._ids[key] = int(found)
+        return int(found)
+
+    def schema_of(self, schema_id: int) -> str | None:
+        """The schema registered under an id; None if the registry does not know the id."""
+        if schema_id in self._unknown:
+            return None
+        try:
+            return str(self.client.get_schema(schema_id).schema_str)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                with self._lock:
+                    if len(self._unknown) >= UNKNOWN_IDS_REMEMBERED:
+                        self._unknown.clear()
+                    self._unknown.add(schema_id)
+                return None
+            raise RegistryUnavailable(f"schema id {schema_id}: registry refused the lookup: {exc}") from exc
+        except Exception as exc:
+            raise RegistryUnavailable(f"schema id {schema_id}: registry unreachable: {exc}") from exc
+
+
+@cache
+def schema_ids(settings: RegistrySettings) -> SchemaIds:
+    """One registry client per registry, shared by every serde of the process."""
+    return SchemaIds(SchemaRegistryClient.new_client(settings.client_config()))  # mock:// in unit tests
+
+
+@dataclass
 class SideCodec:
     """Encoder/decoder for one side (key or value) of one topic."""
 
     label: str
-    writer: Any  # fastavro parsed schema of the latest version
-    header: bytes
-    readers: dict[bytes, Any]  # fingerprint -> parsed writer schema of every version
-    field_names: tuple[str, ...]  # top-level fields of the latest version, in order
+    subject: str
+    writer_str: str  # the latest committed version, as registered
+    writer: Any  # fastavro parsed schema of that version
+    field_names: tuple[str, ...]  # its top-level fields, in order
+    registry: SchemaIds
+    _header: bytes | None = None
+    _readers: dict[int, tuple[Any, bool]] = field(default_factory=dict)  # id -> (writer, needs resolution)
 
     @classmethod
-    def build(cls, topic_name: str, side: SchemaSide) -> SideCodec:
-        readers = {}
-        for version in side.versions:
-            raw = side.schema(version)
-            readers[schema_fingerprint(raw)] = parse_schema(_plain(raw))
+    def build(cls, topic_name: str, physical_topic: str, side: SchemaSide, registry: SchemaIds) -> SideCodec:
         latest = side.schema()
-        return cls(
-            label=f"{topic_name} {side.role}",
-            writer=parse_schema(_plain(latest)),
-            header=SINGLE_OBJECT_MAGIC + schema_fingerprint(latest),
-            readers=readers,
-            field_names=tuple(f["name"] for f in latest.get("fields", ())),
-        )
+        return cls(label=f"{topic_name} {side.role}", subject=subject(physical_topic, side.role),
+                   writer_str=side.schema_str(), writer=parse_schema(_plain(latest)),
+                   field_names=tuple(f["name"] for f in latest.get("fields", ())), registry=registry)
+
+    @property
+    def header(self) -> bytes:
+        """Magic byte and our schema's id (asked of the registry once)."""
+        if self._header is None:
+            self._header = MAGIC + self.registry.id_of(self.subject, self.writer_str).to_bytes(4, "big")
+        return self._header
 
     def encode(self, record: dict[str, Any]) -> bytes:
         out = io.BytesIO()
@@ -92,17 +167,27 @@ class SideCodec:
             raise EncodeError(f"{self.label} record does not fit its schema: {type(exc).__name__}: {exc}") from exc
         return out.getvalue()
 
+    def _writer_of(self, schema_id: int) -> tuple[Any, bool]:
+        known = self._readers.get(schema_id)
+        if known is None:
+            text = self.registry.schema_of(schema_id)
+            if text is None:
+                raise DecodeError(f"{self.label} has schema id {schema_id}, which the registry does not know")
+            try:
+                raw = json.loads(text)
+                same = to_parsing_canonical_form(raw) == to_parsing_canonical_form(json.loads(self.writer_str))
+                known = (self.writer if same else parse_schema(_plain(raw)), not same)
+            except Exception as exc:  # not Avro, or a schema fastavro cannot parse
+                raise DecodeError(f"{self.label} has schema id {schema_id}, not a usable Avro schema: {exc}") from exc
+            self._readers[schema_id] = known
+        return known
+
     def decode(self, data: bytes) -> dict[str, Any]:
-        if len(data) < HEADER_LENGTH or data[:2] != SINGLE_OBJECT_MAGIC:
-            raise DecodeError(f"{self.label} is not Avro single-object encoded (no C3 01 header)")
-        fp = bytes(data[2:HEADER_LENGTH])
-        writer = self.readers.get(fp)
-        if writer is None:
-            raise DecodeError(f"{self.label} has unknown schema fingerprint {fp.hex()}")
-        # Schema resolution is costly in fastavro; skip it when writer == reader.
-        reader = None if fp == self.header[2:] else self.writer
-        try:
-            record = schemaless_reader(io.BytesIO(data[HEADER_LENGTH:]), writer, reader)
+        if len(data) < HEADER_LENGTH or data[:1] != MAGIC:
+            raise DecodeError(f"{self.label} is not in Confluent wire format (no 0x00 magic byte and schema id)")
+        writer, resolve = self._writer_of(int.from_bytes(data[1:HEADER_LENGTH], "big"))
+        try:  # schema resolution is costly in fastavro: only when the writer's version differs from ours
+            record = schemaless_reader(io.BytesIO(data[HEADER_LENGTH:]), writer, self.writer if resolve else None)
         except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, UnicodeDecodeError, ...
             raise DecodeError(f"{self.label} body does not decode: {type(exc).__name__}: {exc}") from exc
         if not isinstance(record, dict):
@@ -127,7 +212,8 @@ class TopicSerde:
 
     @classmethod
     def for_topic(cls, logical_name: str, settings: KafkaSettings | None = None) -> TopicSerde:
-        return _serde(logical_name, settings.topic(logical_name) if settings else logical_name)
+        kafka = settings or KafkaSettings.from_env()
+        return _serde(logical_name, kafka.topic(logical_name), kafka.registry)
 
     def encode_key(self, key: dict[str, Any]) -> bytes:
         # In schema order: a missing optional field encodes as its null default either way.
@@ -154,11 +240,31 @@ class TopicSerde:
 
 
 @cache
-def _serde(logical_name: str, physical_name: str) -> TopicSerde:
+def _serde(logical_name: str, physical_name: str, registry: RegistrySettings) -> TopicSerde:
     topic_contract = contract(logical_name)
+    ids = schema_ids(registry)
     return TopicSerde(
         contract=topic_contract,
         topic=physical_name,
-        key=SideCodec.build(logical_name, topic_contract.key),
-        value=SideCodec.build(logical_name, topic_contract.value),
+        key=SideCodec.build(logical_name, physical_name, topic_contract.key, ids),
+        value=SideCodec.build(logical_name, physical_name, topic_contract.value, ids),
     )
+
+
+def register_schemas(kafka: KafkaSettings, contracts: dict[str, TopicContract]) -> dict[str, list[int]]:
+    """Register every committed version of every topic's key and value, in order, under its
+    subject, and set the subject's compatibility from the manifest (before the second version,
+    so the registry itself checks each new version). Idempotent. Subject -> ids, in version order.
+    A version the registry refuses (incompatible) raises SchemaRegistryError."""
+    client = schema_ids(kafka.registry).client
+    registered: dict[str, list[int]] = {}
+    for name in sorted(contracts):
+        for side in (contracts[name].key, contracts[name].value):
+            subject_name = subject(kafka.topic(name), side.role)
+            ids = []
+            for n, version in enumerate(side.versions):
+                ids.append(client.register_schema(subject_name, Schema(side.schema_str(version), "AVRO")))
+                if n == 0:  # the subject exists now; its rule applies to every later version
+                    client.set_compatibility(subject_name, side.compatibility)
+            registered[subject_name] = ids
+    return registered

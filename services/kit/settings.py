@@ -7,10 +7,12 @@ matter of setting ``KAFKA_BOOTSTRAP_SERVERS`` (and the security variables).
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS_DIR = REPO_ROOT / "schemas"
@@ -52,6 +54,56 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
 
 
+DEFAULT_REGISTRY_URL = "http://127.0.0.1:8081/apis/ccompat/v7"
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """How to reach the Confluent-compatible schema registry (Apicurio's ``/apis/ccompat/v7``,
+    Confluent Schema Registry or Cloud, Aiven Karapace, ...).
+
+    ``local`` says whether it is the one ``make up`` manages (ENTRAIN_SCHEMA_REGISTRY_URL unset;
+    then it listens on 127.0.0.1:$ENTRAIN_REGISTRY_PORT, default 8081).
+    Basic auth, when the registry wants it, is ``ENTRAIN_SCHEMA_REGISTRY_USER_INFO=user:secret``.
+    """
+
+    url: str = DEFAULT_REGISTRY_URL
+    user_info: str | None = field(default=None, repr=False)
+    local: bool = True
+    management_port: int = 9081
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RegistrySettings:
+        env = os.environ if env is None else env
+        url = env.get("ENTRAIN_SCHEMA_REGISTRY_URL", "")
+        local = f"http://127.0.0.1:{_int(env, 'ENTRAIN_REGISTRY_PORT', 8081)}/apis/ccompat/v7"
+        chosen = (url or local).rstrip("/")
+        if not chosen.startswith(("http://", "https://")) and not (chosen.startswith("mock://")
+                                                                   and not is_production(env)):
+            raise SettingsError(f"ENTRAIN_SCHEMA_REGISTRY_URL must be an http(s) URL, got {chosen!r}")
+        user_info = env.get("ENTRAIN_SCHEMA_REGISTRY_USER_INFO") or None
+        if user_info is not None and ":" not in user_info:
+            raise SettingsError("ENTRAIN_SCHEMA_REGISTRY_USER_INFO must be user:secret")
+        settings = cls(url=chosen, user_info=user_info, local=not url, management_port=0)
+        return replace(settings, management_port=_int(env, "ENTRAIN_REGISTRY_MANAGEMENT_PORT", settings.port + 1000))
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (443 if self.url.startswith("https") else 80)
+
+    def client_config(self) -> dict[str, str]:
+        """confluent-kafka ``SchemaRegistryClient`` settings."""
+        config = {"url": self.url}
+        if self.user_info:
+            config["basic.auth.user.info"] = self.user_info
+        return config
+
+    def auth_headers(self) -> dict[str, str]:
+        if not self.user_info:
+            return {}
+        return {"Authorization": "Basic " + base64.b64encode(self.user_info.encode()).decode()}
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     """How to reach Kafka.
@@ -74,6 +126,7 @@ class KafkaSettings:
     kafka_sasl_ssl_port: int = 9095
     ssl_certificate_location: str | None = None  # mutual TLS: the client's certificate and key
     ssl_key_location: str | None = None
+    registry: RegistrySettings = field(default_factory=RegistrySettings)  # where the topics' schemas live
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
@@ -100,6 +153,7 @@ class KafkaSettings:
             kafka_sasl_ssl_port=_int(env, "ENTRAIN_KAFKA_SASL_SSL_PORT", kafka_port + 3),
             ssl_certificate_location=env.get("KAFKA_SSL_CERTIFICATE_LOCATION") or None,
             ssl_key_location=env.get("KAFKA_SSL_KEY_LOCATION") or None,
+            registry=RegistrySettings.from_env(env),
         )
         if is_production(env) and protocol not in ("SSL", "SASL_SSL"):
             raise SettingsError(f"ENTRAIN_ENV=production needs KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL, got {protocol}")

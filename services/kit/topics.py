@@ -1,4 +1,5 @@
-"""Create every topic in schemas/ (and its DLQ) on the configured cluster.
+"""Create every topic in schemas/ (and its DLQ) on the configured cluster, and register every
+committed schema version in the schema registry (kit.serde.register_schemas).
 
 Idempotent: existing topics are left alone when they match; their retention and
 cleanup policy are brought in line with the manifest. A partition count that
@@ -23,6 +24,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 )
 
 from kit.contracts import TopicContract, load_contracts
+from kit.serde import register_schemas
 from kit.settings import KafkaSettings
 
 DLQ_RETENTION_MS = 14 * 86_400_000
@@ -87,6 +89,7 @@ def ensure_topics(settings: KafkaSettings, check_only: bool = False, timeout_s: 
         ]
         for future in admin.incremental_alter_configs(resources).values():
             future.result()
+    register_schemas(settings, load_contracts())
     return missing
 
 
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; missing: {', '.join(missing)}" if missing else ""))
         return 1 if missing else 0
     print(f"topics: {total} topics on {settings.bootstrap_servers}; created {len(missing)}" +
-          (f": {', '.join(missing)}" if missing else ""))
+          (f": {', '.join(missing)}" if missing else "") + f"; schemas registered at {settings.registry.url}")
     return 0
 
 

@@ -84,7 +84,7 @@ def test_poison_records_go_to_the_dlq_with_reasons_and_good_records_keep_flowing
     by_class = {dict(m.headers())["dlq.reason_class"]: m for m in dlq}
     undecodable, invalid = by_class[b"undecodable"], by_class[b"invalid"]
     assert undecodable.value() == garbage
-    assert b"not Avro single-object encoded" in dict(undecodable.headers())["dlq.reason"]
+    assert b"not in Confluent wire format" in dict(undecodable.headers())["dlq.reason"]
     assert invalid.value() == serde.encode_value(out_of_range)
     assert dict(invalid.headers())["dlq.reason"] == b"heart_rate_bpm 999 outside 25-250"
     partition = mine[0].partition

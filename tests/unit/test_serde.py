@@ -1,4 +1,8 @@
-"""Single-object encoding: framing, fingerprints, schema evolution and bad bytes."""
+"""Confluent wire format: framing, ids from the registry, schema evolution and bad bytes.
+
+Against confluent-kafka's in-process mock registry (mock://); the real registry, a stock
+client and the bytes of confluent-kafka's own serializer are in
+tests/integration/test_schema_registry.py."""
 
 from __future__ import annotations
 
@@ -7,30 +11,24 @@ import json
 from pathlib import Path
 
 import pytest
-from avro.schema import _crc_64_fingerprint
-from fastavro.schema import to_parsing_canonical_form
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kit.contracts import SchemaSide
-from kit.serde import DecodeError, EncodeError, SideCodec, TopicSerde, schema_fingerprint
+from kit.serde import DecodeError, EncodeError, SchemaNotRegistered, SideCodec, TopicSerde, schema_ids
+from tests.registry_fixtures import UNIT_KAFKA, mock_registry
 
-TELEMETRY = TopicSerde.for_topic("listener.telemetry.v1")
+TELEMETRY = TopicSerde.for_topic("listener.telemetry.v1", UNIT_KAFKA)
 EXAMPLE = TELEMETRY.contract.examples()[0][1]
 
 
-def test_fingerprint_matches_the_avro_reference_implementation() -> None:
-    for side in (TELEMETRY.contract.key, TELEMETRY.contract.value):
-        canonical = to_parsing_canonical_form(side.schema()).encode()
-        reference = _crc_64_fingerprint(canonical)
-        assert schema_fingerprint(side.schema()) == bytes(reference)
-
-
-def test_encoded_value_carries_the_single_object_header() -> None:
+def test_encoded_value_carries_the_magic_byte_and_the_registered_id() -> None:
     data = TELEMETRY.encode_value(EXAMPLE["value"])
     assert data is not None
-    assert data[:2] == b"\xc3\x01"
-    assert data[2:10] == schema_fingerprint(TELEMETRY.contract.value.schema())
+    client = schema_ids(UNIT_KAFKA.registry).client
+    latest = client.get_latest_version("listener.telemetry.v1-value")
+    assert data[:1] == b"\x00" and int.from_bytes(data[1:5], "big") == latest.schema_id
+    assert json.loads(latest.schema.schema_str) == TELEMETRY.contract.value.schema()
     assert TELEMETRY.decode_value(data) == EXAMPLE["value"]
 
 
@@ -40,10 +38,10 @@ def test_tombstones_stay_none() -> None:
 
 
 @pytest.mark.parametrize(("data", "reason"), [
-    (b"", "not Avro single-object encoded"),
-    (b"{\"heart_rate\": 80}", "not Avro single-object encoded"),
-    (b"\x00\x00\x00\x00\x01" + b"x" * 20, "not Avro single-object encoded"),
-    (b"\xc3\x01" + b"\x00" * 8 + b"abc", "unknown schema fingerprint"),
+    (b"", "not in Confluent wire format"),
+    (b"{\"heart_rate\": 80}", "not in Confluent wire format"),
+    (b"\xc3\x01" + b"\x00" * 8 + b"abc", "not in Confluent wire format"),  # the old single-object framing
+    (b"\x00\x00\x01\x00\x00" + b"x" * 20, "schema id 65536, which the registry does not know"),
 ])
 def test_foreign_bytes_are_a_decode_error_with_a_reason(data: bytes, reason: str) -> None:
     with pytest.raises(DecodeError, match=reason):
@@ -70,6 +68,14 @@ def test_a_record_that_does_not_fit_is_an_encode_error() -> None:
         TELEMETRY.encode_value({**EXAMPLE["value"], "heart_rate_bpm": "fast"})
 
 
+def test_an_unregistered_schema_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    (tmp_path / "value.v1.avsc").write_text(json.dumps({"type": "record", "name": "X", "fields": []}))
+    codec = SideCodec.build("t", "never-registered", SchemaSide("value", "BACKWARD", (1,), tmp_path),
+                            schema_ids(mock_registry("empty")))
+    with pytest.raises(SchemaNotRegistered, match="make topics"):
+        codec.encode({})
+
+
 def test_an_older_writer_version_decodes_into_the_latest_reader(tmp_path: Path) -> None:
     v1 = {"type": "record", "name": "Sample", "doc": "d", "fields": [
         {"name": "id", "type": "string", "doc": "d"}]}
@@ -78,10 +84,13 @@ def test_an_older_writer_version_decodes_into_the_latest_reader(tmp_path: Path) 
         {"name": "speed_mps", "type": ["null", "double"], "default": None, "doc": "d"}]}
     (tmp_path / "value.v1.avsc").write_text(json.dumps(v1))
     (tmp_path / "value.v2.avsc").write_text(json.dumps(v2))
-    old = SideCodec.build("t", SchemaSide("value", "BACKWARD", (1,), tmp_path))
-    new = SideCodec.build("t", SchemaSide("value", "BACKWARD", (1, 2), tmp_path))
+    registry = schema_ids(mock_registry("evolution"))
+    from confluent_kafka.schema_registry import Schema
+    for text in (json.dumps(v1), json.dumps(v2)):
+        registry.client.register_schema("t-value", Schema(text, "AVRO"))
+    old = SideCodec.build("t", "t", SchemaSide("value", "BACKWARD", (1,), tmp_path), registry)
+    new = SideCodec.build("t", "t", SchemaSide("value", "BACKWARD", (1, 2), tmp_path), registry)
     written_by_old = old.encode({"id": "a"})
     assert new.decode(written_by_old) == {"id": "a", "speed_mps": None}
     assert new.decode(new.encode({"id": "b", "speed_mps": 3.5})) == {"id": "b", "speed_mps": 3.5}
-    with pytest.raises(DecodeError, match="unknown schema fingerprint"):
-        old.decode(new.encode({"id": "c", "speed_mps": 1.0}))
+    assert old.decode(new.encode({"id": "c", "speed_mps": 1.0})) == {"id": "c"}  # a newer writer, an older reader

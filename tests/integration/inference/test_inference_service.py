@@ -77,7 +77,7 @@ def test_requests_become_stored_attributed_segments_and_bad_ones_do_not(isolated
     dead = {dict(m.headers())["dlq.reason"].decode() for m in read_all(isolated, isolated.topic(
         "soundtrack.requests.v1.dlq"), 2)}
     assert any("tempo_bpm 900.0 outside" in d for d in dead)
-    assert any("not Avro single-object encoded" in d for d in dead)
+    assert any("not in Confluent wire format" in d for d in dead)
 
 
 def test_a_generation_opt_out_removes_the_holder_s_works_from_the_weights(isolated: KafkaSettings,

@@ -59,7 +59,7 @@ def test_requests_flow_and_state_survives_a_kill(isolated: KafkaSettings, tmp_pa
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     [dead] = read_all(isolated, isolated.topic("listener.telemetry.v1.dlq"), 1)
-    assert dead.value() == b"junk" and b"not Avro single-object" in dict(dead.headers())["dlq.reason"]
+    assert dead.value() == b"junk" and b"not in Confluent wire format" in dict(dead.headers())["dlq.reason"]
 
     seen = {r["request_id"]: r for r in requests(isolated, 1000, timeout_s=3)}
     high = max(r["sequence"] for r in seen.values())

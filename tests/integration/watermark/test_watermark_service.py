@@ -101,7 +101,7 @@ def test_segments_are_marked_verified_registered_and_detectable_across_a_key_rot
         assert not report(original, rotated, registry)["detected"]
     dead = [dict(m.headers())["dlq.reason"].decode() for m in read_all(
         isolated, isolated.topic("soundtrack.segments.generated.v1.dlq"), 2)]
-    assert any("sha256" in d for d in dead) and any("not Avro single-object encoded" in d for d in dead)
+    assert any("sha256" in d for d in dead) and any("not in Confluent wire format" in d for d in dead)
 
 
 def test_detection_api_answers_for_audio_files_and_rejects_bad_ones(tmp_path: Path) -> None:

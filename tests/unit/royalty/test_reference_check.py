@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from kit.consumer import InvalidRecord, Record
-from kit.serde import TopicSerde
+from kit.contracts import contract
 from kit.settings import KafkaSettings
 from royalty.reference_check import check
 
@@ -15,7 +15,7 @@ KAFKA = KafkaSettings.from_env({"ENTRAIN_TOPIC_PREFIX": "t."})
 
 
 def record(topic: str, value: dict | None = None) -> Record:
-    example = TopicSerde.for_topic(topic).contract.examples()[0][1]
+    example = contract(topic).examples()[0][1]
     return Record(topic=f"t.{topic}", partition=0, offset=0, timestamp_ms=0, key=example["key"],
                   value=example["value"] if value is None else value, headers=())
 
