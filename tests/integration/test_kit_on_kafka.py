@@ -55,7 +55,7 @@ def test_poison_records_go_to_the_dlq_with_reasons_and_good_records_keep_flowing
     producer = Producer(isolated, "test")
     serde = TopicSerde.for_topic(TELEMETRY, isolated)
     key = {"listener_id": f"poison-{uuid.uuid4().hex}"}  # one key: one partition, order kept
-    garbage = b"\x00not avro at all"
+    garbage = b"\xc3\x01not avro at all"  # the single-object framing the kit wrote before the registry
     out_of_range = telemetry_value(2, heart_rate=999)
     producer.produce(serde, key, telemetry_value(1))
     producer.produce_raw(serde.topic, serde.encode_key(key), garbage)
