@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -72,8 +73,9 @@ def scram_client(settings: KafkaSettings, user: str, tls: bool = False) -> Kafka
     for future in admin.alter_user_scram_credentials([upsert]).values():
         future.result()
     port = settings.kafka_sasl_ssl_port if tls else settings.kafka_scram_port
-    return KafkaSettings.from_env({
+    return replace(KafkaSettings.from_env({
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
         "KAFKA_SECURITY_PROTOCOL": "SASL_SSL" if tls else "SASL_PLAINTEXT",
         "KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD": password, "ENTRAIN_TOPIC_PREFIX": settings.topic_prefix,
-        "KAFKA_SSL_CA_LOCATION": str(STATE_DIR / "kafka" / "tls" / "ca.pem") if tls else ""})
+        "KAFKA_SSL_CA_LOCATION": str(STATE_DIR / "kafka" / "tls" / "ca.pem") if tls else ""}),
+        registry=settings.registry)

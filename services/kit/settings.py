@@ -127,6 +127,8 @@ class KafkaSettings:
     ssl_certificate_location: str | None = None  # mutual TLS: the client's certificate and key
     ssl_key_location: str | None = None
     registry: RegistrySettings = field(default_factory=RegistrySettings)  # where the topics' schemas live
+    replication_factor: int | None = None  # for topics we create; None: the cluster's default
+    min_insync_replicas: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
@@ -154,6 +156,8 @@ class KafkaSettings:
             ssl_certificate_location=env.get("KAFKA_SSL_CERTIFICATE_LOCATION") or None,
             ssl_key_location=env.get("KAFKA_SSL_KEY_LOCATION") or None,
             registry=RegistrySettings.from_env(env),
+            replication_factor=_int(env, "ENTRAIN_KAFKA_REPLICATION_FACTOR", 0) or None,
+            min_insync_replicas=_int(env, "ENTRAIN_KAFKA_MIN_INSYNC_REPLICAS", 0) or None,
         )
         if is_production(env) and protocol not in ("SSL", "SASL_SSL"):
             raise SettingsError(f"ENTRAIN_ENV=production needs KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL, got {protocol}")

@@ -40,12 +40,18 @@ TopicPlan = dict[str, tuple[int, dict[str, str]]]
 def desired_topics(settings: KafkaSettings, contracts: dict[str, TopicContract]) -> TopicPlan:
     """Physical topic name -> (partitions, config) for every topic and DLQ."""
     wanted: dict[str, tuple[int, dict[str, str]]] = {}
+    isr = {"min.insync.replicas": str(settings.min_insync_replicas)} if settings.min_insync_replicas else {}
     for c in contracts.values():
-        wanted[settings.topic(c.name)] = (c.partitions, c.topic_config())
+        wanted[settings.topic(c.name)] = (c.partitions, c.topic_config() | isr)
         if c.dlq:
             wanted[settings.topic(c.dlq_name)] = (
-                1, {"retention.ms": str(DLQ_RETENTION_MS), "cleanup.policy": "delete"})
+                1, {"retention.ms": str(DLQ_RETENTION_MS), "cleanup.policy": "delete"} | isr)
     return wanted
+
+
+def cluster_size(settings: KafkaSettings, timeout_s: float = 30.0) -> int:
+    """How many brokers the cluster has (from a metadata request)."""
+    return len(AdminClient(settings.client_config()).list_topics(timeout=timeout_s).brokers)
 
 
 def ensure_topics(settings: KafkaSettings, check_only: bool = False, timeout_s: float = 30.0) -> list[str]:
@@ -64,7 +70,8 @@ def ensure_topics(settings: KafkaSettings, check_only: bool = False, timeout_s: 
         return missing
     if missing:
         futures = admin.create_topics(
-            [NewTopic(name, num_partitions=wanted[name][0], replication_factor=-1, config=wanted[name][1])
+            [NewTopic(name, num_partitions=wanted[name][0], replication_factor=settings.replication_factor or -1,
+                      config=wanted[name][1])
              for name in missing],
             operation_timeout=timeout_s,
         )

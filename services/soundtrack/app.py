@@ -14,6 +14,8 @@
   directly) goes to listener.telemetry.v1.dlq with the reason.
 * An erasure (listener.erasures.v1) deletes the listener's state; Faust writes the tombstone
   to the table's compacted changelog.
+* Faust connects with the kit's settings (soundtrack.broker: SASL_SSL with SCRAM, mutual TLS),
+  and its changelog and tick topics get the cluster's replication factor and min ISR.
 * With ENTRAIN_INSTANCE_ID set the worker is a static group member: restarted, it takes its
   partitions back without waiting for its old session to expire.
 """
@@ -35,6 +37,8 @@ from kit.physiology import CADENCE_SPM, HEART_RATE_BPM
 from kit.producer import DeliveryFailed, Producer
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import SESSION_TIMEOUT_MS, STATE_DIR, KafkaSettings, ServiceSettings, group_membership
+from kit.topics import cluster_size
+from soundtrack.broker import app_settings, topic_config
 from soundtrack.schedule import IDLE_MS, ListenerState, due_requests, next_due_ms, observe
 
 log = structlog.get_logger()
@@ -57,12 +61,13 @@ telemetry_serde = TopicSerde.for_topic(TELEMETRY, kafka)
 requests_serde = TopicSerde.for_topic(REQUESTS, kafka)
 erasures_serde = TopicSerde.for_topic(ERASURES, kafka)
 
+BROKERS = 0 if kafka.replication_factor else cluster_size(kafka)  # sizes the replication unless it is set
+FAUST_TOPIC_CONFIG = topic_config(kafka, BROKERS)  # min.insync.replicas of the topics Faust creates
 app = faust.App(
     os.environ.get("ENTRAIN_SOUNDTRACK_APP_ID", f"{kafka.topic_prefix}soundtrack"),
-    broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
+    **app_settings(kafka, BROKERS),  # brokers, SASL/TLS credentials, replication factor
     store="memory://",  # rebuilt from the changelog topic on start
     topic_partitions=telemetry_serde.contract.partitions,
-    topic_replication_factor=int(os.environ.get("ENTRAIN_SOUNDTRACK_REPLICATION", "1")),
     web_enabled=False,
     datadir=str(DATADIR),
     broker_commit_interval=1.0,
@@ -77,9 +82,10 @@ erasures_topic = app.topic(erasures_serde.topic, key_type=bytes, value_type=byte
                            key_serializer="raw", value_serializer="raw")
 ticks_topic = app.topic(f"{kafka.topic_prefix}soundtrack.ticks", key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw", partitions=telemetry_serde.contract.partitions,
-                        internal=True, retention=3_600.0)
+                        internal=True, retention=3_600.0, config=FAUST_TOPIC_CONFIG)
 listeners = app.Table("listeners", default=None, partitions=telemetry_serde.contract.partitions,
-                      schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"))
+                      schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+                      extra_topic_configs=FAUST_TOPIC_CONFIG)
 _dlq_producer: Producer | None = None
 EVICT_AFTER_MS = int(float(os.environ.get("ENTRAIN_SOUNDTRACK_EVICT_AFTER_S", "3600")) * 1000)  # then the state goes
 _evicting: set[str] = set()

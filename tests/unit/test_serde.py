@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.registry_fixtures import UNIT_KAFKA, mock_registry
 
 from kit.contracts import SchemaSide
 from kit.serde import DecodeError, EncodeError, SchemaNotRegistered, SideCodec, TopicSerde, schema_ids
-from tests.registry_fixtures import UNIT_KAFKA, mock_registry
 
 TELEMETRY = TopicSerde.for_topic("listener.telemetry.v1", UNIT_KAFKA)
 EXAMPLE = TELEMETRY.contract.examples()[0][1]

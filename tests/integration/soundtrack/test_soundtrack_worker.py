@@ -12,8 +12,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.kafka_helpers import read_all
+import pytest
+from confluent_kafka.admin import AdminClient
+from tests.kafka_helpers import read_all, scram_client
 
+from kit.acls import acls, apply
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import REPO_ROOT, KafkaSettings
@@ -99,3 +102,37 @@ def test_an_idle_listener_s_state_is_evicted_from_the_table(isolated: KafkaSetti
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
+
+
+def test_the_worker_joins_a_secured_cluster_as_its_scram_principal_under_the_generated_acls(
+        isolated: KafkaSettings, tmp_path: Path) -> None:
+    """SASL_SSL with SCRAM-SHA-512, trusting the local CA, as User:soundtrack with only the ACLs
+    `python -m kit.acls` generates: it creates its changelog and tick topics, consumes
+    telemetry, produces requests and dead-letters bad records."""
+    if not isolated.local_kafka:
+        pytest.skip("the SCRAM listener and the authorizer belong to the local broker")
+    apply(isolated, acls(isolated))
+    scram = scram_client(isolated, "soundtrack", tls=True)
+    listener = "f" * 60 + uuid.uuid4().hex[:4]
+    worker = start_worker(isolated, tmp_path / "faust", tmp_path / "worker.log", **{
+        "KAFKA_BOOTSTRAP_SERVERS": scram.bootstrap_servers, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_USERNAME": "soundtrack", "KAFKA_SASL_PASSWORD": str(scram.sasl_password),
+        "KAFKA_SSL_CA_LOCATION": str(scram.ssl_ca_location), "ENTRAIN_ENV": "production",
+        "ENTRAIN_SOUNDTRACK_APP_ID": isolated.topic("soundtrack")})
+    try:
+        send(isolated, listener, 6, int(time.time() * 1000))
+        producer = Producer(isolated, "test")
+        producer.produce_raw(isolated.topic("listener.telemetry.v1"), TopicSerde.for_topic(
+            "listener.telemetry.v1", isolated).encode_key({"listener_id": listener}), b"junk")
+        assert producer.flush(10) == 0
+        got = [r for r in requests(isolated, 1, timeout_s=90) if r["listener_id"] == listener]
+        assert got, (tmp_path / "worker.log").read_text()[-3000:]
+        [dead] = read_all(isolated, isolated.topic("listener.telemetry.v1.dlq"), 1, timeout_s=30)
+        assert dead.value() == b"junk"
+        changelog = isolated.topic("soundtrack-listeners-changelog")
+        topics = AdminClient(isolated.client_config()).list_topics(timeout=10).topics
+        assert changelog in topics and isolated.topic("soundtrack.ticks") in topics
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    assert "plaintext" not in (tmp_path / "worker.log").read_text().lower()
