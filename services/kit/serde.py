@@ -92,7 +92,7 @@ class SchemaIds:
 
     def id_of(self, subject_name: str, schema_str: str) -> int:
         key = (subject_name, schema_str)
-        found = self._ids.get(key)
+        found: Any = self._ids.get(key)
         if found is None:
             try:
                 found = self.client.lookup_schema(subject_name, Schema(schema_str, "AVRO")).schema_id
