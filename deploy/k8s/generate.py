@@ -9,6 +9,12 @@ autoscaling.yaml  KEDA ScaledObjects scaling consumers on consumer-group lag (ne
                 the partition count: more instances than partitions would idle)
 users.yaml      Strimzi KafkaUser per principal: SCRAM-SHA-512 and the least-privilege ACLs of
                 kit.acls (Strimzi puts each password in a Secret named like the user)
+registry.yaml   Apicurio Registry 3.3.3 (Deployment + Service; SQL storage on your PostgreSQL,
+                from the Secret ``registry-db``) and the Job that registers every committed schema
+
+Every service reaches the cluster over SASL_SSL (SCRAM-SHA-512) trusting Strimzi's cluster CA,
+creates what it creates with replication factor 3 and min.insync.replicas 2, and finds its
+schemas at the registry (basic auth from the optional Secret ``registry-client``, key user-info).
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ RESOURCE_TYPES = {"TOPIC": "topic", "GROUP": "group", "TRANSACTIONAL_ID": "trans
 NAMESPACE = "entrain"
 CLUSTER = "entrain"
 IMAGE = "ghcr.io/entrain/{service}:latest"
+REGISTRY_IMAGE = "apicurio/apicurio-registry:3.3.3"  # Apicurio's own image
+REGISTRY_URL = "http://registry:8080/apis/ccompat/v7"
+REPLICATION = {"ENTRAIN_KAFKA_REPLICATION_FACTOR": "3", "ENTRAIN_KAFKA_MIN_INSYNC_REPLICAS": "2"}
 # service -> (port, consumer group, topic it scales on, replicas, cpu, memory, extra env)
 SERVICES: dict[str, dict[str, Any]] = {
     "ingest": {"port": 8080, "replicas": 2, "cpu": "1", "memory": "512Mi"},
@@ -63,15 +72,64 @@ def kafka_topics() -> list[dict[str, Any]]:
     return docs
 
 
+CA_MOUNT = [{"name": "kafka-ca", "mountPath": "/kafka-ca", "readOnly": True}]
+CA_VOLUME = [{"name": "kafka-ca", "secret": {"secretName": f"{CLUSTER}-cluster-ca-cert"}}]  # Strimzi's cluster CA
+
+
+def client_env(user: str) -> list[dict[str, Any]]:
+    """How a pod reaches Kafka (as ``user``, its KafkaUser) and the schema registry."""
+    return [{"name": "KAFKA_BOOTSTRAP_SERVERS", "value": f"{CLUSTER}-kafka-bootstrap:9093"},
+            {"name": "KAFKA_SECURITY_PROTOCOL", "value": "SASL_SSL"},
+            {"name": "KAFKA_SSL_CA_LOCATION", "value": "/kafka-ca/ca.crt"},
+            {"name": "KAFKA_SASL_USERNAME", "value": user},
+            {"name": "KAFKA_SASL_PASSWORD",
+             "valueFrom": {"secretKeyRef": {"name": user, "key": "password"}}},  # from its KafkaUser
+            {"name": "ENTRAIN_SCHEMA_REGISTRY_URL", "value": REGISTRY_URL},
+            {"name": "ENTRAIN_SCHEMA_REGISTRY_USER_INFO",
+             "valueFrom": {"secretKeyRef": {"name": "registry-client", "key": "user-info", "optional": True}}}] + [
+            {"name": k, "value": v} for k, v in REPLICATION.items()]
+
+
+def registry() -> list[dict[str, Any]]:
+    """Apicurio Registry on PostgreSQL (its production storage), and the schema registration Job."""
+    labels = {"app.kubernetes.io/name": "registry", "app.kubernetes.io/part-of": "entrain"}
+    db = [{"name": f"APICURIO_DATASOURCE_{key.upper()}",
+           "valueFrom": {"secretKeyRef": {"name": "registry-db", "key": key}}} for key in ("url", "username", "password")]
+    container = {
+        "name": "registry", "image": REGISTRY_IMAGE,
+        "env": [{"name": "APICURIO_STORAGE_KIND", "value": "sql"},
+                {"name": "APICURIO_STORAGE_SQL_KIND", "value": "postgresql"}, *db],
+        "ports": [{"name": "http", "containerPort": 8080}, {"name": "management", "containerPort": 9000}],
+        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "768Mi"}},
+        "livenessProbe": {"httpGet": {"path": "/health/live", "port": "management"}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/health/ready", "port": "management"}, "periodSeconds": 5},
+        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
+    }
+    job_container = {
+        "name": "register-schemas", "image": IMAGE.format(service="topics"),
+        "command": ["python", "-m", "kit.topics", "--schemas-only"],  # topics themselves are KafkaTopics
+        "env": [e for e in client_env("topics") if e["name"].startswith("ENTRAIN_SCHEMA")],
+        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
+    }
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "registry", "namespace": NAMESPACE, "labels": labels},
+         "spec": {"replicas": 2, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "registry", "namespace": NAMESPACE,
+                                                             "labels": labels},
+         "spec": {"selector": labels, "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]}},
+        {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "register-schemas", "namespace": NAMESPACE},
+         "spec": {"backoffLimit": 10, "template": {"spec": {"restartPolicy": "OnFailure",
+                                                           "containers": [job_container]}}}},
+    ]
+
+
 def workloads() -> list[dict[str, Any]]:
     docs = []
     for name, spec in SERVICES.items():
         labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "entrain"}
-        env = [{"name": "KAFKA_BOOTSTRAP_SERVERS", "value": f"{CLUSTER}-kafka-bootstrap:9093"},
-               {"name": "KAFKA_SECURITY_PROTOCOL", "value": "SASL_SSL"},
-               {"name": "KAFKA_SASL_USERNAME", "value": name},
-               {"name": "KAFKA_SASL_PASSWORD",
-                "valueFrom": {"secretKeyRef": {"name": name, "key": "password"}}},  # from its KafkaUser
+        env = client_env(name) + [
                {"name": "ENTRAIN_METRICS_HOST", "value": "0.0.0.0"},  # noqa: S104 (in a pod, on purpose)
                {"name": "ENTRAIN_ENV", "value": "production"},  # no plaintext Kafka, no development secrets
                {"name": "ENTRAIN_INSTANCE_ID",  # static group membership: a restarted container rejoins at once
@@ -100,9 +158,10 @@ def workloads() -> list[dict[str, Any]]:
                                 "readOnlyRootFilesystem": False},
         }
         pod: dict[str, Any] = {"containers": [container]}
+        container["volumeMounts"], pod["volumes"] = list(CA_MOUNT), list(CA_VOLUME)
         if name in ("ingest", "delivery", "watermark"):
-            container["volumeMounts"] = [{"name": "secrets", "mountPath": "/secrets", "readOnly": True}]
-            pod["volumes"] = [{"name": "secrets", "secret": {"secretName": f"{name}-secrets"}}]
+            container["volumeMounts"].append({"name": "secrets", "mountPath": "/secrets", "readOnly": True})
+            pod["volumes"].append({"name": "secrets", "secret": {"secretName": f"{name}-secrets"}})
         if name == "watermark":
             container["ports"].append({"name": "detect", "containerPort": 8084})
         kind = "StatefulSet" if name == "royalty" else "Deployment"
@@ -161,7 +220,7 @@ def render() -> dict[str, str]:
     header = "# Generated by deploy/k8s/generate.py from schemas/ and its service list: do not edit.\n"
     return {f"{name}.yaml": header + yaml.safe_dump_all(docs, sort_keys=False)
             for name, docs in (("topics", kafka_topics()), ("services", workloads()), ("autoscaling", autoscaling()),
-                               ("users", kafka_users()))}
+                               ("users", kafka_users()), ("registry", registry()))}
 
 
 def main() -> int:

@@ -6,7 +6,7 @@ cleanup policy are brought in line with the manifest. A partition count that
 differs from the manifest is refused, loudly: changing it re-maps keys to
 partitions and breaks per-key ordering, so it must be a deliberate migration.
 
-Usage: python -m kit.topics [--check]
+Usage: python -m kit.topics [--check | --schemas-only]
 """
 
 from __future__ import annotations
@@ -154,8 +154,15 @@ def delete_prefixed_topics(settings: KafkaSettings) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only report missing or mismatched topics")
+    parser.add_argument("--schemas-only", action="store_true",
+                        help="only register the schemas (topics are managed elsewhere, e.g. Strimzi KafkaTopics)")
     args = parser.parse_args(argv)
     settings = KafkaSettings.from_env()
+    if args.schemas_only:
+        registered = register_schemas(settings, load_contracts())
+        print(f"schemas: {sum(map(len, registered.values()))} versions under {len(registered)} subjects "
+              f"at {settings.registry.url}")
+        return 0
     try:
         missing = ensure_topics(settings, check_only=args.check)
     except PartitionMismatch as exc:

@@ -86,3 +86,26 @@ def test_every_authenticating_service_gets_its_credentials_everywhere_it_is_depl
             assert variable in (compose[name].get("environment") or {}), f"compose: {name} {variable}"
             assert any(e["name"] == f"{variable}_FILE" for e in pods[name]), f"kubernetes: {name} {variable}"
     assert "ENTRAIN_TOKEN_SIGNING_KEYS" not in (compose["delivery"].get("environment") or {})  # verifiers: public only
+
+
+def test_the_registry_and_the_cluster_settings_reach_every_deployed_service() -> None:
+    """Compose and Kubernetes run Apicurio's own image; every service is told the registry URL;
+    in Kubernetes every service also gets the replication settings (Faust's topics too) and
+    Strimzi's cluster CA for its SASL_SSL connection."""
+    registry_docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "generated" / "registry.yaml").read_text()))
+    assert {d["kind"] for d in registry_docs} == {"Deployment", "Service", "Job"}
+    for doc in registry_docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    [deployment] = [d for d in registry_docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].startswith("apicurio/apicurio-registry:")
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    assert compose["registry"]["image"].startswith("apicurio/apicurio-registry:")
+    for name in generate.SERVICES:
+        assert compose[name]["environment"]["ENTRAIN_SCHEMA_REGISTRY_URL"].endswith("/apis/ccompat/v7"), name
+    for doc in generate.workloads():
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        env = {e["name"]: e.get("value") for e in doc["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["ENTRAIN_SCHEMA_REGISTRY_URL"] == generate.REGISTRY_URL
+        assert env["ENTRAIN_KAFKA_REPLICATION_FACTOR"] == "3" and env["ENTRAIN_KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL" and env["KAFKA_SSL_CA_LOCATION"] == "/kafka-ca/ca.crt"
