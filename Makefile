@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: registry-up registry-down bench-ledger replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
+.PHONY: cluster-up cluster-down registry-up registry-down bench-ledger replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -33,6 +33,12 @@ kafka-down: venv ## stop the local Kafka (data is kept in .state/kafka)
 
 kafka-status: venv ## does the configured Kafka answer?
 	$(PY) deploy/local/kafka.py status
+
+cluster-up: venv ## start a local three-node KRaft cluster (RF 3, min ISR 2) on 127.0.0.1:29092,29094,29096
+	$(PY) deploy/local/cluster.py up
+
+cluster-down: venv ## stop the local three-node cluster (data is kept in .state/cluster)
+	$(PY) deploy/local/cluster.py down
 
 registry-up: venv ## start the local schema registry (Apicurio 3.3.3, in memory) unless ENTRAIN_SCHEMA_REGISTRY_URL is set
 	$(PY) deploy/local/registry.py up
