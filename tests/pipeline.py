@@ -76,7 +76,6 @@ class Pipeline:
             "ENTRAIN_API_KEYS_FILE": str(keys), "ENTRAIN_PSEUDONYM_SECRET_FILE": str(secret),
             "ENTRAIN_TOKEN_SIGNING_KEYS_FILE": str(signing), "ENTRAIN_TOKEN_PUBLIC_KEYS_FILE": str(public),
             "ENTRAIN_WATERMARK_KEYS_FILE": str(wm_keys),
-            "ENTRAIN_WATERMARK_REGISTRY": str(self.workdir / "registry.sqlite"),
             "ENTRAIN_SEGMENT_STORE": str(self.workdir / "segments"),
             "ENTRAIN_SOUNDTRACK_DATADIR": str(self.workdir / "faust"),
             "ENTRAIN_INGEST_PORT": str(self.ports["ingest"]), "ENTRAIN_DELIVERY_PORT": str(self.ports["delivery"]),

@@ -211,10 +211,11 @@ def write_artifacts(listeners: list[Listener], segments: list[dict[str, Any]], o
     from kit.store import FileStore
     from watermark.detector import report
     from watermark.keys import KeyRing
-    from watermark.registry import Registry
+    from watermark.registry import RegistryIndex
 
     out.mkdir(parents=True, exist_ok=True)
-    store, keys, registry = FileStore(), KeyRing.from_env(), Registry()
+    store, keys, registry = FileStore(), KeyRing.from_env(), RegistryIndex(KafkaSettings.from_env()).start()
+    registry.wait(60)
     first = listeners[0]
     own = sorted((s for s in segments if s["session_id"] == first.session_id), key=lambda s: s["sequence"])
     audio = np.concatenate([decode_bytes(store.get(s["audio"]["uri"]))[0] for s in own]) if own else np.zeros((1, 2))

@@ -26,8 +26,9 @@ from kit.audio import AudioError, decode_bytes
 from kit.auth import AuthError, KeyStore
 from kit.http import error_handlers
 from kit.ratelimit import RateLimiter
+from kit.settings import KafkaSettings
 from watermark.keys import KeyRing
-from watermark.registry import Registry
+from watermark.registry import RegistryIndex
 from watermark.scheme import DESIGN_FPR, detect
 
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
@@ -39,7 +40,7 @@ WINDOW_S, WINDOW_HOP_S = 4.0, 2.0  # long files: segments restart the mark's blo
 LONG_FILE_S = 12.0
 
 
-def report(data: bytes, keys: KeyRing, registry: Registry | None,
+def report(data: bytes, keys: KeyRing, registry: RegistryIndex | None,
            charge: Callable[[float], None] | None = None) -> dict[str, Any]:
     """Decode and detect; raises AudioError for files that are not usable audio. ``charge`` is
     called with the decoded duration before detection starts (it may raise to refuse).
@@ -94,7 +95,7 @@ def report(data: bytes, keys: KeyRing, registry: Registry | None,
     }
 
 
-def http_app(keys: KeyRing, registry: Registry | None, api_keys: KeyStore,
+def http_app(keys: KeyRing, registry: RegistryIndex | None, api_keys: KeyStore,
              limiter: RateLimiter | None = None) -> Any:
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -145,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)
     keys = KeyRing.from_env()
-    registry = Registry()
+    registry = RegistryIndex(KafkaSettings.from_env()).start()
+    if not registry.wait(60):
+        print("the provenance registry (watermark.registry.v1) was not read to its end within 60 s; "
+              "segments registered late may show no provenance", file=sys.stderr)
     status = 0
     for path in args.files:
         try:

@@ -3,7 +3,8 @@
 For every generated segment: fetch its audio from the segment store, embed the active
 key's mark with payload = the first 32 bits of SHA-256(segment id), decode the result
 with the detector, and only if the decoded payload and key match store the marked
-audio, register the generation record for later provenance lookups, and produce the
+audio, register the generation record on watermark.registry.v1 (the provenance registry every
+instance and detection API materialises), and produce the
 watermarked segment. A segment that cannot be marked or does not verify goes to the
 DLQ with the reason and never downstream. Idempotent: the same segment produces the
 same bytes, the same store URI and the same record.
@@ -30,7 +31,7 @@ from kit.serde import TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings
 from kit.store import FileStore, SegmentStore, StoreError
 from watermark.keys import KeyRing
-from watermark.registry import Registry
+from watermark.registry import RegistryIndex, RegistryWriter
 from watermark.scheme import SAMPLE_RATE, detect, embed
 
 log = structlog.get_logger()
@@ -50,7 +51,7 @@ def payload_for(segment_id: str) -> int:
 
 
 class WatermarkService:
-    def __init__(self, kafka: KafkaSettings, keys: KeyRing, store: SegmentStore, registry: Registry,
+    def __init__(self, kafka: KafkaSettings, keys: KeyRing, store: SegmentStore, registry: RegistryWriter,
                  producer: Producer) -> None:
         self.keys, self.store, self.registry, self.producer = keys, store, registry, producer
         self.out = TopicSerde.for_topic("soundtrack.segments.v1", kafka)
@@ -86,8 +87,7 @@ class WatermarkService:
         uri, digest = self.store.put(encode_wav(marked, SAMPLE_RATE, "PCM_16"), "wav")
         value = self._record(segment, marked, uri, digest, key.key_id, f"{payload:08x}", found.score)
         # No listener or session id in the registry: detections answer anyone with an API key.
-        self.registry.add(key.key_id, f"{payload:08x}", segment["segment_id"], {
-            k: value[k] for k in ("segment_id", "request_id", "sequence", "params", "provenance", "generated_at")})
+        self.registry.publish(key.key_id, f"{payload:08x}", value)
         self.producer.produce(self.out, {"listener_id": segment["listener_id"]}, value)
         SEGMENTS.inc()
 
@@ -109,12 +109,14 @@ def main() -> None:
     producer = Producer(kafka, SERVICE)
     keys = KeyRing.from_env()
     log.info("keys_loaded", active=keys.active.key_id, keys=[k.key_id for k in keys.keys])
-    service = WatermarkService(kafka, keys, FileStore(), Registry(), producer)
+    service = WatermarkService(kafka, keys, FileStore(), RegistryWriter(kafka, producer), producer)
+    index = RegistryIndex(kafka).start()  # what the detection API looks payloads up in
     loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_WATERMARK_GROUP", kafka.group("watermark")),
                         ["soundtrack.segments.generated.v1"], service.handle, producer, batch_size=8)
     health = HealthServer.for_service(ServiceSettings.from_env("watermark", 9104)).start()
     health.add_ready_check("kafka", lambda: producer.reachable(2.0))
-    detect_server = serve_detection(keys, api_keys(os.environ),
+    health.add_ready_check("provenance-index", index.caught_up.is_set)
+    detect_server = serve_detection(keys, index, api_keys(os.environ),
                                     os.environ.get("ENTRAIN_METRICS_HOST", "127.0.0.1"),
                                     int(os.environ.get("ENTRAIN_WATERMARK_DETECT_PORT", "8084")))
     health.add_ready_check("detect-api", lambda: detect_server.started)
@@ -125,7 +127,7 @@ def main() -> None:
     health.stop()
 
 
-def serve_detection(keys: KeyRing, api: KeyStore, host: str, port: int) -> Any:
+def serve_detection(keys: KeyRing, index: RegistryIndex, api: KeyStore, host: str, port: int) -> Any:
     """The public detection endpoint (POST /v1/detect) in a daemon thread."""
     import threading
 
@@ -135,7 +137,7 @@ def serve_detection(keys: KeyRing, api: KeyStore, host: str, port: int) -> Any:
 
     rate = float(os.environ.get("ENTRAIN_WATERMARK_DETECTIONS_PER_S", DETECTIONS_PER_S))
     limiter = RateLimiter(rate, max(rate * 4, DETECTION_BURST))
-    app = http_app(keys, Registry(), api, limiter)
+    app = http_app(keys, index, api, limiter)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     threading.Thread(target=server.run, name="detect-http", daemon=True).start()
     return server

@@ -10,6 +10,7 @@ from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibi
 from avro.schema import parse as parse_avro
 from fastavro import parse_schema
 from fastavro.validation import validate
+from tests.registry_fixtures import UNIT_KAFKA
 
 from kit.contracts import TopicContract, load_contracts
 from kit.serde import TopicSerde
@@ -22,6 +23,7 @@ DESIGN_TOPICS = {
 INTERNAL_TOPICS = {"royalty.play-ledger.v1"}  # a service's own state, still a contract
 INTERNAL_TOPICS |= {"listener.erasures.v1"}  # the data-deletion path (issue: data lifecycle)
 INTERNAL_TOPICS |= {"inference.models.v1"}  # the model registry: versions retired when training consent ends
+INTERNAL_TOPICS |= {"watermark.registry.v1"}  # the provenance registry every detection instance materialises
 CONTRACTS = load_contracts()
 SIDES = [(c, side) for c in CONTRACTS.values() for side in (c.key, c.value)]
 
@@ -77,7 +79,7 @@ def test_every_schema_version_parses_and_every_field_is_documented(contract: Top
 
 @pytest.mark.parametrize("contract", CONTRACTS.values(), ids=lambda c: c.name)
 def test_every_value_version_has_examples_that_validate_and_round_trip(contract: TopicContract) -> None:
-    serde = TopicSerde.for_topic(contract.name)
+    serde = TopicSerde.for_topic(contract.name, UNIT_KAFKA)  # the in-process mock registry: no servers
     for version in contract.value.versions:
         examples = contract.examples(version)
         assert examples, f"{contract.name} v{version} has no example"

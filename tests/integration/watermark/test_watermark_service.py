@@ -26,7 +26,7 @@ from kit.settings import KafkaSettings
 from kit.store import FileStore
 from watermark.detector import http_app, report
 from watermark.keys import KeyRing
-from watermark.registry import Registry
+from watermark.registry import RegistryIndex, RegistryWriter
 from watermark.scheme import SAMPLE_RATE
 from watermark.service import WatermarkService, payload_for
 
@@ -51,17 +51,17 @@ def generated(store: FileStore, n: int, bars: int = 4) -> dict[str, Any]:
             "generated_at": now, "deadline": now + 60_000}
 
 
-def run(kafka: KafkaSettings, keys: KeyRing, store: FileStore, registry: Registry) -> None:
+def run(kafka: KafkaSettings, keys: KeyRing, store: FileStore) -> None:
     """One run of the service (the group is the same across runs: a restart with new keys)."""
     producer = Producer(kafka, "watermark")
-    service = WatermarkService(kafka, keys, store, registry, producer)
+    service = WatermarkService(kafka, keys, store, RegistryWriter(kafka, producer), producer)
     ConsumerLoop(kafka, "watermark", "watermark", ["soundtrack.segments.generated.v1"],
                  service.handle, producer).run(idle_timeout_s=6)
 
 
 def test_segments_are_marked_verified_registered_and_detectable_across_a_key_rotation(
         isolated: KafkaSettings, tmp_path: Path) -> None:
-    store, registry = FileStore(tmp_path / "store"), Registry(tmp_path / "registry.sqlite")
+    store = FileStore(tmp_path / "store")
     source = TopicSerde.for_topic("soundtrack.segments.generated.v1", isolated)
     producer = Producer(isolated, "test")
     before = [generated(store, 0), generated(store, 1)]
@@ -70,13 +70,19 @@ def test_segments_are_marked_verified_registered_and_detectable_across_a_key_rot
         producer.produce(source, {"listener_id": record["listener_id"]}, record)
     producer.produce_raw(source.topic, source.encode_key({"listener_id": "x"}), b"garbage")
     assert producer.flush(30) == 0
-    run(isolated, KeyRing.from_mapping(OLD, None), store, registry)
+    run(isolated, KeyRing.from_mapping(OLD, None), store)
 
     after = generated(store, 3)  # rotation: a new active key for new segments, the old one still detected
     producer.produce(source, {"listener_id": after["listener_id"]}, after)
     assert producer.flush(30) == 0
     rotated = KeyRing.from_mapping(NEW, "wk-new")
-    run(isolated, rotated, store, registry)
+    run(isolated, rotated, store)
+    # Two processes' indexes of the shared registry topic (e.g. this pod's detection API and another's,
+    # one kept in a file that resumes from its stored offsets) answer the same.
+    registry = RegistryIndex(isolated).start()
+    elsewhere = RegistryIndex(isolated, tmp_path / "index.sqlite").start()
+    assert registry.wait(30) and elsewhere.wait(30)
+    assert registry.count() == elsewhere.count() == 3
 
     out = TopicSerde.for_topic("soundtrack.segments.v1", isolated)
     published = {v["segment_id"]: v for v in (out.decode_value(m.value()) for m in read_all(isolated, out.topic, 3))}
@@ -97,8 +103,13 @@ def test_segments_are_marked_verified_registered_and_detectable_across_a_key_rot
         audio, rate = decode_bytes(data)  # turned up x10 and hard-clipped, saved as 16-bit PCM
         clipped = report(encode_wav(np.clip(audio * 10, -1, 1), rate, "PCM_16"), rotated, registry)
         assert clipped["segment_id"] == record["segment_id"] and clipped["segments"][0]["read_in"] == "clip"
+        assert elsewhere.lookup(mark["key_id"], mark["payload_hex"]) == registry.lookup(mark["key_id"],
+                                                                                         mark["payload_hex"])
         original = store.get(record["audio"]["uri"])
         assert not report(original, rotated, registry)["detected"]
+    elsewhere.stop()
+    resumed = RegistryIndex(isolated, tmp_path / "index.sqlite").start()  # from its stored offsets
+    assert resumed.wait(30) and resumed.count() == 3
     dead = [dict(m.headers())["dlq.reason"].decode() for m in read_all(
         isolated, isolated.topic("soundtrack.segments.generated.v1.dlq"), 2)]
     assert any("sha256" in d for d in dead) and any("not in Confluent wire format" in d for d in dead)
@@ -108,7 +119,7 @@ def test_detection_api_answers_for_audio_files_and_rejects_bad_ones(tmp_path: Pa
     keys = KeyRing.from_mapping(OLD, None)
     api = KeyStore.from_json(json.dumps([{"key_id": "k", "sha256": hash_key("detect-key-0123456789"),
                                           "scopes": ["rights-holder"], "rights_holder_id": "rh-1"}]))
-    client = TestClient(http_app(keys, Registry(tmp_path / "r.sqlite"), api, RateLimiter(0.01, 4)),
+    client = TestClient(http_app(keys, None, api, RateLimiter(0.01, 4)),
                         headers={"Authorization": "Bearer detect-key-0123456789"})
     assert client.post("/v1/detect", content=b"x", headers={"Authorization": ""}).status_code == 401
     assert client.post("/v1/detect", content=b"x", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -159,7 +170,7 @@ def test_a_small_file_that_decodes_to_hours_is_refused_before_it_is_decoded(tmp_
     keys = KeyRing.from_mapping(OLD, None)
     api = KeyStore.from_json(json.dumps([{"key_id": "k", "sha256": hash_key("detect-key-0123456789"),
                                           "scopes": ["admin"]}]))
-    client = TestClient(http_app(keys, Registry(tmp_path / "r.sqlite"), api, RateLimiter(0.01, 3)),
+    client = TestClient(http_app(keys, None, api, RateLimiter(0.01, 3)),
                         headers={"Authorization": "Bearer detect-key-0123456789"})
     answer = client.post("/v1/detect", content=data)
     assert answer.status_code == 422 and "longer than 600 s" in answer.json()["error"]
