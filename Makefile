@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: cluster-up cluster-down registry-up registry-down bench-ledger replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
+.PHONY: test-cluster cluster-up cluster-down registry-up registry-down bench-ledger replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -95,6 +95,9 @@ bench-inference: venv ## music engine real-time factor, latency and listeners pe
 
 chaos: topics dev-secrets ## the whole pipeline for 6 minutes under load, SIGKILLs, a broker restart and hostile input; RESULT with violations
 	$(PY) -m tests.chaos.pipeline_chaos --listeners 200 --seconds 360
+
+test-cluster: registry-up ## scale-out on the local three-broker cluster: 2 instances of every service, a broker and one instance of each killed, a worker added; RESULT
+	$(PY) -m tests.cluster.scale_out --listeners 30 --generating 4 --seconds 180
 
 crash-royalty: topics ## the full royalty crash test: 2 instances, 100,000 plays, 6 SIGKILLs, one broker restart
 	$(PY) -m tests.chaos.royalty_crash --plays 100000 --kills 6 --instances 2

@@ -4,6 +4,11 @@ watermark and, when asked, royalty.
 
 It never touches a stack started by ``make up``: topics carry the prefix, the Faust app id and
 data dir are its own, and every port is picked free.
+
+``replicas`` runs more than one instance of a service (the scale-out run): the first keeps the
+service's name, the others are ``<service>-2``, ``<service>-3``, ... each with its own ports,
+static group member id, data dir and (royalty) transactional id; ``ingest_url`` and
+``delivery_url`` take turns among a service's instances, as a load balancer would.
 """
 
 from __future__ import annotations
@@ -40,21 +45,37 @@ class Pipeline:
     app_key: str = field(default_factory=lambda: "test-app-" + secrets.token_hex(16))
     admin_key: str = field(default_factory=lambda: "test-admin-" + secrets.token_hex(16))
     royalty: bool = False
+    replicas: dict[str, int] = field(default_factory=dict)  # service -> instances (default 1)
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     exits: dict[str, int] = field(default_factory=dict)  # exits nobody asked for, per service
     _lock: threading.Lock = field(default_factory=threading.Lock)  # kill() and supervise() run in two threads
     _tokens: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
+    _turn: int = 0
 
     @property
     def ingest_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['ingest']}"
+        return self._url_of("ingest")
 
     @property
     def delivery_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['delivery']}"
+        return self._url_of("delivery")
 
-    def env(self) -> dict[str, str]:
+    def _url_of(self, service: str) -> str:
+        names = self.instances(service)
+        self._turn += 1
+        return f"http://127.0.0.1:{self.ports[names[self._turn % len(names)]]}"
+
+    def instances(self, service: str) -> list[str]:
+        """The process names of a service's instances, in start order."""
+        return [n for n in self.ports if self.service_of(n) == service and n != "detect"]
+
+    @staticmethod
+    def service_of(name: str) -> str:
+        base, _, n = name.rpartition("-")
+        return base if n.isdigit() else name
+
+    def env(self, name: str | None = None) -> dict[str, str]:
         keys = self.workdir / "api-keys.json"
         keys.write_text(json.dumps([{"key_id": "test-app", "sha256": hash_key(self.app_key),
                                      "scopes": ["listener-app"]},
@@ -90,7 +111,23 @@ class Pipeline:
             "ENTRAIN_INSTANCE_ID": "0",  # one process per service: static group members, restarts rejoin at once
             "ENTRAIN_ROYALTY_METRICS_PORT": str(self.ports["royalty"]),
             "ENTRAIN_ROYALTY_INSTANCE": "pipeline-0",
-        }
+        } | ({} if self.kafka.local_kafka else {"KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers}) | (
+            self._instance_env(name) if name else {})
+
+    def _instance_env(self, name: str) -> dict[str, str]:
+        """What differs between instances of one service: ports, member id, data dir, transactional id."""
+        service, n = self.service_of(name), (name.rpartition("-")[2] if name != self.service_of(name) else "1")
+        if n == "1":
+            return {}
+        port = str(self.ports[name])
+        own = {"ingest": {"ENTRAIN_INGEST_PORT": port}, "delivery": {"ENTRAIN_DELIVERY_PORT": port},
+               "watermark": {"ENTRAIN_WATERMARK_METRICS_PORT": port,
+                             "ENTRAIN_WATERMARK_DETECT_PORT": str(self.ports[f"detect-{n}"])},
+               "soundtrack": {"ENTRAIN_SOUNDTRACK_METRICS_PORT": port,
+                              "ENTRAIN_SOUNDTRACK_DATADIR": str(self.workdir / f"faust-{n}")},
+               "royalty": {"ENTRAIN_ROYALTY_METRICS_PORT": port, "ENTRAIN_ROYALTY_INSTANCE": f"pipeline-{n}"}}
+        default = {f"ENTRAIN_{service.upper()}_METRICS_PORT": port}
+        return own.get(service, default) | {"ENTRAIN_INSTANCE_ID": str(int(n) - 1)}
 
     @property
     def modules(self) -> dict[str, str]:
@@ -103,11 +140,32 @@ class Pipeline:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ports = {name: free_port() for name in
                       ("ingest", "delivery", "soundtrack", "inference", "retrainer", "watermark", "detect", "royalty")}
-        for name in self.modules:
+        for service in self.modules:
+            for _ in range(self.replicas.get(service, 1) - 1):
+                self._allot(service)
+        names = [n for n in self.ports if n != "detect" and not n.startswith("detect-")
+                 and self.service_of(n) in self.modules]
+        for name in names:
             self.launch(name)
-        self.wait_ready(list(self.modules), timeout_s)
+        self.wait_ready(names, timeout_s)
         self.seed_consent()
         return self
+
+    def _allot(self, service: str) -> str:
+        """Ports for one more instance of a service; its process name."""
+        name = f"{service}-{len(self.instances(service)) + 1}"
+        self.ports[name] = free_port()
+        if service == "watermark":
+            self.ports[f"detect-{name.rpartition('-')[2]}"] = free_port()
+        return name
+
+    def add_instance(self, service: str, timeout_s: float = 120) -> str:
+        """Start one more instance of a running service (scale-out); return its name once ready."""
+        with self._lock:
+            name = self._allot(service)
+            self.launch(name)
+        self.wait_ready([name], timeout_s)
+        return name
 
     def seed_consent(self) -> None:
         """The demo rights holders' consent as the model's snapshot recorded it, through ingest's
@@ -125,7 +183,8 @@ class Pipeline:
 
     def launch(self, name: str) -> None:
         with open(self.workdir / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", self.modules[name]], env=self.env(),
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", self.modules[self.service_of(name)]],
+                                                env=self.env(name),
                                                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
 
     def ready(self, name: str) -> bool:

@@ -633,10 +633,9 @@ def check_dlqs(kafka: KafkaSettings, injected: Injected) -> dict[str, Any]:
             "dlq_redeliveries": duplicates}
 
 
-def check_underruns(kafka: KafkaSettings, listeners: set[str], faults: list[Fault], began: float,
-                    until_ms: int) -> dict[str, Any]:
-    """Every request of the cohort whose deadline passed: was its segment on soundtrack.segments.v1
-    by then? Late or missing ones are underruns, attributed to the fault they followed."""
+def late_segments(kafka: KafkaSettings, listeners: set[str], until_ms: int) -> tuple[int, list[tuple[float, bool]]]:
+    """(requests due, [(deadline in s, never made)] of every request whose segment was not on
+    soundtrack.segments.v1 by its deadline), for the cohort's requests due by ``until_ms``."""
     produced: dict[str, int] = {}
     for msg, _, value in decode_all(kafka, "soundtrack.segments.v1"):
         if value is not None:
@@ -645,17 +644,26 @@ def check_underruns(kafka: KafkaSettings, listeners: set[str], faults: list[Faul
     for _, _, value in decode_all(kafka, "soundtrack.requests.v1"):
         if value is not None and value["listener_id"] in listeners and value["deadline"] <= until_ms:
             requests[value["request_id"]] = value
-    out: dict[str, Any] = {"requests_due": len(requests), "underruns_near_broker_restart": 0,
+    late = []
+    for request in requests.values():
+        ready_at = produced.get(segment_id(request["request_id"]))
+        if ready_at is None or ready_at > request["deadline"]:
+            late.append((request["deadline"] / 1000, ready_at is None))
+    return len(requests), late
+
+
+def check_underruns(kafka: KafkaSettings, listeners: set[str], faults: list[Fault], began: float,
+                    until_ms: int) -> dict[str, Any]:
+    """Every request of the cohort whose deadline passed: was its segment on soundtrack.segments.v1
+    by then? Late or missing ones are underruns, attributed to the fault they followed."""
+    due, late = late_segments(kafka, listeners, until_ms)
+    out: dict[str, Any] = {"requests_due": due, "underruns_near_broker_restart": 0,
                            "underruns_near_service_kill": 0, "underruns_elsewhere": 0}
     per_10s: Counter[int] = Counter()
     missing = 0
-    for request in requests.values():
-        ready_at = produced.get(segment_id(request["request_id"]))
-        if ready_at is not None and ready_at <= request["deadline"]:
-            continue
-        at = request["deadline"] / 1000
+    for at, never_made in late:
         per_10s[int((at - began) // 10) * 10] += 1
-        missing += ready_at is None
+        missing += never_made
         near = [f for f in faults if f.started - 1 <= at <= (f.over or f.started + 120) + RECOVERY_S]
         if any(f.what == "broker" for f in near):
             out["underruns_near_broker_restart"] += 1
