@@ -121,13 +121,13 @@ class Pipeline:
             return {}
         port = str(self.ports[name])
         own = {"ingest": {"ENTRAIN_INGEST_PORT": port}, "delivery": {"ENTRAIN_DELIVERY_PORT": port},
-               "watermark": {"ENTRAIN_WATERMARK_METRICS_PORT": port,
-                             "ENTRAIN_WATERMARK_DETECT_PORT": str(self.ports[f"detect-{n}"])},
-               "soundtrack": {"ENTRAIN_SOUNDTRACK_METRICS_PORT": port,
-                              "ENTRAIN_SOUNDTRACK_DATADIR": str(self.workdir / f"faust-{n}")},
-               "royalty": {"ENTRAIN_ROYALTY_METRICS_PORT": port, "ENTRAIN_ROYALTY_INSTANCE": f"pipeline-{n}"}}
-        default = {f"ENTRAIN_{service.upper()}_METRICS_PORT": port}
-        return own.get(service, default) | {"ENTRAIN_INSTANCE_ID": str(int(n) - 1)}
+               "soundtrack": {"ENTRAIN_SOUNDTRACK_DATADIR": str(self.workdir / f"faust-{n}")},
+               "royalty": {"ENTRAIN_ROYALTY_INSTANCE": f"pipeline-{n}"}}.get(service, {})
+        if service == "watermark":
+            own["ENTRAIN_WATERMARK_DETECT_PORT"] = str(self.ports[f"detect-{n}"])
+        if service not in ("ingest", "delivery"):
+            own[f"ENTRAIN_{service.upper()}_METRICS_PORT"] = port
+        return own | {"ENTRAIN_INSTANCE_ID": str(int(n) - 1)}
 
     @property
     def modules(self) -> dict[str, str]:

@@ -11,6 +11,8 @@ import structlog
 def configure_logging(service: str, level: str = "INFO") -> structlog.stdlib.BoundLogger:
     """JSON logs with timestamp, level and service; returns the service's logger."""
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level)
+    for chatty in ("httpx", "httpx2", "httpcore", "httpcore2"):  # the schema registry client: a line per request
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -10,6 +10,9 @@ registry, on a private topic prefix:
   over both ingest and both delivery instances, as a load balancer would;
 * ``--listeners`` simulated listeners send 1 Hz telemetry through ingest, ``--generating`` of
   them with their player on; plays for every heard segment; consent flips;
+* a warm-up (``--warmup`` s, default 30) with the generating listeners' sessions already playing,
+  so that the first requests to cold processes (model and SoundFont loads, first connections) are
+  not taken for scale-out effects; its underruns are reported as ``underruns_during_warmup``;
 * faults, one at a time: SIGKILL of one broker (restarted ``--broker-down`` seconds later), then
   SIGKILL of one instance of every service (each restarted at once, as an orchestrator would),
   then a third soundtrack worker joins mid-run.
@@ -125,7 +128,8 @@ def outside_windows(faults: list[Fault], late: list[tuple[float, bool]]) -> int:
     return sum(1 for at, _ in late if not any(lo <= at <= hi for lo, hi in windows))
 
 
-def run(listeners_n: int, generating: int, seconds: float, broker_down_s: float, seed: int = 1) -> dict[str, Any]:
+def run(listeners_n: int, generating: int, seconds: float, broker_down_s: float, seed: int = 1,
+        warmup_s: float = 30.0, keep_topics: bool = False) -> dict[str, Any]:
     cluster("up")
     base = cluster_settings()
     kafka = replace(base, topic_prefix=f"scale-{uuid.uuid4().hex[:8]}.")
@@ -139,6 +143,7 @@ def run(listeners_n: int, generating: int, seconds: float, broker_down_s: float,
     faults: list[Fault] = []
     stop = threading.Event()
     result: dict[str, Any] = {"listeners": listeners_n, "generating": generating, "seconds": seconds,
+                              "warmup_s": warmup_s,
                               "brokers": 3, "instances": {s: len(pipe.instances(s)) for s in SCALED}}
     try:
         driver.seed_consent()
@@ -147,6 +152,14 @@ def run(listeners_n: int, generating: int, seconds: float, broker_down_s: float,
         kinds = ["broker", *kills, "soundtrack+"]
         span = (0.15 * seconds, 0.8 * seconds)
         plan = [(span[0] + i * (span[1] - span[0]) / (len(kinds) - 1), k) for i, k in enumerate(kinds)]
+        warm_from = time.time()
+        while (t := time.time() - warm_from) < warmup_s:
+            for listener in listeners[:min(generating, int(t) + 1)]:
+                listener.music = True
+            driver.tick_telemetry(t - warmup_s)
+            if int(t) % 2 == 0:
+                driver.tick_plays()
+            time.sleep(max(0.0, 1.0 - (time.time() - warm_from - t)))
         began = time.time()
         fault_thread = threading.Thread(target=run_faults, args=(pipe, plan, began, broker_down_s, faults, stop),
                                         daemon=True)
@@ -181,6 +194,8 @@ def run(listeners_n: int, generating: int, seconds: float, broker_down_s: float,
         watermarks = check_watermarks(pipe, listeners)
         listener_ids = {driver_listener_id(pipe, lt) for lt in listeners if lt.music}
         due, late = late_segments(kafka, listener_ids, load_over_ms - 5000)
+        warm = [item for item in late if item[0] < began]
+        late = [item for item in late if item[0] >= began]
         per_10s: dict[int, int] = {}
         for at, _ in late:
             per_10s[int((at - began) // 10) * 10] = per_10s.get(int((at - began) // 10) * 10, 0) + 1
@@ -194,7 +209,8 @@ def run(listeners_n: int, generating: int, seconds: float, broker_down_s: float,
             "plays_unledgered": royalty["plays_unledgered"], "ledger_doubled": royalty["ledger_doubled"],
             "reconciled": royalty["reconciled"],
             "segments_checked": watermarks["segments_checked"], "segments_unverified": watermarks["segments_failed"],
-            "requests_due": due, "underruns": len(late), "underruns_never_made": sum(1 for _, m in late if m),
+            "requests_due": due, "underruns_during_warmup": len(warm), "underruns": len(late),
+            "underruns_never_made": sum(1 for _, m in late if m),
             "underruns_outside_fault_windows": outside_windows(faults, late),
             "underruns_by_10s": dict(sorted(per_10s.items())),
             "rebalances": rebalances(pipe), "broker_kills": sum(1 for f in faults if f.what == "broker"),
@@ -208,7 +224,8 @@ def run(listeners_n: int, generating: int, seconds: float, broker_down_s: float,
         stop.set()
         pipe.stop()
         shutil.rmtree(workdir / "segments", ignore_errors=True)  # the logs stay for a look
-    delete_prefixed_topics(kafka)
+    if not keep_topics:
+        delete_prefixed_topics(kafka)
     result["violations"] = violations(result)
     return result
 
@@ -234,8 +251,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=180)
     parser.add_argument("--broker-down", type=float, default=20, help="seconds the killed broker stays down")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--warmup", type=float, default=30, help="seconds of load before the measured run")
+    parser.add_argument("--keep-topics", action="store_true", help="leave the run's topics for a look")
     args = parser.parse_args()
-    result = run(args.listeners, args.generating, args.seconds, args.broker_down, args.seed)
+    result = run(args.listeners, args.generating, args.seconds, args.broker_down, args.seed, args.warmup,
+                 args.keep_topics)
     print(f"violations: {result['violations']}")
     print("RESULT " + json.dumps(result))
     sys.exit(1 if result["violations"] else 0)
