@@ -417,6 +417,9 @@ class RoyaltyProcessor:
         without a record."""
         assignment = [tp for tp in self.consumer.assignment() if tp.partition not in self._paused_until]
         unstarted = [tp for tp in self.consumer.position(assignment) if tp.offset < 0] if assignment else []
+        # An empty partition has no position either (nothing consumed yet): only one with records
+        # to fetch can be stalled. Seen on a fresh cluster whose plays topic was still empty.
+        unstarted = [tp for tp in unstarted if self._has_records(tp)]
         if not unstarted:
             self._stalled_since = None
             return
@@ -434,6 +437,13 @@ class RoyaltyProcessor:
             log.warning("stalled_partitions_seeked", partitions=numbers)
         except KafkaException as exc:
             log.warning("stalled_partitions_not_seeked", partitions=numbers, error=str(exc))
+
+    def _has_records(self, tp: TopicPartition) -> bool:
+        try:
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        except KafkaException:
+            return True  # cannot tell: treat it as stalled, as before
+        return bool(high > low)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         numbers = sorted(tp.partition for tp in partitions)
