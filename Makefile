@@ -96,7 +96,7 @@ bench-inference: venv ## music engine real-time factor, latency and listeners pe
 chaos: topics dev-secrets ## the whole pipeline for 6 minutes under load, SIGKILLs, a broker restart and hostile input; RESULT with violations
 	$(PY) -m tests.chaos.pipeline_chaos --listeners 200 --seconds 360
 
-test-cluster: registry-up ## scale-out on the local three-broker cluster: 2 instances of every service, a broker and one instance of each killed, a worker added; RESULT
+test-cluster: topics ## scale-out on the local three-broker cluster: 2 instances of every service, a broker and one instance of each killed, a worker added; RESULT
 	$(PY) -m tests.cluster.scale_out --listeners 30 --generating 4 --seconds 180
 
 crash-royalty: topics ## the full royalty crash test: 2 instances, 100,000 plays, 6 SIGKILLs, one broker restart

@@ -100,7 +100,8 @@ class Pipeline:
             "ENTRAIN_SEGMENT_STORE": str(self.workdir / "segments"),
             "ENTRAIN_SOUNDTRACK_DATADIR": str(self.workdir / "faust"),
             "ENTRAIN_INGEST_PORT": str(self.ports["ingest"]), "ENTRAIN_DELIVERY_PORT": str(self.ports["delivery"]),
-            "ENTRAIN_INGEST_CORS_ORIGINS": self.delivery_url,
+            "ENTRAIN_INGEST_CORS_ORIGINS": ",".join(f"http://127.0.0.1:{self.ports[n]}"
+                                                    for n in self.instances("delivery")),
             "ENTRAIN_SOUNDTRACK_METRICS_PORT": str(self.ports["soundtrack"]),
             "ENTRAIN_INFERENCE_METRICS_PORT": str(self.ports["inference"]),
             "ENTRAIN_RETRAINER_METRICS_PORT": str(self.ports["retrainer"]),

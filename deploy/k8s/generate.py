@@ -32,7 +32,7 @@ from kit.settings import KafkaSettings
 from kit.topics import DLQ_RETENTION_MS
 
 OUT = Path(__file__).with_name("generated")
-RESOURCE_TYPES = {"TOPIC": "topic", "GROUP": "group", "TRANSACTIONAL_ID": "transactionalId"}
+RESOURCE_TYPES = {"TOPIC": "topic", "GROUP": "group", "TRANSACTIONAL_ID": "transactionalId", "BROKER": "cluster"}
 NAMESPACE = "entrain"
 CLUSTER = "entrain"
 IMAGE = "ghcr.io/entrain/{service}:latest"
@@ -205,14 +205,15 @@ def kafka_users() -> list[dict[str, Any]]:
     by_user: dict[str, dict[tuple[str, str, str], list[str]]] = {}
     for acl in acls(KafkaSettings.from_env({})):
         resource = (RESOURCE_TYPES[acl.resource], acl.name, acl.pattern.lower())
-        by_user.setdefault(acl.user, {}).setdefault(resource, []).append(acl.operation.title())
+        by_user.setdefault(acl.user, {}).setdefault(resource, []).append(acl.operation_name)
     return [{
         "apiVersion": "kafka.strimzi.io/v1beta2", "kind": "KafkaUser",
         "metadata": {"name": user, "namespace": NAMESPACE, "labels": {"strimzi.io/cluster": CLUSTER}},
         "spec": {"authentication": {"type": "scram-sha-512"},
                  "authorization": {"type": "simple", "acls": [
-                     {"resource": {"type": kind, "name": name, "patternType": pattern}, "operations": sorted(ops),
-                      "host": "*"} for (kind, name, pattern), ops in sorted(resources.items())]}},
+                     {"resource": {"type": kind} if kind == "cluster" else {"type": kind, "name": name,
+                                                                             "patternType": pattern},
+                      "operations": sorted(ops), "host": "*"} for (kind, name, pattern), ops in sorted(resources.items())]}},
     } for user, resources in sorted(by_user.items())]
 
 

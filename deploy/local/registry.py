@@ -128,10 +128,10 @@ def ready(settings: RegistrySettings, timeout_s: float = 2.0) -> bool:
 
 def up(settings: RegistrySettings) -> None:
     if not settings.local:
-        log(f"ENTRAIN_SCHEMA_REGISTRY_URL={settings.url}: using that registry, starting nothing")
+        log(f"ENTRAIN_SCHEMA_REGISTRY_URL={settings.display_url}: using that registry, starting nothing")
         return
     if ready(settings):
-        log(f"registry already answering on {settings.url}")
+        log(f"registry already answering on {settings.display_url}")
         return
     runner = unpacked_app()
     java, origin = find_java()
@@ -179,7 +179,7 @@ def down(settings: RegistrySettings) -> None:
 
 def status(settings: RegistrySettings) -> None:
     ok = ready(settings)
-    log(f"{settings.url}: {'answering' if ok else 'not answering'}; local pid {running_pid()}")
+    log(f"{settings.display_url}: {'answering' if ok else 'not answering'}; local pid {running_pid()}")
     sys.exit(0 if ok else 1)
 
 

@@ -41,14 +41,19 @@ EXTRA_READS = {"delivery": ("soundtrack.segments.v1", "listener.telemetry.v1", "
 @dataclass(frozen=True, order=True)
 class Acl:
     principal: str  # User:<name>
-    resource: str  # TOPIC, GROUP, TRANSACTIONAL_ID
+    resource: str  # TOPIC, GROUP, TRANSACTIONAL_ID, BROKER (the cluster: name kafka-cluster)
     name: str
     pattern: str  # LITERAL or PREFIXED
-    operation: str  # READ, WRITE, DESCRIBE, CREATE
+    operation: str  # READ, WRITE, DESCRIBE, CREATE, DESCRIBE_CONFIGS
 
     @property
     def user(self) -> str:
         return self.principal.removeprefix("User:")
+
+    @property
+    def operation_name(self) -> str:
+        """As kafka-acls.sh and Strimzi spell it: DescribeConfigs."""
+        return "".join(word.title() for word in self.operation.split("_"))
 
 
 def _principal(name: str) -> str | None:
@@ -91,6 +96,8 @@ def acls(settings: KafkaSettings) -> list[Acl]:
             for op in ("CREATE", "READ", "WRITE", "DESCRIBE")}
     out |= {Acl("User:delivery", "TOPIC", settings.topic("soundtrack-listeners-changelog"), "LITERAL", op)
             for op in ("READ", "DESCRIBE")}
+    # Faust's topics get the cluster's default replication, read from a broker's configuration.
+    out.add(Acl("User:soundtrack", "BROKER", "kafka-cluster", "LITERAL", "DESCRIBE_CONFIGS"))
     # Royalty's transactional ids are royalty-<instance>.
     out |= {Acl("User:royalty", "TRANSACTIONAL_ID", "royalty-", "PREFIXED", op) for op in ("WRITE", "DESCRIBE")}
     return sorted(out)
@@ -99,8 +106,9 @@ def acls(settings: KafkaSettings) -> list[Acl]:
 def kafka_acls_commands(rules: list[Acl], bootstrap: str = "$BOOTSTRAP") -> list[str]:
     flag = {"TOPIC": "--topic", "GROUP": "--group", "TRANSACTIONAL_ID": "--transactional-id"}
     return [f"kafka-acls.sh --bootstrap-server {bootstrap} --command-config admin.properties --add "
-            f"--allow-principal {a.principal} --operation {a.operation.title()} {flag[a.resource]} '{a.name}' "
-            f"--resource-pattern-type {a.pattern.lower()}" for a in rules]
+            f"--allow-principal {a.principal} --operation {a.operation_name} "
+            + ("--cluster" if a.resource == "BROKER" else
+               f"{flag[a.resource]} '{a.name}' --resource-pattern-type {a.pattern.lower()}") for a in rules]
 
 
 def apply(settings: KafkaSettings, rules: list[Acl]) -> int:

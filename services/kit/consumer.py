@@ -189,7 +189,7 @@ class ConsumerLoop:
 
     def _consume_batch(self, batch: list[Message]) -> None:
         assert self.batch_handler is not None
-        records, messages = [], []
+        records, messages, done = [], [], []  # done: dead-lettered while decoding
         for msg in batch:
             if msg.error() is not None:
                 self._consume_one(msg)  # errors are handled (or raised) one by one
@@ -203,7 +203,7 @@ class ConsumerLoop:
                 messages.append(msg)
             except DecodeError as exc:
                 self._dead_letter(msg, "undecodable", str(exc))
-                self._pending[(topic, partition)] = offset + 1
+                done.append((topic, partition, offset))
         started = time.perf_counter()
         reasons = self.batch_handler(records) if records else []
         elapsed = (time.perf_counter() - started) / max(1, len(records))
@@ -215,7 +215,12 @@ class ConsumerLoop:
             consumed, seconds = self._metrics[record.topic]
             consumed.inc()
             seconds.observe(elapsed)
-            self._pending[(record.topic, record.partition)] = record.offset + 1
+        # Only once the whole batch is handled, and never backwards: an exception above (a bug, the
+        # registry away) leaves every offset of the batch uncommitted.
+        latest: dict[tuple[str, int], int] = {}
+        for topic, partition, offset in done + [(r.topic, r.partition, r.offset) for r in records]:
+            latest[(topic, partition)] = max(latest.get((topic, partition), -1), offset + 1)
+        self._pending.update(latest)
 
     def _dead_letter(self, msg: Message, reason_class: str, reason: str) -> None:
         topic, partition, offset = source_of(msg)

@@ -17,11 +17,13 @@ subject per call, several times the cost of the encoding itself (``make bench-ka
 prints both); the bytes are identical (tests/integration/test_schema_registry.py checks
 them, and that ``AvroDeserializer`` reads ours).
 
-Decoding takes the writer schema by id from the registry (once per id; ids never change)
-and resolves it to the reader's own latest committed version, so records written by an
-older producer decode after a BACKWARD-compatible change. An id the registry does not know,
-or bytes without the framing, are a DecodeError (bad data: dead-lettered); a registry that
-cannot be reached is RegistryUnavailable (an outage: the record is not dead-lettered).
+Decoding accepts only ids that are versions of the topic's own subject (the list is asked of
+the registry once, and again for an id not on it, at most every ``SUBJECT_REFRESH_S``: a writer
+cannot make a consumer fetch arbitrary ids, nor decode under another topic's schema). The writer
+schema is taken by id (once per id; ids never change) and resolved to the reader's own latest
+committed version, so records written by an older producer decode after a BACKWARD-compatible
+change. Another id, or bytes without the framing, are a DecodeError (bad data: dead-lettered);
+a registry that cannot be reached is RegistryUnavailable (an outage: not dead-lettered).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -44,7 +47,7 @@ from kit.settings import KafkaSettings, RegistrySettings
 
 MAGIC = b"\x00"
 HEADER_LENGTH = 5
-UNKNOWN_IDS_REMEMBERED = 10_000  # ids the registry said it does not know (bounded: a hostile writer can pick any)
+SUBJECT_REFRESH_S = 2.0  # an id not among the subject's versions asks the registry again at most this often
 
 
 class DecodeError(ValueError):
@@ -88,7 +91,6 @@ class SchemaIds:
     def __init__(self, client: SchemaRegistryClient) -> None:
         self.client = client
         self._ids: dict[tuple[str, str], int] = {}
-        self._unknown: set[int] = set()
         self._lock = threading.Lock()
 
     def id_of(self, subject_name: str, schema_str: str) -> int:
@@ -108,18 +110,24 @@ class SchemaIds:
                 self._ids[key] = int(found)
         return int(found)
 
+    def subject_ids(self, subject_name: str) -> set[int]:
+        """The ids of every version registered under a subject (empty if there is none)."""
+        try:
+            versions = self.client.get_versions(subject_name)
+            return {int(self.client.get_version(subject_name, v).schema_id or 0) for v in versions}
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                return set()
+            raise RegistryUnavailable(f"{subject_name}: registry refused the lookup: {exc}") from exc
+        except Exception as exc:  # httpx transport errors, timeouts
+            raise RegistryUnavailable(f"{subject_name}: registry unreachable: {exc}") from exc
+
     def schema_of(self, schema_id: int) -> str | None:
         """The schema registered under an id; None if the registry does not know the id."""
-        if schema_id in self._unknown:
-            return None
         try:
             return str(self.client.get_schema(schema_id).schema_str)
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404:
-                with self._lock:
-                    if len(self._unknown) >= UNKNOWN_IDS_REMEMBERED:
-                        self._unknown.clear()
-                    self._unknown.add(schema_id)
                 return None
             raise RegistryUnavailable(f"schema id {schema_id}: registry refused the lookup: {exc}") from exc
         except Exception as exc:
@@ -144,6 +152,9 @@ class SideCodec:
     registry: SchemaIds
     _header: bytes | None = None
     _readers: dict[int, tuple[Any, bool]] = field(default_factory=dict)  # id -> (writer, needs resolution)
+    _subject_ids: set[int] = field(default_factory=set)  # versions of our subject, as last asked
+    _asked_at: float = float("-inf")
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # one refresh at a time; others wait for it
 
     @classmethod
     def build(cls, topic_name: str, physical_topic: str, side: SchemaSide, registry: SchemaIds) -> SideCodec:
@@ -171,6 +182,12 @@ class SideCodec:
     def _writer_of(self, schema_id: int) -> tuple[Any, bool]:
         known = self._readers.get(schema_id)
         if known is None:
+            with self._lock:
+                if schema_id not in self._subject_ids and time.monotonic() - self._asked_at >= SUBJECT_REFRESH_S:
+                    self._subject_ids = self.registry.subject_ids(self.subject)
+                    self._asked_at = time.monotonic()
+            if schema_id not in self._subject_ids:
+                raise DecodeError(f"{self.label} has schema id {schema_id}, which is not a version of {self.subject}")
             text = self.registry.schema_of(schema_id)
             if text is None:
                 raise DecodeError(f"{self.label} has schema id {schema_id}, which the registry does not know")

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -91,9 +92,16 @@ class RegistrySettings:
     def port(self) -> int:
         return urlsplit(self.url).port or (443 if self.url.startswith("https") else 80)
 
-    def client_config(self) -> dict[str, str]:
-        """confluent-kafka ``SchemaRegistryClient`` settings."""
-        config = {"url": self.url}
+    @property
+    def display_url(self) -> str:
+        """The URL without any user:secret part, for logs."""
+        parts = urlsplit(self.url)
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+    def client_config(self) -> dict[str, Any]:
+        """confluent-kafka ``SchemaRegistryClient`` settings: a registry that stops answering costs
+        a consumer seconds, not forever (the client's own default is no timeout)."""
+        config: dict[str, Any] = {"url": self.url, "timeout": 10, "max.retries": 2, "retries.max.wait.ms": 2000}
         if self.user_info:
             config["basic.auth.user.info"] = self.user_info
         return config

@@ -50,8 +50,18 @@ def desired_topics(settings: KafkaSettings, contracts: dict[str, TopicContract])
 
 
 def cluster_size(settings: KafkaSettings, timeout_s: float = 30.0) -> int:
-    """How many brokers the cluster has (from a metadata request)."""
+    """How many brokers answer now (from a metadata request)."""
     return len(AdminClient(settings.client_config()).list_topics(timeout=timeout_s).brokers)
+
+
+def cluster_replication(settings: KafkaSettings, timeout_s: float = 30.0) -> tuple[int, int]:
+    """The cluster's own defaults for new topics: (default.replication.factor, min.insync.replicas),
+    from a broker's configuration (not from how many brokers happen to be up)."""
+    admin = AdminClient(settings.client_config())
+    broker = min(admin.list_topics(timeout=timeout_s).brokers)
+    [future] = admin.describe_configs([ConfigResource(ConfigResource.Type.BROKER, str(broker))]).values()
+    config = future.result(timeout=timeout_s)
+    return int(config["default.replication.factor"].value), int(config["min.insync.replicas"].value)
 
 
 def ensure_topics(settings: KafkaSettings, check_only: bool = False, timeout_s: float = 30.0) -> list[str]:
@@ -161,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.schemas_only:
         registered = register_schemas(settings, load_contracts())
         print(f"schemas: {sum(map(len, registered.values()))} versions under {len(registered)} subjects "
-              f"at {settings.registry.url}")
+              f"at {settings.registry.display_url}")
         return 0
     try:
         missing = ensure_topics(settings, check_only=args.check)
@@ -174,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; missing: {', '.join(missing)}" if missing else ""))
         return 1 if missing else 0
     print(f"topics: {total} topics on {settings.bootstrap_servers}; created {len(missing)}" +
-          (f": {', '.join(missing)}" if missing else "") + f"; schemas registered at {settings.registry.url}")
+          (f": {', '.join(missing)}" if missing else "") + f"; schemas registered at {settings.registry.display_url}")
     return 0
 
 

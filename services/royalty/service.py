@@ -440,7 +440,7 @@ class RoyaltyProcessor:
 
     def _has_records(self, tp: TopicPartition) -> bool:
         try:
-            low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)
         except KafkaException:
             return True  # cannot tell: treat it as stalled, as before
         return bool(high > low)

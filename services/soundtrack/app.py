@@ -35,9 +35,9 @@ from kit.consumer import dlq_headers
 from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED, HealthServer
 from kit.physiology import CADENCE_SPM, HEART_RATE_BPM
 from kit.producer import DeliveryFailed, Producer
-from kit.serde import DecodeError, TopicSerde
+from kit.serde import DecodeError, RegistryUnavailable, TopicSerde
 from kit.settings import SESSION_TIMEOUT_MS, STATE_DIR, KafkaSettings, ServiceSettings, group_membership
-from kit.topics import cluster_size
+from kit.topics import cluster_replication
 from soundtrack.broker import app_settings, topic_config
 from soundtrack.schedule import IDLE_MS, ListenerState, due_requests, next_due_ms, observe
 
@@ -61,11 +61,12 @@ telemetry_serde = TopicSerde.for_topic(TELEMETRY, kafka)
 requests_serde = TopicSerde.for_topic(REQUESTS, kafka)
 erasures_serde = TopicSerde.for_topic(ERASURES, kafka)
 
-BROKERS = 0 if kafka.replication_factor else cluster_size(kafka)  # sizes the replication unless it is set
-FAUST_TOPIC_CONFIG = topic_config(kafka, BROKERS)  # min.insync.replicas of the topics Faust creates
+# The cluster's defaults for new topics, unless the settings pin both.
+CLUSTER = (0, 0) if kafka.replication_factor and kafka.min_insync_replicas else cluster_replication(kafka)
+FAUST_TOPIC_CONFIG = topic_config(kafka, CLUSTER)  # min.insync.replicas of the topics Faust creates
 app = faust.App(
     os.environ.get("ENTRAIN_SOUNDTRACK_APP_ID", f"{kafka.topic_prefix}soundtrack"),
-    **app_settings(kafka, BROKERS),  # brokers, SASL/TLS credentials, replication factor
+    **app_settings(kafka, CLUSTER),  # brokers, SASL/TLS credentials, replication factor
     store="memory://",  # rebuilt from the changelog topic on start
     topic_partitions=telemetry_serde.contract.partitions,
     web_enabled=False,
@@ -141,6 +142,10 @@ def _decode_or_dead_letter(event: Any, serde: TopicSerde) -> tuple[str, dict[str
     except DecodeError as exc:
         _dead_letter(event, "undecodable", str(exc))
         return None
+    except RegistryUnavailable as exc:  # an outage, not bad data: do not ack; the restart reads it again
+        log.critical("schema_registry_unavailable_exiting", reason=str(exc), partition=event.message.partition,
+                     offset=event.message.offset)
+        os._exit(70)
     return listener, value
 
 

@@ -10,8 +10,9 @@ producer, and the topic creation they do; Faust has no separate admin client).
   store when unset) and its host name. It is built here, not with Faust's SSLCredentials,
   which cannot load a client certificate.
 * Changelog and internal topics get the cluster's replication: ENTRAIN_KAFKA_REPLICATION_FACTOR
-  and ENTRAIN_KAFKA_MIN_INSYNC_REPLICAS when set, else 3 and 2 on a cluster of three or more
-  brokers, 1 and 1 on a single broker (asked of the cluster at start).
+  and ENTRAIN_KAFKA_MIN_INSYNC_REPLICAS when set, else the cluster's own defaults for new topics
+  (``default.replication.factor``, ``min.insync.replicas``, asked of a broker at start), which
+  is what every other topic the project creates gets.
 """
 
 from __future__ import annotations
@@ -41,15 +42,15 @@ def credentials(kafka: KafkaSettings) -> Any:
     return tls  # SSL: Faust wraps a bare context in SSLCredentials; PLAINTEXT: None
 
 
-def replication(kafka: KafkaSettings, brokers: int) -> tuple[int, int]:
-    """(replication factor, min.insync.replicas) for the topics Faust creates."""
-    factor = kafka.replication_factor or (3 if brokers >= 3 else 1)
-    return factor, kafka.min_insync_replicas or max(1, min(2, factor - 1))
+def replication(kafka: KafkaSettings, cluster: tuple[int, int]) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for the topics Faust creates: the settings', else
+    the cluster's defaults."""
+    return kafka.replication_factor or cluster[0], kafka.min_insync_replicas or cluster[1]
 
 
-def app_settings(kafka: KafkaSettings, brokers: int) -> dict[str, Any]:
+def app_settings(kafka: KafkaSettings, cluster: tuple[int, int]) -> dict[str, Any]:
     """Keyword arguments for ``faust.App``: brokers, credentials, replication."""
-    factor, _ = replication(kafka, brokers)
+    factor, _ = replication(kafka, cluster)
     settings: dict[str, Any] = {
         "broker": [f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",")],
         "topic_replication_factor": factor,
@@ -59,6 +60,6 @@ def app_settings(kafka: KafkaSettings, brokers: int) -> dict[str, Any]:
     return settings
 
 
-def topic_config(kafka: KafkaSettings, brokers: int) -> dict[str, str]:
+def topic_config(kafka: KafkaSettings, cluster: tuple[int, int]) -> dict[str, str]:
     """Extra configuration for the changelog and internal topics Faust creates."""
-    return {"min.insync.replicas": str(replication(kafka, brokers)[1])}
+    return {"min.insync.replicas": str(replication(kafka, cluster)[1])}

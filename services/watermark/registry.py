@@ -111,9 +111,24 @@ class RegistryIndex:
             self._db.executemany("INSERT OR REPLACE INTO offsets VALUES (?, ?, ?)",
                                  [(self.serde.topic, p, n) for p, n in offsets.items()])
 
+    @property
+    def healthy(self) -> bool:
+        """Caught up once, and still following (what the detection API's readiness reports)."""
+        return self.caught_up.is_set() and self._thread is not None and self._thread.is_alive()
+
     def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._follow_once()
+            except Exception as exc:  # a registry or broker outage, a full disk: log, wait, read on
+                log.error("registry_index_failed", error=f"{type(exc).__name__}: {exc}")
+                self._stop.wait(5)
+
+    def _follow_once(self) -> None:
+        """Follow the topic from the stored offsets (the beginning without any) until stopped."""
         consumer = Consumer({**self.kafka.client_config(), "group.id": f"registry-index-{uuid.uuid4().hex}",
                              "enable.auto.commit": False, "enable.partition.eof": True,
+                             "auto.offset.reset": "earliest",  # a stored offset past the end: read it all
                              "isolation.level": "read_committed"})
         try:
             while not self._stop.is_set():  # the topic may not answer yet (a broker restarting)
@@ -124,6 +139,8 @@ class RegistryIndex:
                 except Exception as exc:
                     log.warning("registry_topic_unavailable", error=str(exc))
                 time.sleep(1)
+            if self._stop.is_set():
+                return
             stored = self._stored_offsets()
             consumer.assign([TopicPartition(self.serde.topic, p, stored.get(p, OFFSET_BEGINNING)) for p in partitions])
             at_end: set[int] = set()

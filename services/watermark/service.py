@@ -115,7 +115,7 @@ def main() -> None:
                         ["soundtrack.segments.generated.v1"], service.handle, producer, batch_size=8)
     health = HealthServer.for_service(ServiceSettings.from_env("watermark", 9104)).start()
     health.add_ready_check("kafka", lambda: producer.reachable(2.0))
-    health.add_ready_check("provenance-index", index.caught_up.is_set)
+    health.add_ready_check("provenance-index", lambda: index.healthy)
     detect_server = serve_detection(keys, index, api_keys(os.environ),
                                     os.environ.get("ENTRAIN_METRICS_HOST", "127.0.0.1"),
                                     int(os.environ.get("ENTRAIN_WATERMARK_DETECT_PORT", "8084")))

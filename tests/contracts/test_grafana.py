@@ -18,6 +18,7 @@ def test_dashboards_are_valid_and_query_known_metrics(monkeypatch: pytest.Monkey
     from prometheus_client import REGISTRY
 
     monkeypatch.setenv("ENTRAIN_KAFKA_REPLICATION_FACTOR", "1")  # the worker need not ask a cluster
+    monkeypatch.setenv("ENTRAIN_KAFKA_MIN_INSYNC_REPLICAS", "1")
 
     import delivery.app  # noqa: F401
     import inference.service  # noqa: F401

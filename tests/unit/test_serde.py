@@ -41,7 +41,7 @@ def test_tombstones_stay_none() -> None:
     (b"", "not in Confluent wire format"),
     (b"{\"heart_rate\": 80}", "not in Confluent wire format"),
     (b"\xc3\x01" + b"\x00" * 8 + b"abc", "not in Confluent wire format"),  # the old single-object framing
-    (b"\x00\x00\x01\x00\x00" + b"x" * 20, "schema id 65536, which the registry does not know"),
+    (b"\x00\x00\x01\x00\x00" + b"x" * 20, "schema id 65536, which is not a version of listener.telemetry.v1-value"),
 ])
 def test_foreign_bytes_are_a_decode_error_with_a_reason(data: bytes, reason: str) -> None:
     with pytest.raises(DecodeError, match=reason):
@@ -94,3 +94,11 @@ def test_an_older_writer_version_decodes_into_the_latest_reader(tmp_path: Path) 
     assert new.decode(written_by_old) == {"id": "a", "speed_mps": None}
     assert new.decode(new.encode({"id": "b", "speed_mps": 3.5})) == {"id": "b", "speed_mps": 3.5}
     assert old.decode(new.encode({"id": "c", "speed_mps": 1.0})) == {"id": "c"}  # a newer writer, an older reader
+
+
+def test_a_record_under_another_topic_s_schema_id_is_refused_without_fetching_that_schema() -> None:
+    works = TopicSerde.for_topic("catalog.works.v1", UNIT_KAFKA)
+    foreign = works.encode_value(works.contract.examples()[0][1]["value"])
+    assert foreign is not None
+    with pytest.raises(DecodeError, match="not a version of listener.telemetry.v1-value"):
+        TELEMETRY.decode_value(foreign)
