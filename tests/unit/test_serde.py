@@ -100,5 +100,5 @@ def test_a_record_under_another_topic_s_schema_id_is_refused_without_fetching_th
     works = TopicSerde.for_topic("catalog.works.v1", UNIT_KAFKA)
     foreign = works.encode_value(works.contract.examples()[0][1]["value"])
     assert foreign is not None
-    with pytest.raises(DecodeError, match="not a version of listener.telemetry.v1-value"):
+    with pytest.raises(DecodeError, match=r"not a version of listener\.telemetry\.v1-value"):
         TELEMETRY.decode_value(foreign)

@@ -199,3 +199,15 @@ def test_an_erasure_reaches_royalty_and_survives_a_restart(isolated: KafkaSettin
     assert ledger[parallel["play_id"]]["reason"] == "overlaps_paid_time"  # before the erasure: paid time held
     assert ledger[again["play_id"]]["reason"] == "listener_erased"  # after it: nothing of theirs is paid again
     assert "seg-e" not in restarted.tables.segments and LISTENERS[0] in restarted.tables.erased  # also after a restart
+
+
+def test_an_idle_instance_on_an_empty_plays_topic_is_not_taken_for_a_stalled_one(isolated: KafkaSettings) -> None:
+    """Empty partitions have no position (nothing consumed yet). Two stall checks (one every
+    STALL_CHECK_S idle) used to take that for a stalled assignment and exit: on a fresh cluster both
+    scale-out instances did, before any play arrived."""
+    from royalty.service import STALL_CHECK_S
+
+    started = time.monotonic()  # run_royalty's 4 s idle exit is too soon for two checks
+    settings = RoyaltySettings(instance_id=f"test-{uuid.uuid4().hex[:6]}", group_id=f"royalty-{uuid.uuid4().hex[:6]}")
+    RoyaltyProcessor(isolated, settings, RATES).run(idle_exit_s=2.5 * STALL_CHECK_S)  # StalledAssignment before
+    assert time.monotonic() - started >= 2.5 * STALL_CHECK_S
