@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import processes
 from kafka import broker_answers, class_path, java
 
 from kit.settings import STATE_DIR, KafkaSettings
@@ -87,12 +88,7 @@ def pid_file(node: int) -> Path:
 
 
 def running_pid(node: int) -> int | None:
-    try:
-        pid = int(pid_file(node).read_text())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-        return None
+    return processes.running_pid(pid_file(node))
 
 
 def _prepare(node: int, cp: str) -> Path:
@@ -161,18 +157,9 @@ def kill(node: int) -> None:
 
 
 def stop(node: int) -> None:
-    pid = running_pid(node)
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(300):
-        if running_pid(node) is None:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-    pid_file(node).unlink(missing_ok=True)
-    log(f"node {node} stopped (pid {pid})")
+    pid = processes.stop(pid_file(node), grace_s=30)
+    if pid:
+        log(f"node {node} stopped (pid {pid})")
 
 
 def down() -> None:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 
 from confluent_kafka.admin import AdminClient
+from processes import running_pid, stop, wait_until_ready
 from tls import ensure_certificates
 
 from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
@@ -90,15 +88,6 @@ def broker_answers(settings: KafkaSettings, timeout_s: float = 3.0) -> bool:
         return False
 
 
-def running_pid() -> int | None:
-    try:
-        pid = int(PID_FILE.read_text())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-        return None
-
-
 def class_path() -> str:
     """Resolve the broker's class path with Maven, cached until the POM changes."""
     pom = KAFKA_DIR / "pom.xml"
@@ -154,37 +143,18 @@ def up(settings: KafkaSettings) -> None:
                                 start_new_session=True)
     PID_FILE.write_text(str(proc.pid))
     log(f"started broker pid {proc.pid} on {settings.bootstrap_servers}; waiting for it to answer")
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"[kafka] broker exited with {proc.returncode}; see {STATE / 'logs'}")
-        if broker_answers(settings, 2.0):
-            log("broker is up")
-            return
-        time.sleep(0.5)
-    sys.exit(f"[kafka] broker did not answer within {START_TIMEOUT_S}s; see {STATE / 'logs'}")
+    wait_until_ready(proc, lambda: broker_answers(settings, 2.0), START_TIMEOUT_S, "kafka", STATE / "logs")
+    log("broker is up")
 
 
 def down(settings: KafkaSettings) -> None:
-    pid = running_pid()
-    if pid is None:
-        log("no local broker running")
-        return
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(300):
-        if running_pid() is None:
-            break
-        time.sleep(0.1)
-    else:
-        log("broker did not stop within 30s; killing it")
-        os.kill(pid, signal.SIGKILL)
-    PID_FILE.unlink(missing_ok=True)
-    log(f"stopped broker pid {pid}")
+    pid = stop(PID_FILE, grace_s=30)
+    log(f"stopped broker pid {pid}" if pid else "no local broker running")
 
 
 def status(settings: KafkaSettings) -> None:
     ok = broker_answers(settings)
-    log(f"{settings.bootstrap_servers}: {'answering' if ok else 'not answering'}; local pid {running_pid()}")
+    log(f"{settings.bootstrap_servers}: {'answering' if ok else 'not answering'}; local pid {running_pid(PID_FILE)}")
     sys.exit(0 if ok else 1)
 
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 import urllib.request
 from pathlib import Path
+
+from processes import running_pid, stop, wait_until_ready
 
 from kit.settings import REPO_ROOT, STATE_DIR, RegistrySettings
 
@@ -101,15 +101,6 @@ def unpacked_app() -> Path:
     return runner
 
 
-def running_pid() -> int | None:
-    try:
-        pid = int(PID_FILE.read_text())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-        return None
-
-
 def ready(settings: RegistrySettings, timeout_s: float = 2.0) -> bool:
     """The registry's API answers (and, locally, Quarkus says it is ready)."""
     urls = [settings.url.rstrip("/") + "/subjects"]
@@ -148,38 +139,20 @@ def up(settings: RegistrySettings) -> None:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=runner.parent,
                                 start_new_session=True)
     PID_FILE.write_text(str(proc.pid))
-    log(f"started Apicurio Registry {VERSION} pid {proc.pid} on Java from {origin}; waiting for {settings.url}")
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"[registry] exited with {proc.returncode}; see {STATE / 'logs' / 'registry.log'}")
-        if ready(settings):
-            log("registry is up")
-            return
-        time.sleep(0.5)
-    sys.exit(f"[registry] not ready within {START_TIMEOUT_S}s; see {STATE / 'logs' / 'registry.log'}")
+    log(f"started Apicurio Registry {VERSION} pid {proc.pid} on Java from {origin}; "
+        f"waiting for {settings.display_url}")
+    wait_until_ready(proc, lambda: ready(settings), START_TIMEOUT_S, "registry", STATE / "logs" / "registry.log")
+    log("registry is up")
 
 
 def down(settings: RegistrySettings) -> None:
-    pid = running_pid()
-    if pid is None:
-        log("no local registry running")
-        return
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(200):
-        if running_pid() is None:
-            break
-        time.sleep(0.1)
-    else:
-        log("registry did not stop within 20s; killing it")
-        os.kill(pid, signal.SIGKILL)
-    PID_FILE.unlink(missing_ok=True)
-    log(f"stopped registry pid {pid}")
+    pid = stop(PID_FILE, grace_s=20)
+    log(f"stopped registry pid {pid}" if pid else "no local registry running")
 
 
 def status(settings: RegistrySettings) -> None:
     ok = ready(settings)
-    log(f"{settings.display_url}: {'answering' if ok else 'not answering'}; local pid {running_pid()}")
+    log(f"{settings.display_url}: {'answering' if ok else 'not answering'}; local pid {running_pid(PID_FILE)}")
     sys.exit(0 if ok else 1)
 
 

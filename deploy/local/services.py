@@ -10,12 +10,12 @@ a service that is already running.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
+
+from processes import running_pid, stop, wait_until_ready
 
 from kit.settings import REPO_ROOT, STATE_DIR
 
@@ -64,12 +64,7 @@ def services() -> dict[str, Service]:
 
 
 def pid_of(service: Service) -> int | None:
-    try:
-        pid = int((service.folder / "pid").read_text())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        return None
+    return running_pid(service.folder / "pid")
 
 
 def ready(service: Service) -> bool:
@@ -90,30 +85,13 @@ def up(service: Service) -> None:
         proc = subprocess.Popen([sys.executable, "-m", service.module or service.name], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO_ROOT)
     (service.folder / "pid").write_text(str(proc.pid))
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"[{service.name}] exited with {proc.returncode}; see {service.folder / 'service.log'}")
-        if ready(service):
-            print(f"[{service.name}] ready on {service.ready_url.removesuffix('/readyz')} (pid {proc.pid})")
-            return
-        time.sleep(0.3)
-    sys.exit(f"[{service.name}] not ready within {START_TIMEOUT_S}s; see {service.folder / 'service.log'}")
+    wait_until_ready(proc, lambda: ready(service), START_TIMEOUT_S, service.name, service.folder / "service.log", 0.3)
+    print(f"[{service.name}] ready on {service.ready_url.removesuffix('/readyz')} (pid {proc.pid})")
 
 
 def down(service: Service) -> None:
-    pid = pid_of(service)
-    if pid is None:
-        return
-    os.killpg(pid, signal.SIGTERM)
-    for _ in range(100):
-        if pid_of(service) is None:
-            break
-        time.sleep(0.1)
-    else:
-        os.killpg(pid, signal.SIGKILL)
-    (service.folder / "pid").unlink(missing_ok=True)
-    print(f"[{service.name}] stopped")
+    if stop(service.folder / "pid", grace_s=10, group=True):
+        print(f"[{service.name}] stopped")
 
 
 def status(service: Service) -> None:
