@@ -316,6 +316,39 @@ class Driver:
         return left
 
 
+def drive(pipe: Pipeline, driver: Driver, generating: int, began: float, seconds: float,
+          consent_every_s: float | None = None, each_second: Callable[[float], None] | None = None,
+          report: bool = True) -> None:
+    """The cohort's load, once a second from ``began`` for ``seconds``: the first ``generating``
+    listeners' players on (their sessions start one a second, not at once), telemetry for all, plays
+    every 2 s, a consent flip every ``consent_every_s``, ``each_second(t)`` for the caller's own
+    events, services that exited restarted (as an orchestrator would), a progress line every 30 s."""
+    listeners = driver.listeners
+    last_plays = last_consent = last_report = 0.0
+    while (t := time.time() - began) < seconds:
+        for listener in listeners[:min(generating, int(t) + 1)]:
+            listener.music = True
+        for listener in listeners[generating:]:
+            listener.music = False
+        driver.tick_telemetry(t)
+        if t - last_plays >= 2:
+            driver.tick_plays()
+            last_plays = t
+        if consent_every_s is not None and t - last_consent >= consent_every_s:
+            driver.flip_consent()
+            last_consent = t
+        if each_second is not None:
+            each_second(t)
+        for name in pipe.supervise():
+            print(f"  {name} exited on its own; restarted", flush=True)
+        if report and t - last_report >= 30:
+            last_report = t
+            print(f"  t={t:5.0f}s  telemetry acked {len(driver.acked.telemetry):7d}  plays acked "
+                  f"{len(driver.acked.plays):5d}  segments heard {sum(len(lt.heard) for lt in listeners):5d}",
+                  flush=True)
+        time.sleep(max(0.0, 1.0 - (time.time() - began - t)))
+
+
 # --- hostile input -----------------------------------------------------------------------
 
 @dataclass
@@ -753,31 +786,13 @@ def run(listeners_n: int, generating: int | None, seconds: float, seed: int = 1,
         began = time.time()
         fault_thread = threading.Thread(target=run_faults, args=(pipe, kafka, plan, began, faults, stop), daemon=True)
         fault_thread.start()
-        last_plays = last_consent = last_report = 0.0
-        while (t := time.time() - began) < seconds:
-            for listener in listeners[:min(generating, int(t) + 1)]:  # sessions start one a second, not at once
-                listener.music = True
-            for listener in listeners[generating:]:
-                listener.music = False
-            driver.tick_telemetry(t)
-            if t - last_plays >= 2:
-                driver.tick_plays()
-                last_plays = t
-            if t - last_consent >= 20:
-                driver.flip_consent()
-                last_consent = t
+        def inject(t: float) -> None:
             if inject_at and t >= inject_at[0]:
                 inject_at.pop(0)
                 inject_records(kafka, injected, len(inject_at))
                 bad_requests(pipe, driver.acked)
-            for name in pipe.supervise():
-                print(f"  {name} exited on its own; restarted", flush=True)
-            if t - last_report >= 30:
-                last_report = t
-                print(f"  t={t:5.0f}s  telemetry acked {len(driver.acked.telemetry):7d}  plays acked "
-                      f"{len(driver.acked.plays):5d}  segments heard {sum(len(lt.heard) for lt in listeners):5d}",
-                      flush=True)
-            time.sleep(max(0.0, 1.0 - (time.time() - began - t)))
+
+        drive(pipe, driver, generating, began, seconds, consent_every_s=20, each_second=inject)
         fault_thread.join(300)
         driver.flush(timeout_s=60)
         load_over_ms = int(time.time() * 1000)

@@ -63,6 +63,7 @@ from tests.chaos.pipeline_chaos import (
     check_ingested,
     check_royalty,
     check_watermarks,
+    drive,
     driver_listener_id,
     late_segments,
 )
@@ -152,37 +153,12 @@ def run(listeners_n: int, generating: int, seconds: float, broker_down_s: float,
         kinds = ["broker", *kills, "soundtrack+"]
         span = (0.15 * seconds, 0.8 * seconds)
         plan = [(span[0] + i * (span[1] - span[0]) / (len(kinds) - 1), k) for i, k in enumerate(kinds)]
-        warm_from = time.time()
-        while (t := time.time() - warm_from) < warmup_s:
-            for listener in listeners[:min(generating, int(t) + 1)]:
-                listener.music = True
-            driver.tick_telemetry(t - warmup_s)
-            if int(t) % 2 == 0:
-                driver.tick_plays()
-            time.sleep(max(0.0, 1.0 - (time.time() - warm_from - t)))
+        drive(pipe, driver, generating, time.time(), warmup_s, report=False)
         began = time.time()
         fault_thread = threading.Thread(target=run_faults, args=(pipe, plan, began, broker_down_s, faults, stop),
                                         daemon=True)
         fault_thread.start()
-        last_plays = last_consent = last_report = 0.0
-        while (t := time.time() - began) < seconds:
-            for listener in listeners[:min(generating, int(t) + 1)]:
-                listener.music = True
-            driver.tick_telemetry(t)
-            if t - last_plays >= 2:
-                driver.tick_plays()
-                last_plays = t
-            if t - last_consent >= 30:
-                driver.flip_consent()
-                last_consent = t
-            for name in pipe.supervise():
-                print(f"  {name} exited on its own; restarted", flush=True)
-            if t - last_report >= 30:
-                last_report = t
-                print(f"  t={t:5.0f}s  telemetry acked {len(driver.acked.telemetry):7d}  plays acked "
-                      f"{len(driver.acked.plays):5d}  segments heard {sum(len(lt.heard) for lt in listeners):5d}",
-                      flush=True)
-            time.sleep(max(0.0, 1.0 - (time.time() - began - t)))
+        drive(pipe, driver, generating, began, seconds, consent_every_s=30)
         fault_thread.join(300)
         driver.flush(timeout_s=60)
         load_over_ms = int(time.time() * 1000)
