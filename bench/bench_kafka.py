@@ -10,7 +10,9 @@ In one run, interleaved (raw, kit, raw, kit, ...):
                handled to the last (the group join is excluded)
   serializers  µs per value, on the same unique records: the kit's Confluent wire format
                framing around fastavro, confluent-kafka's AvroSerializer (ids from the same
-               registry, auto-register off), and bare fastavro.schemaless_writer (the floor)
+               registry, auto-register off), and bare fastavro.schemaless_writer (the floor);
+               and fastavro on 12-field records of one type each (longs, enums, optional
+               longs, optional strings): what a field of each kind costs
 Each figure is the best of the rounds. Last line: RESULT {json}.
 """
 
@@ -131,6 +133,25 @@ def serializer_us(settings: KafkaSettings, recs: list[tuple[dict[str, Any], dict
     return out
 
 
+def field_costs_us(n: int = 50_000) -> dict[str, float]:
+    """µs per record for fastavro on 12-field records of one field type each."""
+    from fastavro import parse_schema
+
+    enum = {"type": "enum", "name": "E", "symbols": ["A", "B", "C", "D"]}
+    shapes = {"longs": ("long", 123456), "enums": (enum, "C"), "optional_longs": (["null", "long"], 123456),
+              "optional_strings": (["null", "string"], "abcdefgh")}
+    out = {}
+    for name, (kind, value) in shapes.items():
+        fields = [{"name": f"f{i}", "type": kind if i == 0 or not isinstance(kind, dict) else "E"} for i in range(12)]
+        schema = parse_schema({"type": "record", "name": "R", "fields": fields})
+        record = {f"f{i}": value for i in range(12)}
+        start = time.perf_counter()
+        for _ in range(n):
+            schemaless_writer(io.BytesIO(), schema, record)
+        out[name] = round((time.perf_counter() - start) / n * 1e6, 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=200_000)
@@ -174,6 +195,7 @@ def main() -> None:
         "kit_serializer_us_per_record": round(-best["kit_serializer_us"], 2),
         "confluent_serializer_us_per_record": round(-best["confluent_serializer_us"], 2),
         "fastavro_us_per_record": round(-best["fastavro_serializer_us"], 2),
+        "fastavro_12_field_us": field_costs_us(),
     }
     print("RESULT " + json.dumps(result))
 

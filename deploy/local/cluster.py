@@ -170,7 +170,9 @@ def down() -> None:
 def status() -> None:
     answering = broker_answers(settings())
     log(f"{bootstrap()}: {'answering' if answering else 'not answering'}, "
-        f"{_brokers(settings()) if answering else 0} brokers; pids {[running_pid(n) for n in NODES]}")
+        f"{_brokers(settings()) if answering else 0} brokers; "
+        + ", ".join(f"node {n}: pid {running_pid(n)}, {processes.resident_mb(running_pid(n))} MB resident"
+                    for n in NODES))
     sys.exit(0 if answering else 1)
 
 

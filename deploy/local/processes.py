@@ -22,6 +22,16 @@ def running_pid(pid_file: Path) -> int | None:
         return None
 
 
+def resident_mb(pid: int | None) -> int | None:
+    """A process's resident memory in MB (from /proc), None if it is not running."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text() if pid else ""
+    except OSError:
+        return None
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    return None if kb is None else kb // 1024
+
+
 def wait_until_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout_s: float, what: str,
                      logs: Path, poll_s: float = 0.5) -> None:
     """Return once ``ready()``; exit with a pointer to the logs if the process dies or times out."""

@@ -24,10 +24,11 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
 import urllib.request
 from pathlib import Path
 
-from processes import running_pid, stop, wait_until_ready
+from processes import resident_mb, running_pid, stop, wait_until_ready
 
 from kit.settings import REPO_ROOT, STATE_DIR, RegistrySettings
 
@@ -141,8 +142,9 @@ def up(settings: RegistrySettings) -> None:
     PID_FILE.write_text(str(proc.pid))
     log(f"started Apicurio Registry {VERSION} pid {proc.pid} on Java from {origin}; "
         f"waiting for {settings.display_url}")
+    started = time.monotonic()
     wait_until_ready(proc, lambda: ready(settings), START_TIMEOUT_S, "registry", STATE / "logs" / "registry.log")
-    log("registry is up")
+    log(f"registry is up after {time.monotonic() - started:.1f} s")
 
 
 def down(settings: RegistrySettings) -> None:
@@ -152,7 +154,9 @@ def down(settings: RegistrySettings) -> None:
 
 def status(settings: RegistrySettings) -> None:
     ok = ready(settings)
-    log(f"{settings.display_url}: {'answering' if ok else 'not answering'}; local pid {running_pid(PID_FILE)}")
+    pid = running_pid(PID_FILE)
+    log(f"{settings.display_url}: {'answering' if ok else 'not answering'}; local pid {pid}, "
+        f"{resident_mb(pid)} MB resident")
     sys.exit(0 if ok else 1)
 
 
