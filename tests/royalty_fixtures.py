@@ -8,9 +8,13 @@ import time
 import uuid
 from typing import Any
 
-from kit.producer import Producer
+from confluent_kafka import Producer as RawProducer
+
+from kit.contracts import contract
+from kit.producer import DEFAULT_CONFIG, Producer
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
+from royalty.rules import SegmentFacts
 
 HOLDERS = [f"rh-t{n}" for n in range(8)]
 LISTENERS = [hashlib.sha256(f"listener-{n}".encode()).hexdigest() for n in range(16)]
@@ -107,3 +111,33 @@ class Catalog:
             producer.produce(serde, {"listener_id": play["listener_id"]}, play)  # keyed by listener, as ingest does
             producer.poll(0)
         assert producer.flush(60) == 0
+
+
+LEDGER_SEGMENT_MS = 3_000
+
+
+def write_ledger(kafka: KafkaSettings, n: int, listeners: int = 2_000) -> tuple[list[str], dict[str, SegmentFacts]]:
+    """``n`` ledger entries shaped like production's: PAID plays of 3-second AI segments, each listener's
+    one after the other, a listener's on one partition. Returns the play ids and the segment facts
+    royalty would hold for them after its start-up catch-up."""
+    serde = TopicSerde.for_topic("royalty.play-ledger.v1", kafka)
+    partitions = contract("royalty.play-ledger.v1").partitions
+    example = next(v["value"] for name, v in contract("royalty.play-ledger.v1").examples()
+                   if name == "paid-ai-segment.json")
+    producer = RawProducer({**kafka.client_config(), **DEFAULT_CONFIG})
+    start = int(time.time() * 1000) - 86_400_000
+    play_ids, segments = [], {}
+    for i in range(n):
+        play_id, segment_id, listener = str(uuid.uuid4()), f"seg-{i:024x}", i % listeners
+        at = start + (i // listeners) * LEDGER_SEGMENT_MS
+        segments[segment_id] = SegmentFacts(f"{listener:064x}", LEDGER_SEGMENT_MS, (("wk-1", 1_000_000),), at)
+        value = {**example, "play_id": play_id, "segment_id": segment_id, "play_started_at": at,
+                 "heard_ms": LEDGER_SEGMENT_MS, "paid_ms": LEDGER_SEGMENT_MS}
+        producer.produce(serde.topic, key=serde.encode_key({"play_id": play_id}), value=serde.encode_value(value),
+                         partition=listener % partitions)
+        play_ids.append(play_id)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError("ledger entries not acknowledged")
+    return play_ids, segments

@@ -52,40 +52,62 @@ class Intervals:
         return Intervals(list(self.starts), list(self.ends))
 
 
+@dataclass
+class PartitionHistory:
+    """What the ledger of one play partition says: the decided play ids and each listener's paid time."""
+
+    plays: set[str] = field(default_factory=set)
+    paid: dict[str, Intervals] = field(default_factory=dict)
+
+    def decided(self, play_id: str) -> None:
+        self.plays.add(play_id)
+
+    def paid_time(self, listener: str, start: int, end: int) -> None:
+        self.paid.setdefault(listener, Intervals()).add(start, end)
+
+
 class PlayHistory:
+    """The decided plays and paid time of the partitions this instance owns, with an undo log for
+    the open batch. A partition's history is built apart (``PartitionHistory``, by the ledger
+    loader, off the poll loop) and installed whole."""
+
     def __init__(self) -> None:
-        self._plays: dict[str, int] = {}  # play id -> partition
-        self._paid: dict[int, dict[str, Intervals]] = {}  # partition -> listener -> paid time
-        self._undo_plays: list[str] = []
+        self._parts: dict[int, PartitionHistory] = {}
+        self._undo_plays: list[tuple[int, str]] = []
         self._undo_paid: dict[tuple[int, str], Intervals | None] = {}
 
     def __len__(self) -> int:
-        return len(self._plays)
+        return sum(len(part.plays) for part in self._parts.values())
 
     def seen(self, play_id: str) -> bool:
-        return play_id in self._plays
+        return any(play_id in part.plays for part in self._parts.values())
 
     def unpaid_ms(self, listener: str, start: int, end: int) -> int:
         """How much of [start, end) is not yet paid time of this listener."""
-        for listeners in self._paid.values():
-            if listener in listeners:
-                return listeners[listener].uncovered_ms(start, end)
+        for part in self._parts.values():
+            if listener in part.paid:
+                return part.paid[listener].uncovered_ms(start, end)
         return max(0, end - start)
+
+    def install(self, partition: int, part: PartitionHistory) -> None:
+        """A partition's history as its ledger says (replacing whatever was held for it)."""
+        self._parts[partition] = part
 
     def decided(self, play_id: str, partition: int) -> None:
         """The play has its (PAID or UNPAID) ledger entry: a replay of its id pays nothing."""
-        if play_id not in self._plays:
-            self._plays[play_id] = partition
-            self._undo_plays.append(play_id)
+        part = self._parts.setdefault(partition, PartitionHistory())
+        if play_id not in part.plays:
+            part.plays.add(play_id)
+            self._undo_plays.append((partition, play_id))
 
     def paid(self, listener: str, start: int, end: int, partition: int) -> None:
         """[start, end) is now paid time of the listener."""
-        listeners = self._paid.setdefault(partition, {})
+        part = self._parts.setdefault(partition, PartitionHistory())
         key = (partition, listener)
         if key not in self._undo_paid:
-            before = listeners.get(listener)
+            before = part.paid.get(listener)
             self._undo_paid[key] = before.copy() if before else None
-        listeners.setdefault(listener, Intervals()).add(start, end)
+        part.paid_time(listener, start, end)
 
     def commit(self) -> None:
         """The batch's transaction committed: what was added stays."""
@@ -94,32 +116,32 @@ class PlayHistory:
 
     def rollback(self) -> None:
         """The batch's transaction aborted: forget what it added."""
-        for play_id in self._undo_plays:
-            self._plays.pop(play_id, None)
+        for partition, play_id in self._undo_plays:
+            if partition in self._parts:
+                self._parts[partition].plays.discard(play_id)
         for (partition, listener), before in self._undo_paid.items():
-            listeners = self._paid.get(partition, {})
+            paid = self._parts[partition].paid if partition in self._parts else {}
             if before is None:
-                listeners.pop(listener, None)
+                paid.pop(listener, None)
             else:
-                listeners[listener] = before
+                paid[listener] = before
         self.commit()
 
     def drop_partitions(self, partitions: set[int]) -> None:
-        self._plays = {play: p for play, p in self._plays.items() if p not in partitions}
         for p in partitions:
-            self._paid.pop(p, None)
+            self._parts.pop(p, None)
         self.commit()
 
     def forget(self, listener: str) -> None:
         """An erasure: the listener's paid time goes (their segments go with it, so nothing of
         theirs from before can be paid again; later segments cannot be played before they exist)."""
-        for listeners in self._paid.values():
-            listeners.pop(listener, None)
+        for part in self._parts.values():
+            part.paid.pop(listener, None)
 
     def drop_paid_before(self, cutoff: int) -> None:
         """Forget paid time that ended before ``cutoff`` (no play that old is accepted any more)."""
-        for listeners in self._paid.values():
-            for intervals in listeners.values():
+        for part in self._parts.values():
+            for intervals in part.paid.values():
                 intervals.drop_before(cutoff)
-            for listener in [x for x, intervals in listeners.items() if not intervals.starts]:
-                del listeners[listener]
+            for listener in [x for x, intervals in part.paid.items() if not intervals.starts]:
+                del part.paid[listener]

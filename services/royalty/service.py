@@ -38,12 +38,13 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from kit.consumer import dlq_headers, is_partition_eof, source_of
+from kit.consumer import dlq_headers, source_of
 from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings, group_membership
 from royalty import reference_check
 from royalty.history import PlayHistory
+from royalty.ledger import LedgerLoad
 from royalty.rates import DEFAULT_RATE_CARD, RateCard, RateCardMissing
 from royalty.rules import Paid, Play, Unpaid, Waiting, decide, line_record, position, remember
 from royalty.tables import PLAY_HORIZON_MS, SWEEP_EVERY, ReferenceTables, TableFeed
@@ -72,6 +73,12 @@ ERASURES_APPLIED = Counter("entrain_royalty_erasures_total",
 PAID_SECONDS = Counter("entrain_royalty_ai_paid_seconds_total",
                        "Listening time of AI segments paid (the per-minute tariff's measure).")
 WAITING = Gauge("entrain_royalty_waiting_partitions", "Play partitions paused waiting for inputs.")
+LOADING = Gauge("entrain_royalty_loading_partitions", "Play partitions paused while their ledger loads.")
+LEDGER_LOAD_SECONDS = Histogram("entrain_royalty_ledger_load_seconds",
+                                "Time to load the ledger of newly assigned partitions (off the poll loop).",
+                                buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800))
+LOOP_SECONDS = Histogram("entrain_royalty_loop_seconds", "One turn of the poll loop (poll, batch, commit).",
+                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,11 @@ class LoopStats:
 
     plays: int = 0
     transactions: int = 0
+    loads: int = 0  # ledger loads installed, their entries and seconds, and the longest loop turn meanwhile
+    loaded_entries: int = 0
+    load_s: float = 0.0
+    turns_while_loading: int = 0
+    longest_turn_while_loading_s: float = 0.0
     aborts: int = 0
     first_batch_at: float | None = None
     last_batch_at: float | None = None
@@ -165,6 +177,8 @@ class RoyaltyProcessor:
         self._waiting_since: dict[tuple[int, int], float] = {}
         self._paused_until: dict[int, float] = {}
         self._stalled_since: float | None = None
+        self._loading: LedgerLoad | None = None
+        self._held_back: dict[int, int] = {}  # loading partition -> first offset fetched before its pause took
         self._stopping = False
         self.watchdog = Watchdog(STALL_EXIT_S)
         self.ready = False
@@ -201,18 +215,24 @@ class RoyaltyProcessor:
         idle_since = last_check = time.monotonic()
         try:
             while not self._stopping:
+                turn = time.monotonic()
+                self._finish_loading()
                 self._resume_due()
                 self.feed.drain()
                 self._apply_erasures()
-                messages = [m for m in self.consumer.consume(self.settings.batch_max, 0.2) if self._usable(m)]
+                messages = [m for m in self.consumer.consume(self.settings.batch_max, 0.2)
+                            if self._usable(m) and not self._held(m)]
                 if messages:
                     self._process(messages)
                     idle_since = time.monotonic()
+                elif self._loading is not None:
+                    idle_since = time.monotonic()  # not idle: waiting for the ledger
                 elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                     break
                 elif time.monotonic() - max(idle_since, last_check) > STALL_CHECK_S:
                     last_check = time.monotonic()
                     self._restart_unstarted_partitions()
+                self._turned(time.monotonic() - turn)
         finally:
             self.consumer.close()
             self.feed.close()
@@ -415,7 +435,9 @@ class RoyaltyProcessor:
         (a seek then fails with "Erroneous state"). A fresh process rejoins and fetches them;
         exactly-once holds across the exit like across any crash. Checked every STALL_CHECK_S
         without a record."""
-        assignment = [tp for tp in self.consumer.assignment() if tp.partition not in self._paused_until]
+        loading = self._loading.partitions if self._loading is not None else []
+        assignment = [tp for tp in self.consumer.assignment()
+                      if tp.partition not in self._paused_until and tp.partition not in loading]
         unstarted = [tp for tp in self.consumer.position(assignment) if tp.offset < 0] if assignment else []
         # An empty partition has no position either (nothing consumed yet): only one with records
         # to fetch can be stalled. Seen on a fresh cluster whose plays topic was still empty.
@@ -446,52 +468,71 @@ class RoyaltyProcessor:
         return bool(high > low)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Take the partitions paused; their ledger loads in a thread and ``_finish_loading`` resumes
+        them (the rebalance protocol is eager: ``partitions`` is the whole new assignment)."""
         numbers = sorted(tp.partition for tp in partitions)
-        loaded = self._load_ledger(numbers)
-        log.info("partitions_assigned", partitions=numbers, ledger_entries=loaded)
+        consumer.assign(partitions)
+        if partitions:
+            consumer.pause(partitions)
+            self._loading = LedgerLoad(self.kafka, self.serdes[LEDGER], numbers, self.tables.segments)
+            LOADING.set(len(numbers))
+        log.info("partitions_assigned", partitions=numbers, ledger="loading")
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {tp.partition for tp in partitions}
+        if self._loading is not None:
+            self._loading.cancel()
+            self._loading = None
+            self._held_back.clear()
+            LOADING.set(0)
         self.history.drop_partitions(revoked)
         for p in revoked:
             self._paused_until.pop(p, None)
         self._waiting_since = {k: v for k, v in self._waiting_since.items() if k[0] not in revoked}
         log.info("partitions_revoked", partitions=sorted(revoked))
 
-    def _load_ledger(self, partitions: list[int]) -> int:
-        if not partitions:
-            return 0
-        serde = self.serdes[LEDGER]
-        reader = Consumer({**self.kafka.client_config(), "group.id": "royalty-ledger-loader",
-                           "isolation.level": "read_committed", "enable.auto.commit": False,
-                           "enable.partition.eof": True})
-        reader.assign([TopicPartition(serde.topic, p, OFFSET_BEGINNING) for p in partitions])
-        at_end: set[int] = set()
-        loaded = 0
-        deadline = time.monotonic() + 300
-        while len(at_end) < len(partitions) and time.monotonic() < deadline:
-            for msg in reader.consume(5000, 0.5):
-                if is_partition_eof(msg):
-                    at_end.add(source_of(msg)[1])
-                if msg.error() is not None:
-                    continue
-                entry = serde.decode_value(msg.value())
-                if entry is not None and entry["outcome"] != "DEAD_LETTERED":
-                    self._load_entry(entry, source_of(msg)[1])
-                    loaded += 1
-        reader.close()
-        self.history.commit()
-        if len(at_end) < len(partitions):
-            raise TimeoutError("play ledger did not load within 300s")
-        return loaded
+    def _held(self, msg: Message) -> bool:
+        """A record of a partition whose ledger is loading (fetched before its pause took): not
+        processed now; the partition is sought back to it when it resumes."""
+        if self._loading is None:
+            return False
+        _, partition, offset = source_of(msg)
+        if partition not in self._loading.partitions:
+            return False
+        self._held_back[partition] = min(offset, self._held_back.get(partition, offset))
+        return True
 
-    def _load_entry(self, entry: dict[str, Any], partition: int) -> None:
-        """A decided play back into the history; a paid AI segment's time is the segment's listener's."""
-        self.history.decided(entry["play_id"], partition)
-        segment = self.tables.segments.get(entry.get("segment_id") or "")
-        if entry.get("heard_ms") and segment is not None:
-            start = entry["play_started_at"]
-            self.history.paid(segment.listener_id, start, start + entry["heard_ms"], partition)
+    def _finish_loading(self) -> None:
+        """Install a finished ledger load and resume its partitions; a failed one exits the process."""
+        load = self._loading
+        if load is None or not load.done:
+            return
+        self._loading = None
+        LOADING.set(0)
+        if load.error is not None:
+            raise load.error
+        erased = self.tables.erased
+        for partition, part in load.parts.items():
+            for listener in [x for x in part.paid if x in erased]:  # erased while the ledger was read
+                del part.paid[listener]
+            self.history.install(partition, part)
+        self.history.commit()
+        for partition, offset in self._held_back.items():
+            self.consumer.seek(TopicPartition(self.plays_topic, partition, offset))
+        self._held_back.clear()
+        self.consumer.resume([TopicPartition(self.plays_topic, p) for p in load.partitions])
+        LEDGER_LOAD_SECONDS.observe(load.seconds)
+        self.stats.loads += 1
+        self.stats.loaded_entries += load.entries
+        self.stats.load_s += load.seconds
+        log.info("ledger_loaded", partitions=load.partitions, ledger_entries=load.entries,
+                 seconds=round(load.seconds, 2))
+
+    def _turned(self, seconds: float) -> None:
+        LOOP_SECONDS.observe(seconds)
+        if self._loading is not None:
+            self.stats.turns_while_loading += 1
+            self.stats.longest_turn_while_loading_s = max(self.stats.longest_turn_while_loading_s, seconds)
 
 
 def main() -> None:

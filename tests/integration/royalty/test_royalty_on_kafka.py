@@ -8,8 +8,8 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
-from tests.kafka_helpers import read_all
-from tests.royalty_fixtures import LISTENERS, Catalog, consent_record, play_record
+from tests.kafka_helpers import read_all, read_to_end
+from tests.royalty_fixtures import LISTENERS, Catalog, consent_record, play_record, write_ledger
 
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
@@ -211,3 +211,30 @@ def test_an_idle_instance_on_an_empty_plays_topic_is_not_taken_for_a_stalled_one
     settings = RoyaltySettings(instance_id=f"test-{uuid.uuid4().hex[:6]}", group_id=f"royalty-{uuid.uuid4().hex[:6]}")
     RoyaltyProcessor(isolated, settings, RATES).run(idle_exit_s=2.5 * STALL_CHECK_S)  # StalledAssignment before
     assert time.monotonic() - started >= 2.5 * STALL_CHECK_S
+
+
+def test_the_ledger_loads_off_the_poll_loop_and_every_decided_play_stays_decided(isolated: KafkaSettings) -> None:
+    """A new assignment's ledger is read in a thread while the poll loop keeps turning (the group
+    sees a live member however long the window is); the partitions resume once it is installed,
+    and a replay of any ledgered play id is a duplicate, paid nothing."""
+    catalog = Catalog(isolated, works=3, segments=0)
+    catalog.add_segment("seg-new", [("wk-0", 1_000_000)])
+    play_ids, segments = write_ledger(isolated, 60_000)
+    now = int(time.time() * 1000) - 600_000
+    replayed = play_record(play_ids[12_345], "seg-new", now)  # a ledgered id, posted again
+    fresh = play_record(str(uuid.uuid4()), "seg-new", now)
+    catalog.send_plays([replayed, fresh])
+    settings = RoyaltySettings(instance_id=f"test-{uuid.uuid4().hex[:6]}", group_id=f"royalty-{uuid.uuid4().hex[:6]}")
+    processor = RoyaltyProcessor(isolated, settings, RATES)
+    processor.tables.segments.update(segments)  # as the start-up catch-up would hold them
+    processor.run(idle_exit_s=4)
+
+    assert (processor.stats.loads, processor.stats.loaded_entries) == (1, 60_000)
+    assert processor.stats.turns_while_loading >= 2  # the loop polled on while the ledger was read
+    ledgered = set(play_ids)
+    ledger = TopicSerde.for_topic("royalty.play-ledger.v1", isolated)
+    new_entries = [e for e in (ledger.decode_value(m.value()) for m in read_to_end(isolated, ledger.topic))
+                   if e["play_id"] not in ledgered]
+    assert [(e["play_id"], e["outcome"]) for e in new_entries] == [(fresh["play_id"], "PAID")]
+    lines = decoded(isolated, "royalty.events.v1", 100, timeout_s=6)
+    assert {x["play_id"] for x in lines} == {fresh["play_id"]}
