@@ -18,6 +18,7 @@ Usage: python deploy/local/demo.py [--listeners 20] [--seconds 120] [--out artif
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import random
 import signal
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from inference.catalog import ConsentSnapshot, load_catalog
+from kit.auth import listener_play_id
 from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
 from royalty.rates import RateCard
 from royalty.statement import decimal, read_committed
@@ -122,6 +124,12 @@ def mint_token(app_key: str, user_id: str, tier: str = "PREMIUM", territory: str
     return str(answer["token"])
 
 
+def token_subject(token: str) -> str:
+    """The listener id a token is for (its ``sub``), read by the backend that just minted it."""
+    payload = token.split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"])
+
+
 def drive(listeners: list[Listener], seconds: float, keys: dict[str, str]) -> dict[str, Any]:
     tokens = {lt.user_id: mint_token(keys["ENTRAIN_DEV_APP_KEY"], lt.user_id) for lt in listeners}
     started = time.time()
@@ -152,7 +160,8 @@ def drive(listeners: list[Listener], seconds: float, keys: dict[str, str]) -> di
             if plays:
                 call("POST", f"{INGEST}/v1/plays", tokens[listener.user_id], {"plays": plays})
                 plays_posted += len(plays)
-                play_ids.update(p["play_id"] for p in plays)
+                listener_id = token_subject(tokens[listener.user_id])
+                play_ids.update(listener_play_id(listener_id, p["play_id"]) for p in plays)
         if not withdrawn and t >= seconds / 2:
             call("PUT", f"{INGEST}/v1/rights-holders/{WITHDRAWING_HOLDER}/consent",
                  keys["ENTRAIN_DEV_RIGHTS_HOLDER_KEY"], {"ai_training": True, "ai_generation": False,

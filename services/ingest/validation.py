@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from kit.auth import listener_play_id
 from kit.physiology import CADENCE_SPM, HEART_RATE_BPM
 
 ACTIVITIES = ("UNKNOWN", "RESTING", "WALKING", "RUNNING", "CYCLING", "WORKOUT", "SLEEPING")
@@ -82,9 +83,11 @@ class Play:
     fraud_flags: tuple[str, ...]
 
     def record(self, listener_id: str, subscription_tier: str, territory: str, received_time: int) -> dict[str, Any]:
-        """The listener.plays.v1 value; listener, tier and territory come from the listener token."""
+        """The listener.plays.v1 value; listener, tier and territory come from the listener token, and the
+        play id is the listener's (``kit.auth.listener_play_id``: a play is identified by listener and id)."""
         return {
-            "play_id": self.play_id, "listener_id": listener_id, "content_kind": self.content_kind,
+            "play_id": listener_play_id(listener_id, self.play_id), "listener_id": listener_id,
+            "content_kind": self.content_kind,
             "segment_id": self.segment_id, "work_id": self.work_id, "started_at": self.started_at,
             "ms_played": self.ms_played, "completed": self.completed, "territory": territory,
             "subscription_tier": subscription_tier, "fraud_flags": list(self.fraud_flags),

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,17 @@ class Pseudonymizer:
                 self._cache.clear()
             self._cache[app_user_id] = listener
         return listener
+
+
+PLAY_NAMESPACE = uuid.UUID("5b0c8f1e-3a7d-5c2e-9f41-6d2a8e0b7c13")  # fixed: changing it re-identifies every play
+
+
+def listener_play_id(listener_id: str, client_play_id: str) -> str:
+    """The id of a listener's play on listener.plays.v1 and downstream: a UUIDv5 of (listener, the
+    client's play id). A play is identified by (listener, play id): two listeners' plays never share an
+    id, so one listener cannot make another's play a duplicate (or overwrite its ledger entry) by
+    posting its id first, and royalty's play ids stay globally unique."""
+    return str(uuid.uuid5(PLAY_NAMESPACE, f"{listener_id}/{client_play_id.lower()}"))
 
 
 def new_key() -> str:

@@ -60,7 +60,7 @@ from urllib.parse import urlsplit
 from confluent_kafka import Producer as RawProducer
 
 from inference.catalog import ConsentSnapshot, load_catalog
-from kit.auth import Pseudonymizer
+from kit.auth import Pseudonymizer, listener_play_id
 from kit.serde import TopicSerde
 from kit.settings import STATE_DIR, KafkaSettings
 from kit.topics import delete_prefixed_topics, ensure_topics
@@ -197,6 +197,7 @@ class Driver:
     def __init__(self, pipe: Pipeline, listeners: list[Listener], seed: int) -> None:
         self.pipe, self.listeners, self.rng = pipe, listeners, random.Random(seed)
         self.by_user = {lt.user_id: lt for lt in listeners}
+        self._listener_ids: dict[str, str] = {}
         self.acked = Acked()
         self.pending_telemetry: list[dict[str, Any]] = []
         self.pending_plays: list[dict[str, Any]] = []
@@ -311,9 +312,14 @@ class Driver:
                     raise AssertionError(f"ingest rejected a well-formed {path} item: {json.loads(raw)['rejected']}")
                 if acked is not None:
                     acked.add(item[id_field])
-                else:
-                    self.acked.plays[item[id_field]] = item
+                else:  # under the id ingest gives it on the topic: (listener, play id)
+                    self.acked.plays[listener_play_id(self.listener_id(user_id), item[id_field])] = item
         return left
+
+    def listener_id(self, user_id: str) -> str:
+        if user_id not in self._listener_ids:
+            self._listener_ids[user_id] = driver_listener_id(self.pipe, self.by_user[user_id])
+        return self._listener_ids[user_id]
 
 
 def drive(pipe: Pipeline, driver: Driver, generating: int, began: float, seconds: float,

@@ -20,7 +20,7 @@ from tests.kafka_helpers import read_all
 from ingest.app import OPENAPI_PATH, create_app
 from ingest.settings import IngestSettings
 from ingest.validation import TimeWindow
-from kit.auth import KeyStore, Pseudonymizer, hash_key
+from kit.auth import KeyStore, Pseudonymizer, hash_key, listener_play_id
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
 
@@ -42,6 +42,11 @@ def listener(user: str = "alice@example.com", tier: str = "PREMIUM", territory: 
 
 
 ALICE = listener()
+
+
+def alices(play_id: str) -> str:
+    """The id alice's play has on listener.plays.v1."""
+    return listener_play_id(Pseudonymizer(SECRET).listener_id("alice@example.com"), play_id)
 
 
 def now_ms() -> int:
@@ -125,7 +130,7 @@ def test_listener_endpoints_take_the_listener_from_the_token_only(client: TestCl
     cheaper = play(subscription_tier="FREE", territory="IN")  # what a client says here changes nothing
     assert client.post("/v1/plays", headers=ALICE, json={"plays": [cheaper]}).status_code == 202
     value = next(v for _, _, v in decoded(client.kafka, "listener.plays.v1", 3)  # type: ignore[attr-defined]
-                 if v["play_id"] == cheaper["play_id"])
+                 if v["play_id"] == alices(cheaper["play_id"]))
     assert (value["subscription_tier"], value["territory"]) == ("PREMIUM", "DE")
 
 
@@ -193,8 +198,8 @@ def test_plays_are_produced_and_impossible_durations_flagged(client: TestClient)
     response = client.post("/v1/plays", headers=ALICE, json={"plays": [normal, odd]})
     assert response.status_code == 202 and response.json()["accepted"] == 2
     values = {v["play_id"]: v for _, _, v in decoded(client.kafka, "listener.plays.v1", 2)}  # type: ignore[attr-defined]
-    assert values[normal["play_id"]]["fraud_flags"] == []
-    assert values[odd["play_id"]]["fraud_flags"] == ["played_longer_than_elapsed"]
+    assert values[alices(normal["play_id"])]["fraud_flags"] == []
+    assert values[alices(odd["play_id"])]["fraud_flags"] == ["played_longer_than_elapsed"]
 
 
 def test_consent_is_produced_to_the_compacted_topic(client: TestClient) -> None:

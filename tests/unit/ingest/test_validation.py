@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -34,6 +35,15 @@ def play(**changes: Any) -> dict[str, Any]:
             "ms_played": 45_000, "completed": True, "territory": "DE", "subscription_tier": "PREMIUM"}
     item.update(changes)
     return {k: v for k, v in item.items() if v is not ...}
+
+
+def test_a_play_is_identified_by_listener_and_id_on_the_topic() -> None:
+    event = parse_play(play(), NOW, WINDOW)
+    alice, bob = (event.record(x * 64, "PREMIUM", "DE", NOW)["play_id"] for x in "ab")
+    assert alice != bob  # bob posting alice's id cannot make her play a duplicate
+    assert alice == event.record("a" * 64, "FREE", "US", NOW)["play_id"] == \
+        parse_play(play(play_id=event.play_id.upper()), NOW, WINDOW).record("a" * 64, "PREMIUM", "DE", NOW)["play_id"]
+    assert str(uuid.UUID(alice)) == alice and alice != event.play_id
 
 
 def test_a_valid_sample_becomes_a_record_without_the_user_id() -> None:
