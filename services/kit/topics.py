@@ -79,23 +79,7 @@ def ensure_topics(settings: KafkaSettings, check_only: bool = False, timeout_s: 
     if check_only:
         return missing
     if missing:
-        futures = admin.create_topics(
-            [NewTopic(name, num_partitions=wanted[name][0], replication_factor=settings.replication_factor or -1,
-                      config=wanted[name][1])
-             for name in missing],
-            operation_timeout=timeout_s,
-        )
-        raced = []
-        for name, future in futures.items():
-            try:
-                future.result()
-            except Exception as exc:  # a concurrent creator won, or our metadata view was stale
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
-                raced.append(name)
-        _check_partitions(admin, {name: wanted[name][0] for name in raced}, timeout_s)
-        missing = [name for name in missing if name not in raced]
-        _wait_for_leaders(admin, missing, timeout_s)
+        missing = _create(admin, settings, {name: wanted[name] for name in missing}, timeout_s)
     present = [name for name in wanted if name in existing]
     if present:
         resources = [
@@ -108,6 +92,41 @@ def ensure_topics(settings: KafkaSettings, check_only: bool = False, timeout_s: 
             future.result()
     register_schemas(settings, load_contracts())
     return missing
+
+
+def ensure_topic(settings: KafkaSettings, name: str, partitions: int, config: dict[str, str],
+                 timeout_s: float = 30.0) -> bool:
+    """Create one topic that no manifest describes (a framework's internal topic) unless it exists,
+    and wait for its leaders; True if it was created. Raises PartitionMismatch."""
+    admin = AdminClient(settings.client_config())
+    existing = admin.list_topics(timeout=timeout_s).topics
+    if name in existing:
+        _check_partitions(admin, {name: partitions}, timeout_s)
+        return False
+    return bool(_create(admin, settings, {name: (partitions, config)}, timeout_s))
+
+
+def _create(admin: AdminClient, settings: KafkaSettings, topics: dict[str, tuple[int, dict[str, str]]],
+            timeout_s: float) -> list[str]:
+    """Create the topics and wait for their leaders; return those this call created (another
+    creator may win a race: then only its partition count is checked)."""
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=parts, replication_factor=settings.replication_factor or -1, config=config)
+         for name, (parts, config) in topics.items()],
+        operation_timeout=timeout_s,
+    )
+    raced = []
+    for name, future in futures.items():
+        try:
+            future.result()
+        except Exception as exc:  # a concurrent creator won, or our metadata view was stale
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+            raced.append(name)
+    _check_partitions(admin, {name: topics[name][0] for name in raced}, timeout_s)
+    created = [name for name in topics if name not in raced]
+    _wait_for_leaders(admin, created, timeout_s)
+    return created
 
 
 def _check_partitions(admin: AdminClient, expected: dict[str, int], timeout_s: float) -> None:

@@ -7,8 +7,9 @@ from kit.logs import configure_logging
 
 def main() -> None:
     configure_logging("soundtrack")
-    from soundtrack.app import app
+    from soundtrack.app import app, declare_ticks
 
+    declare_ticks()
     sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
     app.main()
 

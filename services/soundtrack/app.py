@@ -37,7 +37,7 @@ from kit.physiology import CADENCE_SPM, HEART_RATE_BPM
 from kit.producer import DeliveryFailed, Producer
 from kit.serde import DecodeError, RegistryUnavailable, TopicSerde
 from kit.settings import SESSION_TIMEOUT_MS, STATE_DIR, KafkaSettings, ServiceSettings, group_membership
-from kit.topics import cluster_replication
+from kit.topics import cluster_replication, ensure_topic
 from soundtrack.broker import app_settings, topic_config
 from soundtrack.schedule import IDLE_MS, ListenerState, due_requests, next_due_ms, observe
 
@@ -81,9 +81,19 @@ requests_topic = app.topic(requests_serde.topic, key_type=bytes, value_type=byte
                            key_serializer="raw", value_serializer="raw")
 erasures_topic = app.topic(erasures_serde.topic, key_type=bytes, value_type=bytes,
                            key_serializer="raw", value_serializer="raw")
-ticks_topic = app.topic(f"{kafka.topic_prefix}soundtrack.ticks", key_type=bytes, value_type=bytes,
+TICKS = f"{kafka.topic_prefix}soundtrack.ticks"
+TICKS_CONFIG = {**FAUST_TOPIC_CONFIG, "retention.ms": "3600000"}
+ticks_topic = app.topic(TICKS, key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw", partitions=telemetry_serde.contract.partitions,
                         internal=True, retention=3_600.0, config=FAUST_TOPIC_CONFIG)
+
+
+def declare_ticks() -> None:
+    """Create the tick topic before the worker starts. Left to Faust, it is created while the
+    consumer subscribes: on a busy machine the subscription can miss it ("not found in cluster
+    metadata") and the agent then reads no ticks until the next metadata refresh (minutes), so
+    no scheduled request is made (seen in the worker test)."""
+    ensure_topic(kafka, TICKS, telemetry_serde.contract.partitions, TICKS_CONFIG)
 listeners = app.Table("listeners", default=None, partitions=telemetry_serde.contract.partitions,
                       schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
                       extra_topic_configs=FAUST_TOPIC_CONFIG)
