@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
 import uuid
@@ -42,6 +43,11 @@ from royalty.service import RoyaltyProcessor, RoyaltySettings
 LEDGER = "royalty.play-ledger.v1"
 MAX_POLL_INTERVAL_S = 300
 SESSION_TIMEOUT_S = SESSION_TIMEOUT_MS / 1000
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def raw_read_s(kafka: KafkaSettings, partitions: int) -> tuple[float, int]:
@@ -79,10 +85,12 @@ def main() -> None:
         processor = RoyaltyProcessor(kafka, RoyaltySettings(instance_id=f"bench-{uuid.uuid4().hex[:6]}",
                                                             group_id=f"bench-{uuid.uuid4().hex[:6]}"), RateCard.load())
         processor.tables.segments.update(segments)
+        rss_before = resident_bytes()
         loop = threading.Thread(target=processor.run, name="royalty-loop", daemon=True)
         loop.start()
         while processor.stats.loads == 0 and loop.is_alive():
             time.sleep(0.1)
+        rss_growth = resident_bytes() - rss_before  # the installed histories (and the reader's buffers)
         processor.stop()
         loop.join(60)
         if processor.stats.loads == 0:
@@ -99,7 +107,9 @@ def main() -> None:
     print(f"raw read {raw_count:,} in {raw_s:.2f} s ({raw_count / raw_s:,.0f}/s); load {loaded:,} in {load_s:.2f} s "
           f"({rate:,.0f}/s), the poll loop's longest turn meanwhile {longest_turn_s:.2f} s; a 30-day window at "
           f"{args.plays_per_day:,} plays/day is {window:,} entries, {per_instance:,} for one of {args.instances} "
-          f"instances: {projected_s:,.0f} s of loading (limit {LOAD_TIMEOUT_S:,.0f} s)", flush=True)
+          f"instances: {projected_s:,.0f} s of loading (limit {LOAD_TIMEOUT_S:,.0f} s); resident memory grew "
+          f"{rss_growth / loaded:,.0f} bytes per entry, {rss_growth / loaded * per_instance / 2**30:.1f} GiB for that "
+          f"window", flush=True)
     print("RESULT " + json.dumps({
         "entries": loaded, "partitions": partitions, "raw_read_s": round(raw_s, 2),
         "raw_entries_s": round(raw_count / raw_s), "load_s": round(load_s, 2), "load_entries_s": round(rate),
@@ -109,6 +119,8 @@ def main() -> None:
         "plays_per_day": args.plays_per_day, "window_entries": window, "instances": args.instances,
         "projected_load_s": round(projected_s, 1), "load_timeout_s": LOAD_TIMEOUT_S,
         "fits_load_timeout": projected_s < LOAD_TIMEOUT_S,
+        "resident_bytes_per_entry": round(rss_growth / loaded),
+        "projected_resident_gib": round(rss_growth / loaded * per_instance / 2**30, 2),
     }))
 
 
