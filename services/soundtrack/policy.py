@@ -4,21 +4,33 @@ Two layers:
 
 1. ``body_update`` folds a telemetry sample into the listener's body state, in event
    time: a sample older than the newest one applied is ignored (late or out of order
-   data never rewinds state); heart-rate and cadence glitches are rejected (a jump of
-   more than 35 bpm / 40 spm within 5 s of the last accepted sample) and the rest
-   smoothed (exponential, alpha 0.35: ~3 samples at the 3-5 s a watch reports).
+   data never rewinds state). Each signal keeps its previous raw reading: two consecutive
+   readings that agree (cadence within 8%, heart rate within 6%, at most 10 s apart) on a
+   level away from the estimate are a *confirmed* change and the estimate moves there at
+   once (their mean); a lone jump of more than 35 bpm / 40 spm within 5 s of the last
+   accepted reading is a glitch until the next reading confirms it; anything else is
+   smoothed (exponential, alpha 0.35). A device saying RESTING or SLEEPING with no cadence
+   reads as cadence 0: a runner who stops is a cadence collapse, confirmed like any change.
 2. ``target`` maps the body to musical parameters, and ``advance`` moves the playing
    parameters toward it with hysteresis.
 
 Numbers and why:
-- Tempo changes up to ~3% go unnoticed, ~4% are noticed (Van Dyck et al. 2015):
-  a change smaller than DEAD_BAND (3%) is ignored, and tempo moves at most
-  MAX_RAMP (3%) per bar, so every step is below the noticeable threshold.
-- A new target must hold for HOLD_MS (4 s, about one watch report interval plus
-  one) before it is applied; Spotify Running locked onto cadence over 10-15 s, we react
-  faster but not to a single sample. "Held" means the wish stayed on the same side of
-  the playing tempo (or stayed the same wish) with the same mood: a steadily rising
-  cadence is one sustained wish to go faster, and the ramp follows it.
+- Cadence is a strong, low-noise signal (a watch counts steps; a steady runner's cadence
+  varies by 2-3% between reports), heart rate is not (optical sensors glitch and lag the
+  effort by tens of seconds). So a wish that follows a *confirmed* cadence reading (two
+  agreeing readings, about one report interval) applies at once; any other wish must hold
+  for HOLD_MS (4 s, about one watch report interval plus one) first. "Held" means the wish
+  stayed on the same side of the playing tempo (or stayed the same wish): a steadily rising
+  cadence is one sustained wish to go faster, and the ramp follows it. A runner stopping is
+  a confirmed cadence collapse, so it is among the fastest responses.
+- Tempo changes up to ~3% go unnoticed, ~4% are noticed (Van Dyck et al. 2015). A small
+  wish (within DEAD_BAND, 3%) is ignored; drift toward a nearby target moves at most
+  MAX_RAMP (3%) per bar, below the noticeable threshold. A change of state (the target
+  more than LARGE_CHANGE, 12%, away: starting or stopping a run) should be heard, and
+  smoothly: it moves up to BIG_RAMP (8%) per bar, the span of a DJ turntable's classic
+  pitch range (Technics SL-1200, +-8%), the largest move that still sounds like the same
+  music, and eases into the last 12% at 3% per bar. 165 -> 105 BPM then takes 6 bars
+  (about 10 s) instead of 15 (24 s). Tempo changes at segment boundaries (1-2 bars).
 - Match mode: moving with cadence >= 100 spm -> tempo = cadence (one beat per step),
   halved above 180 (half-time), clamped to 60-200 BPM. Exercising without cadence ->
   tempo from heart-rate reserve, 95 + 45 x HRR, topping out at 140: preferred music tempo
@@ -39,12 +51,16 @@ from dataclasses import dataclass, replace
 TEMPO_MIN, TEMPO_MAX = 60.0, 200.0
 DEAD_BAND = 0.03
 MAX_RAMP = 0.03
+BIG_RAMP = 0.08
+LARGE_CHANGE = 0.12
 HOLD_MS = 4_000
 MOOD_AGREE_MS = 8_000
 MOOD_DWELL_MS = 30_000
 HOLD_MISSING_MS = 15_000
 SMOOTHING = 0.35
 HR_JUMP, CADENCE_JUMP, JUMP_WINDOW_MS = 35.0, 40.0, 5_000
+HR_AGREE, CADENCE_AGREE, AGREE_WINDOW_MS = 0.06, 0.08, 10_000  # two readings this close confirm a level
+STILL = {"RESTING", "SLEEPING"}
 HR_REST, HR_MAX = 60.0, 190.0
 MOVING_CADENCE = 100.0
 NEUTRAL_TEMPO, NEUTRAL_ENERGY = 90.0, 0.4
@@ -66,6 +82,11 @@ class Body:
     last_hr_ms: int = -1
     last_cadence_ms: int = -1
     rejected: int = 0
+    hr_reading: float | None = None  # the previous raw readings, and when
+    hr_reading_ms: int = -1
+    cadence_reading: float | None = None
+    cadence_reading_ms: int = -1
+    cadence_confirmed: bool = False  # the newest cadence reading agreed with the one before it
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,7 @@ class Music:
     energy: float
     mode: str  # MAJOR / MINOR
     reason: str
+    confident: bool = False  # follows a confirmed cadence reading: applies without the hold
 
 
 @dataclass(frozen=True)
@@ -84,12 +106,37 @@ class Playing:
     pending: Music | None = None
     pending_since_ms: int = -1
     mood_since_ms: int = 0
-    ramping: bool = False  # a change under way runs to its target, dead band or not
+    # The direction of a change under way (+1 up, -1 down, 0 none; older states stored a bool): it runs
+    # on while the wish stays that way, dead band or not, so a moving target is followed to its end.
+    ramping: int = 0
     mood_wish_since_ms: int = -1  # since when the wished mood has been the same
 
 
 def _smooth(old: float | None, new: float) -> float:
     return new if old is None else old + SMOOTHING * (new - old)
+
+
+@dataclass(frozen=True)
+class _Signal:
+    estimate: float | None
+    estimate_ms: int
+    reading: float | None
+    reading_ms: int
+    confirmed: bool = False
+    rejected: bool = False
+
+
+def _fold(signal: _Signal, value: float, event_ms: int, jump: float, agree: float) -> _Signal:
+    """One reading of a signal: a confirmed change, a glitch, or smoothing (see the module docstring)."""
+    estimate, estimate_ms, before = signal.estimate, signal.estimate_ms, signal.reading
+    agrees = (before is not None and event_ms - signal.reading_ms <= AGREE_WINDOW_MS
+              and abs(value - before) <= agree * max(value, before, 1.0))
+    moved = estimate is None or abs(value - estimate) > agree * max(value, estimate, 1.0)
+    if before is not None and agrees and moved:
+        return _Signal((value + before) / 2, event_ms, value, event_ms, confirmed=True)
+    if estimate is not None and abs(value - estimate) > jump and event_ms - estimate_ms < JUMP_WINDOW_MS:
+        return _Signal(estimate, estimate_ms, value, event_ms, rejected=True)  # a glitch until confirmed
+    return _Signal(_smooth(estimate, value), event_ms, value, event_ms, confirmed=agrees)
 
 
 def body_update(body: Body, event_ms: int, heart_rate: int | None, cadence: int | None, activity: str,
@@ -98,19 +145,19 @@ def body_update(body: Body, event_ms: int, heart_rate: int | None, cadence: int 
     if event_ms <= body.last_event_ms:
         return body
     rejected = body.rejected
-    hr, hr_ms = body.heart_rate, body.last_hr_ms
+    hr = _Signal(body.heart_rate, body.last_hr_ms, body.hr_reading, body.hr_reading_ms)
     if heart_rate is not None:
-        if hr is not None and abs(heart_rate - hr) > HR_JUMP and event_ms - hr_ms < JUMP_WINDOW_MS:
-            rejected += 1  # a sensor glitch, not a body
-        else:
-            hr, hr_ms = _smooth(hr, heart_rate), event_ms
-    cad, cad_ms = body.cadence, body.last_cadence_ms
+        hr = _fold(hr, heart_rate, event_ms, HR_JUMP, HR_AGREE)
+        rejected += hr.rejected
+    if cadence is None and activity in STILL:
+        cadence = 0  # the device says the listener stopped: no steps
+    cad = _Signal(body.cadence, body.last_cadence_ms, body.cadence_reading, body.cadence_reading_ms,
+                  body.cadence_confirmed)
     if cadence is not None:
-        if cad is not None and abs(cadence - cad) > CADENCE_JUMP and event_ms - cad_ms < JUMP_WINDOW_MS:
-            rejected += 1
-        else:
-            cad, cad_ms = _smooth(cad, cadence), event_ms
-    return Body(hr, cad, activity, session_mode, guide_target, event_ms, hr_ms, cad_ms, rejected)
+        cad = _fold(cad, cadence, event_ms, CADENCE_JUMP, CADENCE_AGREE)
+        rejected += cad.rejected
+    return Body(hr.estimate, cad.estimate, activity, session_mode, guide_target, event_ms, hr.estimate_ms,
+                cad.estimate_ms, rejected, hr.reading, hr.reading_ms, cad.reading, cad.reading_ms, cad.confirmed)
 
 
 def clamp_tempo(tempo: float) -> float:
@@ -129,18 +176,19 @@ def target(body: Body, now_ms: int) -> Music:
         zone = body.guide_target
         return Music(GUIDE_TEMPO[zone], GUIDE_ENERGY[zone], "MAJOR", f"guide:{zone.lower()}")
     cadence_fresh = body.cadence is not None and now_ms - body.last_cadence_ms <= HOLD_MISSING_MS
+    confident = cadence_fresh and body.cadence_confirmed  # moving or stopped, two readings say so
     if cadence_fresh and body.cadence is not None and body.cadence >= MOVING_CADENCE:
         tempo = body.cadence / 2 if body.cadence > 180 else body.cadence
         energy = min(1.0, 0.45 + (body.cadence - MOVING_CADENCE) / 160)
-        return Music(clamp_tempo(tempo), energy, "MINOR" if energy >= 0.85 else "MAJOR", "match:cadence")
+        return Music(clamp_tempo(tempo), energy, "MINOR" if energy >= 0.85 else "MAJOR", "match:cadence", confident)
     hr_fresh = body.heart_rate is not None and now_ms - body.last_hr_ms <= HOLD_MISSING_MS
     if hr_fresh and body.heart_rate is not None:
         reserve = heart_rate_reserve(body.heart_rate)
         if body.activity in EXERCISE or reserve >= 0.3:
             energy = 0.3 + 0.65 * reserve
             return Music(clamp_tempo(95 + 45 * reserve), energy, "MINOR" if energy >= 0.85 else "MAJOR",
-                         "match:heart_rate_reserve")
-    return Music(70.0, 0.2, "MAJOR", "match:rest")
+                         "match:heart_rate_reserve", confident)
+    return Music(70.0, 0.2, "MAJOR", "match:rest", confident)
 
 
 def advance(playing: Playing, wanted: Music, now_ms: int, bars: int = 1) -> Playing:
@@ -157,12 +205,15 @@ def advance(playing: Playing, wanted: Music, now_ms: int, bars: int = 1) -> Play
     pending, since = wanted, (playing.pending_since_ms if sustained else now_ms)
     same_mood = previous is not None and previous.mode == wanted.mode
     mood_wish_since = playing.mood_wish_since_ms if same_mood else now_ms
-    held = now_ms - since >= HOLD_MS
-    ramping = playing.ramping and held
-    if held and (ramping or abs(wanted.tempo_bpm - tempo) > DEAD_BAND * tempo):
-        up, down = tempo * ((1 + MAX_RAMP) ** bars - 1), tempo * (1 - (1 - MAX_RAMP) ** bars)
-        tempo = clamp_tempo(tempo + max(-down, min(up, wanted.tempo_bpm - tempo)))
-        ramping = tempo != clamp_tempo(wanted.tempo_bpm)
+    held = wanted.confident or now_ms - since >= HOLD_MS
+    goal = clamp_tempo(wanted.tempo_bpm)
+    direction = (goal > tempo) - (goal < tempo)
+    continuing = held and direction != 0 and direction == playing.ramping
+    ramping = 0
+    if continuing or (held and abs(wanted.tempo_bpm - tempo) > DEAD_BAND * tempo):
+        # Only the body's own changes of state move fast; a guide zone or the neutral drift stays gentle.
+        tempo = clamp_tempo(_ramp(tempo, goal, bars, fast=wanted.reason.startswith("match:")))
+        ramping = direction
     energy = current.energy
     if held:
         energy = energy + max(-0.1 * bars, min(0.1 * bars, wanted.energy - energy))  # at most 0.1 per bar
@@ -173,6 +224,18 @@ def advance(playing: Playing, wanted: Music, now_ms: int, bars: int = 1) -> Play
     music = Music(tempo, round(energy, 3), mode, wanted.reason if held else current.reason)
     return replace(playing, music=music, pending=pending, pending_since_ms=since, mood_since_ms=mood_since,
                    ramping=ramping, mood_wish_since_ms=mood_wish_since)
+
+
+def _ramp(tempo: float, goal: float, bars: int, fast: bool) -> float:
+    """The tempo after ``bars`` bars toward ``goal``: with ``fast``, BIG_RAMP per bar while the goal is
+    more than LARGE_CHANGE away; otherwise (and for the last 12%) MAX_RAMP per bar; never past it."""
+    for _ in range(bars):
+        if tempo == goal:
+            break
+        rate = BIG_RAMP if fast and abs(goal - tempo) > LARGE_CHANGE * tempo else MAX_RAMP
+        step = tempo * rate if goal > tempo else -tempo * rate
+        tempo = min(goal, tempo + step) if goal > tempo else max(goal, tempo + step)
+    return tempo
 
 
 def _side(wish: Music, tempo: float) -> int:

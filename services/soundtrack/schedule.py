@@ -51,7 +51,7 @@ class ListenerState:
             listener_id=data["listener_id"], session_id=data["session_id"], body=Body(**data["body"]),
             playing=Playing(Music(**playing["music"]),
                             Music(**playing["pending"]) if playing["pending"] else None,
-                            playing["pending_since_ms"], playing["mood_since_ms"], playing["ramping"],
+                            playing["pending_since_ms"], playing["mood_since_ms"], int(playing["ramping"]),
                             playing.get("mood_wish_since_ms", -1)),
             key_tonic=data["key_tonic"], next_sequence=data["next_sequence"],
             scheduled_until_ms=data["scheduled_until_ms"], last_seen_ms=data["last_seen_ms"],

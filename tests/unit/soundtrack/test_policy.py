@@ -8,8 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from soundtrack.policy import (
+    BIG_RAMP,
     DEAD_BAND,
     HOLD_MS,
+    LARGE_CHANGE,
     MAX_RAMP,
     MOOD_DWELL_MS,
     Body,
@@ -71,18 +73,53 @@ def test_sensor_glitches_are_rejected_and_real_changes_smoothed() -> None:
     assert 120 < (real.heart_rate or 0) < 130
 
 
-def test_a_step_change_waits_for_the_hold_then_ramps_at_most_three_percent_per_bar() -> None:
+def test_an_unconfirmed_step_change_waits_for_the_hold_then_ramps_and_eases_into_the_target() -> None:
     playing = Playing(Music(70.0, 0.2, "MAJOR", "match:rest"))
-    wanted = Music(170.0, 0.9, "MAJOR", "match:cadence")
+    wanted = Music(170.0, 0.9, "MAJOR", "match:cadence")  # not confident: e.g. the first reading of a new level
     now, tempos = T0, []
     for _ in range(60):
         playing = advance(playing, wanted, now)
         tempos.append(playing.music.tempo_bpm)
         now += 1000
     assert tempos[: HOLD_MS // 1000] == [70.0] * (HOLD_MS // 1000)  # held
-    steps = [b / a for a, b in itertools.pairwise(tempos) if b != a]
-    assert steps and all(1 < s <= 1 + MAX_RAMP + 1e-9 for s in steps)
+    moves = [(a, b) for a, b in itertools.pairwise(tempos) if b != a]
+    assert moves and all(1 < b / a <= 1 + BIG_RAMP + 1e-9 for a, b in moves)  # a change of state: heard
+    assert all(b / a <= 1 + MAX_RAMP + 1e-9 for a, b in moves if 170 - a <= LARGE_CHANGE * a)  # eased in
+    assert max(b / a for a, b in moves) > 1 + MAX_RAMP  # faster than the old 3%-per-bar limit
     assert tempos[-1] == 170.0
+
+
+def test_a_confirmed_cadence_change_applies_without_the_hold() -> None:
+    running = body_update(body(160, 165, at=T0), T0 + 2000, 160, 166, "RUNNING", "MATCH", "NONE")
+    assert target(running, T0 + 2000).confident
+    first = body_update(running, T0 + 4000, 158, 105, "WALKING", "MATCH", "NONE")
+    assert first.cadence == running.cadence and first.rejected == 1  # one reading of a new level: a glitch so far
+    assert not target(first, T0 + 4000).confident
+    second = body_update(first, T0 + 6000, 157, 104, "WALKING", "MATCH", "NONE")
+    assert second.cadence == 104.5 and second.cadence_confirmed  # two agreeing readings: the new level, at once
+    wanted = target(second, T0 + 6000)
+    assert wanted.confident and wanted.tempo_bpm == 104.5
+    playing = advance(Playing(Music(165.5, 0.8, "MAJOR", "match:cadence")), wanted, T0 + 6000)
+    assert abs(playing.music.tempo_bpm - 165.5 * (1 - BIG_RAMP)) < 1e-9  # the very next bar moves
+
+
+def test_a_device_at_rest_without_cadence_is_a_stop() -> None:
+    walking = body_update(body(120, 105, "WALKING", at=T0), T0 + 2000, 120, 106, "WALKING", "MATCH", "NONE")
+    still = body_update(walking, T0 + 4000, 118, None, "RESTING", "MATCH", "NONE")
+    still = body_update(still, T0 + 6000, 116, None, "RESTING", "MATCH", "NONE")
+    assert still.cadence == 0 and still.cadence_confirmed
+    assert target(still, T0 + 6000).confident and target(still, T0 + 6000).reason != "match:cadence"
+
+
+def test_guide_zones_and_the_neutral_drift_stay_gentle() -> None:
+    playing = Playing(Music(170.0, 0.8, "MAJOR", "match:cadence"))
+    now, tempos = T0, [170.0]
+    for _ in range(20):
+        playing = advance(playing, Music(80.0, 0.25, "MAJOR", "guide:cool_down", True), now)
+        tempos.append(playing.music.tempo_bpm)
+        now += 1000
+    assert all(abs(b / a - 1) <= MAX_RAMP + 1e-9 for a, b in itertools.pairwise(tempos))
+    assert tempos[-1] < 170.0
 
 
 def test_changes_inside_the_dead_band_are_ignored() -> None:
@@ -104,12 +141,12 @@ def test_mood_changes_need_agreement_and_dwell() -> None:
 
 
 @given(start=st.floats(60, 200), goal=st.floats(60, 200), bars=st.integers(1, 80))
-def test_tempo_stays_in_range_and_never_jumps_more_than_the_ramp(start: float, goal: float, bars: int) -> None:
+def test_tempo_stays_in_range_and_never_jumps_more_than_the_big_ramp(start: float, goal: float, bars: int) -> None:
     playing = Playing(Music(start, 0.5, "MAJOR", "x"))
     previous = start
     for n in range(bars):
         playing = advance(playing, Music(goal, 0.5, "MAJOR", "y"), T0 + n * 2000)
         tempo = playing.music.tempo_bpm
         assert 60 <= tempo <= 200
-        assert abs(tempo - previous) <= MAX_RAMP * previous + 0.01
+        assert abs(tempo - previous) <= BIG_RAMP * previous + 0.01
         previous = tempo
