@@ -36,6 +36,7 @@ import numpy as np
 
 from inference.catalog import ConsentSnapshot, load_catalog
 from kit.auth import listener_play_id
+from kit.serde import DecodeError
 from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
 from royalty.rates import RateCard
 from royalty.statement import decimal, read_committed
@@ -204,7 +205,10 @@ def demo_segments(listeners: list[Listener]) -> list[dict[str, Any]]:
             done.add(msg.partition())
             continue
         if msg.error() is None:
-            value = serde.decode_value(msg.value())
+            try:
+                value = serde.decode_value(msg.value())
+            except DecodeError:
+                continue  # an earlier run's record in an old encoding: not this run's
             if value is not None and value["session_id"] in sessions:
                 out.append(value)
     consumer.close()
@@ -295,8 +299,9 @@ def statement(out: Path) -> None:
 def royalties(out: Path, play_ids: set[str], listeners: int) -> None:
     """What this run's plays paid, per listener-minute and to whom, next to the catalog rate."""
     kafka = KafkaSettings.from_env()
-    ledger = [e for e in read_committed(kafka, "royalty.play-ledger.v1") if e["play_id"] in play_ids]
-    lines = [x for x in read_committed(kafka, "royalty.events.v1") if x["play_id"] in play_ids]
+    ledger = [e for e in read_committed(kafka, "royalty.play-ledger.v1", skip_undecodable=True)
+              if e["play_id"] in play_ids]
+    lines = [x for x in read_committed(kafka, "royalty.events.v1", skip_undecodable=True) if x["play_id"] in play_ids]
     paid = [e for e in ledger if e["outcome"] == "PAID"]
     minutes = sum(e["paid_ms"] or 0 for e in paid) / 60_000
     total = sum(e["total_micros"] for e in paid)
@@ -318,6 +323,9 @@ def royalties(out: Path, play_ids: set[str], listeners: int) -> None:
     (out / "royalties.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"  royalties of this run: {len(paid)} of {len(play_ids)} plays paid ({len(ledger)} ledgered; "
           f"unpaid: {reasons or 'none'}), {minutes:.1f} listener-minutes of AI music heard by {listeners} listeners,")
+    if play_ids and not ledger:
+        print("    royalty ledgered none of them: see .state/royalty/service.log (it stops on a ledger it cannot "
+              "read, e.g. one written before the schema registry: `make clean` starts afresh)")
     if minutes:
         print(f"    {decimal(total)} {rate.currency} = {total / minutes:,.0f} µ{rate.currency} per listener-minute "
               f"(a catalog play of a 3.5-minute track, {catalog_play:,} µ{rate.currency}: {catalog_play / 3.5:,.0f} "

@@ -20,7 +20,7 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from kit.consumer import is_partition_eof, source_of
-from kit.serde import TopicSerde
+from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings
 from royalty.history import PartitionHistory
 from royalty.rules import SegmentFacts
@@ -58,7 +58,13 @@ def read_ledger(kafka: KafkaSettings, serde: TopicSerde, partitions: list[int],
                     at_end.add(source_of(msg)[1])
                 if msg.error() is not None:
                     continue
-                entry = serde.decode_value(msg.value())
+                try:
+                    entry = serde.decode_value(msg.value())
+                except DecodeError as exc:  # skipping it could pay a replay of that play twice: stop
+                    _, partition, offset = source_of(msg)
+                    raise LedgerLoadFailed(f"{serde.topic} partition {partition} offset {offset} does not decode "
+                                           f"({exc}); a ledger written before the schema registry needs "
+                                           "migrating (locally: make clean)") from None
                 if entry is None or entry["outcome"] == "DEAD_LETTERED":  # a dead letter decides nothing
                     continue
                 part = parts[source_of(msg)[1]]
