@@ -10,6 +10,7 @@ into its start, so joins are continuous. Loudness is normalised to TARGET_LUFS
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -100,10 +101,26 @@ def arrange(notes: list[Note], degrees: list[int], mode: str, key_tonic: int, en
 PROGRAMS = {"low": (73, 48, 32), "mid": (0, 0, 33), "high": (81, 4, 38)}  # melody, harmony, bass
 
 
+_synths = threading.local()
+FLUSH_SAMPLES = 4_410  # 100 ms, far longer than TinySoundFont's quick release
+
+
+def _synth() -> tuple[tinysoundfont.Synth, int]:
+    """This thread's synthesizer with the SoundFont loaded once (parsing it took ~11 ms a segment),
+    silenced: ``sounds_off`` ends every voice (rendered away), and every segment selects its own programs,
+    so a segment renders the same bytes as on a fresh synthesizer (tested)."""
+    cached = getattr(_synths, "synth", None)
+    if cached is None:
+        synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE)
+        cached = _synths.synth = (synth, synth.sfload(soundfont_path()))
+    cached[0].sounds_off()  # a quick release, not a cut: render it away so no voice outlives the segment
+    cached[0].generate(FLUSH_SAMPLES)
+    return cached
+
+
 def synthesize(events: list[Event], bpm: float, bars: int, energy: float) -> tuple[np.ndarray, int]:
     """Stereo float32 of the segment plus TAIL_SECONDS, and the segment's length in samples."""
-    synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE)
-    sfid = synth.sfload(soundfont_path())
+    synth, sfid = _synth()
     melody, harmony, bass = PROGRAMS["low" if energy < 0.34 else "mid" if energy < 0.67 else "high"]
     for channel, program in ((0, melody), (1, harmony), (2, bass)):
         synth.program_select(channel, sfid, 0, program)
