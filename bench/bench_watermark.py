@@ -8,7 +8,8 @@
   false pos.   detection on 10 s windows of unmarked audio: the clean clips at many offsets,
                white and pink noise, and unmarked music x10 with clipping (which the detector
                also reads in the clip domain), with every window counted
-  speed        embed and detect as x real time on one core (single-threaded numpy/BLAS),
+  speed        embed, detect and verify (the service's check of a segment it marked, at the
+               known alignment) as x real time on one core (single-threaded numpy/BLAS),
                against a baseline in the same run: one STFT+ISTFT round trip of the same
                audio, the floor any STFT-domain scheme pays; detection of hard-clipped audio
                (both paths) is timed on the gain x10 attack
@@ -32,7 +33,7 @@ import numpy as np
 from tests.watermark_clips import music_clips
 
 from watermark.attacks import ATTACKS
-from watermark.scheme import SAMPLE_RATE, Key, _istft, _stft, detect, embed, word_bits
+from watermark.scheme import SAMPLE_RATE, Key, _istft, _stft, detect, embed, verify, word_bits
 
 
 def main() -> None:
@@ -63,6 +64,11 @@ def main() -> None:
     started = time.process_time()
     clean_results = [detect(m, SAMPLE_RATE, [key]) for m in marked]
     detect_s = time.process_time() - started
+    started = time.process_time()
+    verified = [verify(m, SAMPLE_RATE, key) for m in marked]  # the service's check, at the known alignment
+    verify_s = time.process_time() - started
+    assert all(v.detected == d.detected and v.payload == d.payload
+               for v, d in zip(verified, clean_results, strict=True))
 
     bit_acc: dict[str, float] = {}
     detect_rate: dict[str, float] = {}
@@ -115,6 +121,7 @@ def main() -> None:
         "false_positives": false_positives, "windows_checked": windows,
         "max_unmarked_score": round(max(fp_scores), 3),
         "embed_x_realtime": round(seconds / embed_s, 1), "detect_x_realtime": round(seconds / detect_s, 1),
+        "verify_x_realtime": round(seconds / verify_s, 1), "verify_vs_detect": round(detect_s / verify_s, 2),
         "detect_clipped_x_realtime": round(seconds / clipped_s, 1) if clipped_s else None,
         "stft_roundtrip_x_realtime": round(seconds / baseline_s, 1),
         "embed_vs_stft_roundtrip": round(baseline_s / embed_s, 3),

@@ -21,6 +21,7 @@ from watermark.scheme import (
     embed,
     log_tail_bound,
     threshold,
+    verify,
     word_bits,
 )
 
@@ -129,3 +130,15 @@ def test_too_short_or_silent_audio_is_a_clear_error() -> None:
         detect(np.zeros(5 * SAMPLE_RATE), SAMPLE_RATE, [KEY])
     with pytest.raises(AudioError, match="at least"):
         embed(np.zeros(SAMPLE_RATE), KEY, 1)
+
+
+def test_verifying_at_the_embedded_alignment_agrees_with_blind_detection(clips: list[np.ndarray],
+                                                                        marked: list[np.ndarray]) -> None:
+    """The service checks each segment it marks without the sync search; same decision, same score,
+    and the blind threshold, so nothing verifies that the detector would not find."""
+    for i, (clip, audio) in enumerate(zip(clips, marked, strict=True)):
+        blind, known = detect(audio, SAMPLE_RATE, [KEY]), verify(audio, SAMPLE_RATE, KEY)
+        assert known.detected and known.payload == PAYLOAD + i and known.key_id == KEY.key_id
+        assert known.score == pytest.approx(blind.score) and blind.offset_samples == known.offset_samples == 0
+        assert not verify(clip, SAMPLE_RATE, KEY).detected  # unmarked
+        assert not verify(audio, SAMPLE_RATE, OTHER).detected  # another key
