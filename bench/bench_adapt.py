@@ -1,8 +1,23 @@
 """Adaptation delay of the whole pipeline on the local broker, and one soundtrack worker's throughput.
 
-Phase 1 (step change): N listeners rest (70 bpm, no cadence) for --rest-s, then all start
-running at 170 spm at once; telemetry goes through ingest every second per listener.
-For each listener:
+Phase 1 (step changes): N listeners rest (70 bpm, no cadence) for --rest-s, then all start
+running at 170 spm at once for --run-s, then all slow to a walk at 105 spm for --walk-s;
+telemetry goes through ingest every second per listener.
+
+What the ear gets: a simulated player per listener follows the playlist protocol as the
+listener page does (poll GET /v1/playlist every second with the listener token, fetch each
+new segment's signed audio URL, schedule it right after the previous one, the first 0.2 s
+after it arrived; a segment that arrives after its slot is a player underrun and starts
+0.05 s later). The tempo of every played segment is measured from its audio (onset
+autocorrelation, ``inference.analysis.estimate_tempo``), not from metadata. From the change
+instant (event time of the first sample in the new state), per listener:
+  audible_first      the start of the first played segment after which the played tempo stays
+                     at least 3% away from the tempo playing at the change, toward the target
+  audible_converged  the start of the first played segment after which the played tempo stays
+                     within 3% of the target (170 BPM up, 105 BPM down)
+reported as p95 over listeners (a listener who never gets there counts as infinitely late).
+
+Design and system delays of the step up, for each listener:
   designed   the instant the policy (run in this process on the same samples and times,
              stepping every 10 ms) would first emit a request with the new tempo: the
              hold, plus waiting for the segment boundary the request belongs to
@@ -30,13 +45,15 @@ import threading
 import time
 import urllib.request
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from tests.pipeline import Pipeline
 
+from inference.analysis import estimate_tempo
+from kit.audio import decode_bytes
 from kit.auth import Pseudonymizer
 from kit.producer import Producer
 from kit.serde import TopicSerde
@@ -74,11 +91,93 @@ class Follower(threading.Thread):
         self.consumer.close()
 
 
+@dataclass
+class Played:
+    start_ms: int
+    duration_ms: int
+    audio: bytes
+    tempo: float = 0.0  # measured from the audio after the run
+
+
+@dataclass
+class Player:
+    """One listener's player, scheduling as the listener page does (see the module docstring)."""
+
+    user: str
+    queued: set[str] = field(default_factory=set)
+    next_start_s: float = 0.0
+    played: list[Played] = field(default_factory=list)
+    underruns: int = 0
+
+
+def get(url: str, token: str) -> bytes:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=15) as response:
+        return bytes(response.read())
+
+
+def run_players(pipeline: Pipeline, players: list[Player], session: str, stop: threading.Event) -> None:
+    """Every second, each player polls its playlist and schedules what is new, in order."""
+    while not stop.is_set():
+        turn = time.time()
+        for player in players:
+            token = pipeline.token(player.user)
+            try:
+                playlist = json.loads(get(f"{pipeline.delivery_url}/v1/playlist?session_id={session}", token))
+            except OSError:
+                continue
+            for seg in playlist["segments"]:
+                if seg["segment_id"] in player.queued:
+                    continue
+                try:
+                    audio = get(f"{pipeline.delivery_url}{seg['url']}", token)
+                except OSError:
+                    break  # try again at the next poll, in order
+                player.queued.add(seg["segment_id"])
+                now = time.time()
+                if player.next_start_s == 0:
+                    player.next_start_s = now + 0.2
+                elif player.next_start_s < now:  # the previous segment ended before this one arrived
+                    player.underruns += 1
+                    player.next_start_s = now + 0.05
+                player.played.append(Played(int(player.next_start_s * 1000), seg["duration_ms"], audio))
+                player.next_start_s += seg["duration_ms"] / 1000
+        stop.wait(max(0.0, 1.0 - (time.time() - turn)))
+
+
+def audible(player: Player, change_ms: int, until_ms: int, target: float) -> tuple[float | None, float | None]:
+    """(audible_first, audible_converged) in seconds after ``change_ms`` for played segments starting
+    before ``until_ms`` (the next change); None when never reached in that window."""
+    window = [p for p in player.played if p.start_ms < until_ms]
+    before = [p for p in window if p.start_ms <= change_ms]
+    after = [p for p in window if p.start_ms > change_ms]
+    if not before or not after:
+        return None, None
+    playing = before[-1].tempo
+    direction = 1 if target > playing else -1
+
+    def first_from(ok: Any) -> float | None:
+        for i, segment in enumerate(after):
+            if all(ok(p.tempo) for p in after[i:]):
+                return (segment.start_ms - change_ms) / 1000
+        return None
+
+    return (first_from(lambda t: direction * (t - playing) >= 0.03 * playing),
+            first_from(lambda t: abs(t / target - 1) <= 0.03))
+
+
+def p95(values: list[float | None]) -> float | None:
+    """p95 with a missing value counted as infinitely late (None if the p95 itself is missing)."""
+    ranked = sorted((v if v is not None else float("inf")) for v in values)
+    value = ranked[min(len(ranked) - 1, int(0.95 * len(ranked)))] if ranked else float("inf")
+    return None if value == float("inf") else round(value, 2)
+
+
 def p99(values: list[float]) -> float:
     return sorted(values)[min(len(values) - 1, int(0.99 * len(values)))] if values else float("nan")
 
 
-def step_change(pipeline: Pipeline, listeners: int, rest_s: float, run_s: float) -> dict[str, Any]:
+def step_change(pipeline: Pipeline, listeners: int, rest_s: float, run_s: float, walk_s: float) -> dict[str, Any]:
     kafka = pipeline.kafka
     secret = bytes.fromhex((pipeline.workdir / "pseudonym.secret").read_text().strip())
     users = [f"bench-{i:03d}" for i in range(listeners)]
@@ -90,15 +189,23 @@ def step_change(pipeline: Pipeline, listeners: int, rest_s: float, run_s: float)
     sim = {u: ListenerState(ids[u]) for u in users}
     sent: list[tuple[int, dict[str, Any]]] = []
     session = f"s-{uuid.uuid4().hex[:6]}"
+    players, players_stop = [Player(u) for u in users], threading.Event()
+    player_thread = threading.Thread(target=run_players, args=(pipeline, players, session, players_stop), daemon=True)
+    player_thread.start()
     started = time.time()
-    change_ms = 0
-    while time.time() - started < rest_s + run_s:
+    change_ms = walk_ms = 0
+    while time.time() - started < rest_s + run_s + walk_s:
         now = int(time.time() * 1000)
-        running = time.time() - started >= rest_s
+        elapsed = time.time() - started
+        running, walking = rest_s <= elapsed < rest_s + run_s, elapsed >= rest_s + run_s
         if running and not change_ms:
             change_ms = now
-        sample = {"session_id": session, "event_time": now, "heart_rate_bpm": 160 if running else 70,
-                  "cadence_spm": 170 if running else None, "activity": "RUNNING" if running else "RESTING",
+        if walking and not walk_ms:
+            walk_ms = now
+        sample = {"session_id": session, "event_time": now,
+                  "heart_rate_bpm": 160 if running else 120 if walking else 70,
+                  "cadence_spm": 170 if running else 105 if walking else None,
+                  "activity": "RUNNING" if running else "WALKING" if walking else "RESTING",
                   "session_mode": "MATCH", "guide_target": "NONE"}
         for u in users:  # each listener's device posts its own sample with its own token
             post(f"{pipeline.ingest_url}/v1/telemetry", pipeline.token(u), {"events": [
@@ -109,6 +216,9 @@ def step_change(pipeline: Pipeline, listeners: int, rest_s: float, run_s: float)
     time.sleep(5)
     requests.stop.set()
     segments.stop.set()
+    players_stop.set()
+    player_thread.join(30)
+    heard = hearing(players, change_ms, walk_ms, walk_ms + 5_000 + int(walk_s * 1000))
 
     # The design: replay the pure policy on the same samples at the same times, every 10 ms.
     designed: dict[str, int] = {}
@@ -142,12 +252,36 @@ def step_change(pipeline: Pipeline, listeners: int, rest_s: float, run_s: float)
     request_delays = [first_request[u][0] - designed[u] for u in first_request]
     ready_delays = [first_ready[u] - designed[u] for u in first_ready]
     design_delays = [designed[u] - change_ms for u in designed]
-    return {"listeners": listeners, "with_request": len(first_request), "with_segment": len(first_ready),
+    return {**heard, "listeners": listeners, "with_request": len(first_request), "with_segment": len(first_ready),
             "designed_delay_ms_median": statistics.median(design_delays) if design_delays else None,
             "request_delay_p50_ms": statistics.median(request_delays) if request_delays else None,
             "request_delay_p99_ms": p99(request_delays),
             "segment_ready_p50_ms": statistics.median(ready_delays) if ready_delays else None,
             "segment_ready_p99_ms": p99(ready_delays)}
+
+
+def hearing(players: list[Player], up_ms: int, down_ms: int, end_ms: int) -> dict[str, Any]:
+    """What the players played: tempo measured from each played segment's audio, then the audible
+    response to the step up (to 170 BPM) and the step down (to 105 BPM)."""
+    for player in players:
+        for played in player.played:
+            audio, _ = decode_bytes(played.audio)
+            played.tempo = estimate_tempo(audio)
+    up = [audible(p, up_ms, down_ms, 170.0) for p in players]
+    down = [audible(p, down_ms, end_ms, 105.0) for p in players]
+    figures = {
+        "audible_first_up_p95_s": p95([f for f, _ in up]), "audible_converged_up_p95_s": p95([c for _, c in up]),
+        "audible_first_down_p95_s": p95([f for f, _ in down]),
+        "audible_converged_down_p95_s": p95([c for _, c in down]),
+        "audible_never_converged": sum(c is None for _, c in up + down),
+        "player_underruns": sum(p.underruns for p in players),
+        "segments_played": sum(len(p.played) for p in players),
+    }
+    both = [figures[f"audible_{kind}_{step}_p95_s"] for kind in ("first", "converged") for step in ("up", "down")]
+    firsts, converged = both[:2], both[2:]
+    figures["audible_first_p95_s"] = None if None in firsts else max(firsts)  # type: ignore[type-var]
+    figures["audible_converged_p95_s"] = None if None in converged else max(converged)  # type: ignore[type-var]
+    return figures
 
 
 def metric(url: str, prefix: str) -> float:
@@ -220,6 +354,7 @@ def main() -> None:
     parser.add_argument("--listeners", type=int, default=20)
     parser.add_argument("--rest-s", type=float, default=20)
     parser.add_argument("--run-s", type=float, default=40)
+    parser.add_argument("--walk-s", type=float, default=30)
     parser.add_argument("--events", type=int, default=60_000)
     args = parser.parse_args()
     kafka = replace(KafkaSettings.from_env(), topic_prefix=f"bench-adapt-{uuid.uuid4().hex[:6]}.")
@@ -228,7 +363,7 @@ def main() -> None:
         pipeline = Pipeline(kafka, Path(tmp)).start()
         try:
             late_before, missed_before = underruns(pipeline)
-            step = step_change(pipeline, args.listeners, args.rest_s, args.run_s)
+            step = step_change(pipeline, args.listeners, args.rest_s, args.run_s, args.walk_s)
             late, missed = underruns(pipeline)
             step["late_segments"], step["dropped_requests"] = int(late - late_before), int(missed - missed_before)
             step["underruns"] = step["late_segments"] + step["dropped_requests"]

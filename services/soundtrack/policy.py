@@ -26,11 +26,13 @@ Numbers and why:
 - Tempo changes up to ~3% go unnoticed, ~4% are noticed (Van Dyck et al. 2015). A small
   wish (within DEAD_BAND, 3%) is ignored; drift toward a nearby target moves at most
   MAX_RAMP (3%) per bar, below the noticeable threshold. A change of state (the target
-  more than LARGE_CHANGE, 12%, away: starting or stopping a run) should be heard, and
-  smoothly: it moves up to BIG_RAMP (8%) per bar, the span of a DJ turntable's classic
-  pitch range (Technics SL-1200, +-8%), the largest move that still sounds like the same
-  music, and eases into the last 12% at 3% per bar. 165 -> 105 BPM then takes 6 bars
-  (about 10 s) instead of 15 (24 s). Tempo changes at segment boundaries (1-2 bars).
+  more than LARGE_CHANGE, 6%, away: starting or stopping a run) should be heard, and
+  soon: it moves up to BIG_RAMP_PER_S (5%) per second of music, so a bar of any length
+  carries the same rate of change (a 2-second bar at 120 BPM: 10%; about 8% per bar near
+  170 BPM, the span of a DJ turntable's classic pitch range, Technics SL-1200 +-8%, for
+  moves a dancer still hears as the same music), and eases into the last 6% at 3% per bar.
+  Tempo still changes only at segment boundaries (1-2 bars): a glide inside the segment
+  (issue #16) would make these steps continuous.
 - Match mode: moving with cadence >= 100 spm -> tempo = cadence (one beat per step),
   halved above 180 (half-time), clamped to 60-200 BPM. Exercising without cadence ->
   tempo from heart-rate reserve, 95 + 45 x HRR, topping out at 140: preferred music tempo
@@ -51,8 +53,8 @@ from dataclasses import dataclass, replace
 TEMPO_MIN, TEMPO_MAX = 60.0, 200.0
 DEAD_BAND = 0.03
 MAX_RAMP = 0.03
-BIG_RAMP = 0.08
-LARGE_CHANGE = 0.12
+BIG_RAMP_PER_S = 0.05
+LARGE_CHANGE = 0.06
 HOLD_MS = 4_000
 MOOD_AGREE_MS = 8_000
 MOOD_DWELL_MS = 30_000
@@ -226,13 +228,19 @@ def advance(playing: Playing, wanted: Music, now_ms: int, bars: int = 1) -> Play
                    ramping=ramping, mood_wish_since_ms=mood_wish_since)
 
 
+def big_step(tempo: float) -> float:
+    """The largest relative change of one bar at ``tempo`` for a change of state: BIG_RAMP_PER_S for
+    each second the bar lasts."""
+    return float((1 + BIG_RAMP_PER_S) ** (240.0 / tempo) - 1)
+
+
 def _ramp(tempo: float, goal: float, bars: int, fast: bool) -> float:
-    """The tempo after ``bars`` bars toward ``goal``: with ``fast``, BIG_RAMP per bar while the goal is
-    more than LARGE_CHANGE away; otherwise (and for the last 12%) MAX_RAMP per bar; never past it."""
+    """The tempo after ``bars`` bars toward ``goal``: with ``fast``, ``big_step`` per bar while the goal
+    is more than LARGE_CHANGE away; otherwise (and for the last 6%) MAX_RAMP per bar; never past it."""
     for _ in range(bars):
         if tempo == goal:
             break
-        rate = BIG_RAMP if fast and abs(goal - tempo) > LARGE_CHANGE * tempo else MAX_RAMP
+        rate = big_step(tempo) if fast and abs(goal - tempo) > LARGE_CHANGE * tempo else MAX_RAMP
         step = tempo * rate if goal > tempo else -tempo * rate
         tempo = min(goal, tempo + step) if goal > tempo else max(goal, tempo + step)
     return tempo
