@@ -34,6 +34,19 @@ class LedgerLoadFailed(RuntimeError):
     """The ledger could not be read to its end; the process exits and is restarted."""
 
 
+def wait_for_stable_offsets(kafka: KafkaSettings, group_id: str, plays_topic: str, partitions: list[int],
+                            timeout_s: float) -> None:
+    """Return once the group's committed offsets of these plays partitions are stable: a previous
+    owner's transaction that was still open (its offsets and ledger entries pending) has committed
+    or aborted, so its ledger entries are readable before the load reads to the end."""
+    waiter = Consumer({**kafka.client_config(), "group.id": group_id, "isolation.level": "read_committed",
+                       "enable.auto.commit": False})
+    try:  # read_committed asks the coordinator for stable offsets only (it answers once none are pending)
+        waiter.committed([TopicPartition(plays_topic, p) for p in partitions], timeout=timeout_s)
+    finally:
+        waiter.close()
+
+
 def read_ledger(kafka: KafkaSettings, serde: TopicSerde, partitions: list[int],
                 segments: Mapping[str, SegmentFacts], cancelled: Callable[[], bool] = lambda: False,
                 timeout_s: float = LOAD_TIMEOUT_S) -> tuple[dict[int, PartitionHistory], int]:
@@ -83,15 +96,18 @@ class LedgerLoad:
     """One load of some ledger partitions, in a daemon thread; ``done`` once it ended either way."""
 
     def __init__(self, kafka: KafkaSettings, serde: TopicSerde, partitions: list[int],
-                 segments: Mapping[str, SegmentFacts], timeout_s: float = LOAD_TIMEOUT_S) -> None:
+                 segments: Mapping[str, SegmentFacts], erased: Mapping[str, int], stable: Callable[[], None],
+                 timeout_s: float = LOAD_TIMEOUT_S) -> None:
         self.partitions = sorted(partitions)
+        self.erased_at_start = dict(erased)  # erasures after this are applied to the load when it is installed
+        self.timeout_s = timeout_s
         self.started = time.monotonic()
         self.finished: float | None = None
         self.parts: dict[int, PartitionHistory] = {}
         self.entries = 0
         self.error: BaseException | None = None
         self._cancelled = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(kafka, serde, segments, timeout_s),
+        self._thread = threading.Thread(target=self._run, args=(kafka, serde, segments, stable, timeout_s),
                                         name=f"ledger-load-{'-'.join(map(str, self.partitions))}", daemon=True)
         self._thread.start()
 
@@ -107,9 +123,15 @@ class LedgerLoad:
         """The partitions were revoked: stop reading (the result is dropped)."""
         self._cancelled.set()
 
+    @property
+    def overdue(self) -> bool:
+        """Still running a minute past its own deadline (stuck inside the client): the loop exits."""
+        return not self.done and self.seconds > self.timeout_s + 60
+
     def _run(self, kafka: KafkaSettings, serde: TopicSerde, segments: Mapping[str, SegmentFacts],
-             timeout_s: float) -> None:
+             stable: Callable[[], None], timeout_s: float) -> None:
         try:
+            stable()
             self.parts, self.entries = read_ledger(kafka, serde, self.partitions, segments,
                                                    self._cancelled.is_set, timeout_s)
         except BaseException as exc:  # handed to the poll loop, which exits the process with it

@@ -44,7 +44,7 @@ from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings, group_membership
 from royalty import reference_check
 from royalty.history import PlayHistory
-from royalty.ledger import LedgerLoad
+from royalty.ledger import LedgerLoad, LedgerLoadFailed, wait_for_stable_offsets
 from royalty.rates import DEFAULT_RATE_CARD, RateCard, RateCardMissing
 from royalty.rules import Paid, Play, Unpaid, Waiting, decide, line_record, position, remember
 from royalty.tables import PLAY_HORIZON_MS, SWEEP_EVERY, ReferenceTables, TableFeed
@@ -474,7 +474,9 @@ class RoyaltyProcessor:
         consumer.assign(partitions)
         if partitions:
             consumer.pause(partitions)
-            self._loading = LedgerLoad(self.kafka, self.serdes[LEDGER], numbers, self.tables.segments)
+            self._loading = LedgerLoad(
+                self.kafka, self.serdes[LEDGER], numbers, self.tables.segments, self.tables.erased,
+                lambda: wait_for_stable_offsets(self.kafka, self.settings.group_id, self.plays_topic, numbers, 60))
             LOADING.set(len(numbers))
         log.info("partitions_assigned", partitions=numbers, ledger="loading")
 
@@ -505,15 +507,19 @@ class RoyaltyProcessor:
     def _finish_loading(self) -> None:
         """Install a finished ledger load and resume its partitions; a failed one exits the process."""
         load = self._loading
+        if load is not None and load.overdue:
+            raise LedgerLoadFailed(f"ledger load of partitions {load.partitions} stuck for {load.seconds:.0f}s")
         if load is None or not load.done:
             return
         self._loading = None
         LOADING.set(0)
         if load.error is not None:
             raise load.error
-        erased = self.tables.erased
+        erased, before = self.tables.erased, load.erased_at_start
         for partition, part in load.parts.items():
-            for listener in [x for x in part.paid if x in erased]:  # erased while the ledger was read
+            # Erased while the ledger was read (an erasure before that already left no segments to
+            # rebuild from; paid time earned after it must stay, or the same minutes could pay twice).
+            for listener in [x for x in part.paid if erased.get(x, -1) > before.get(x, -1)]:
                 del part.paid[listener]
             self.history.install(partition, part)
         self.history.commit()

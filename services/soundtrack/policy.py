@@ -30,7 +30,8 @@ Numbers and why:
   soon: it moves up to BIG_RAMP_PER_S (5%) per second of music, so a bar of any length
   carries the same rate of change (a 2-second bar at 120 BPM: 10%; about 8% per bar near
   170 BPM, the span of a DJ turntable's classic pitch range, Technics SL-1200 +-8%, for
-  moves a dancer still hears as the same music), and eases into the last 6% at 3% per bar.
+  moves a dancer still hears as the same music; at most 12% in one bar, which caps the
+  long bars below ~110 BPM), and eases into the last 6% at 3% per bar.
   Tempo still changes only at segment boundaries (1-2 bars): a glide inside the segment
   (issue #16) would make these steps continuous.
 - Match mode: moving with cadence >= 100 spm -> tempo = cadence (one beat per step),
@@ -54,6 +55,7 @@ TEMPO_MIN, TEMPO_MAX = 60.0, 200.0
 DEAD_BAND = 0.03
 MAX_RAMP = 0.03
 BIG_RAMP_PER_S = 0.05
+MAX_BIG_STEP = 0.12
 LARGE_CHANGE = 0.06
 HOLD_MS = 4_000
 MOOD_AGREE_MS = 8_000
@@ -89,6 +91,7 @@ class Body:
     cadence_reading: float | None = None
     cadence_reading_ms: int = -1
     cadence_confirmed: bool = False  # the newest cadence reading agreed with the one before it
+    cadence_changed_ms: int = -1  # when two agreeing readings last moved the cadence to a new level
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class _Signal:
     reading_ms: int
     confirmed: bool = False
     rejected: bool = False
+    changed_ms: int = -1
 
 
 def _fold(signal: _Signal, value: float, event_ms: int, jump: float, agree: float) -> _Signal:
@@ -135,10 +139,10 @@ def _fold(signal: _Signal, value: float, event_ms: int, jump: float, agree: floa
               and abs(value - before) <= agree * max(value, before, 1.0))
     moved = estimate is None or abs(value - estimate) > agree * max(value, estimate, 1.0)
     if before is not None and agrees and moved:
-        return _Signal((value + before) / 2, event_ms, value, event_ms, confirmed=True)
+        return _Signal((value + before) / 2, event_ms, value, event_ms, confirmed=True, changed_ms=event_ms)
     if estimate is not None and abs(value - estimate) > jump and event_ms - estimate_ms < JUMP_WINDOW_MS:
-        return _Signal(estimate, estimate_ms, value, event_ms, rejected=True)  # a glitch until confirmed
-    return _Signal(_smooth(estimate, value), event_ms, value, event_ms, confirmed=agrees)
+        return _Signal(estimate, estimate_ms, value, event_ms, rejected=True, changed_ms=signal.changed_ms)
+    return _Signal(_smooth(estimate, value), event_ms, value, event_ms, confirmed=agrees, changed_ms=signal.changed_ms)
 
 
 def body_update(body: Body, event_ms: int, heart_rate: int | None, cadence: int | None, activity: str,
@@ -154,12 +158,13 @@ def body_update(body: Body, event_ms: int, heart_rate: int | None, cadence: int 
     if cadence is None and activity in STILL:
         cadence = 0  # the device says the listener stopped: no steps
     cad = _Signal(body.cadence, body.last_cadence_ms, body.cadence_reading, body.cadence_reading_ms,
-                  body.cadence_confirmed)
+                  body.cadence_confirmed, changed_ms=body.cadence_changed_ms)
     if cadence is not None:
         cad = _fold(cad, cadence, event_ms, CADENCE_JUMP, CADENCE_AGREE)
         rejected += cad.rejected
     return Body(hr.estimate, cad.estimate, activity, session_mode, guide_target, event_ms, hr.estimate_ms,
-                cad.estimate_ms, rejected, hr.reading, hr.reading_ms, cad.reading, cad.reading_ms, cad.confirmed)
+                cad.estimate_ms, rejected, hr.reading, hr.reading_ms, cad.reading, cad.reading_ms, cad.confirmed,
+                cad.changed_ms)
 
 
 def clamp_tempo(tempo: float) -> float:
@@ -178,7 +183,10 @@ def target(body: Body, now_ms: int) -> Music:
         zone = body.guide_target
         return Music(GUIDE_TEMPO[zone], GUIDE_ENERGY[zone], "MAJOR", f"guide:{zone.lower()}")
     cadence_fresh = body.cadence is not None and now_ms - body.last_cadence_ms <= HOLD_MISSING_MS
-    confident = cadence_fresh and body.cadence_confirmed  # moving or stopped, two readings say so
+    # A wish is confident when two agreeing cadence readings say so: any cadence-led wish, and the wish
+    # right after a confirmed change of cadence level (a stop); heart-rate wishes later keep the hold.
+    confident = cadence_fresh and body.cadence_confirmed
+    just_changed = confident and now_ms - body.cadence_changed_ms <= HOLD_MS
     if cadence_fresh and body.cadence is not None and body.cadence >= MOVING_CADENCE:
         tempo = body.cadence / 2 if body.cadence > 180 else body.cadence
         energy = min(1.0, 0.45 + (body.cadence - MOVING_CADENCE) / 160)
@@ -189,8 +197,8 @@ def target(body: Body, now_ms: int) -> Music:
         if body.activity in EXERCISE or reserve >= 0.3:
             energy = 0.3 + 0.65 * reserve
             return Music(clamp_tempo(95 + 45 * reserve), energy, "MINOR" if energy >= 0.85 else "MAJOR",
-                         "match:heart_rate_reserve", confident)
-    return Music(70.0, 0.2, "MAJOR", "match:rest", confident)
+                         "match:heart_rate_reserve", just_changed)
+    return Music(70.0, 0.2, "MAJOR", "match:rest", just_changed)
 
 
 def advance(playing: Playing, wanted: Music, now_ms: int, bars: int = 1) -> Playing:
@@ -230,8 +238,8 @@ def advance(playing: Playing, wanted: Music, now_ms: int, bars: int = 1) -> Play
 
 def big_step(tempo: float) -> float:
     """The largest relative change of one bar at ``tempo`` for a change of state: BIG_RAMP_PER_S for
-    each second the bar lasts."""
-    return float((1 + BIG_RAMP_PER_S) ** (240.0 / tempo) - 1)
+    each second the bar lasts, at most MAX_BIG_STEP (a slow bar is long, and one step should not be)."""
+    return float(min(MAX_BIG_STEP, (1 + BIG_RAMP_PER_S) ** (240.0 / tempo) - 1))
 
 
 def _ramp(tempo: float, goal: float, bars: int, fast: bool) -> float:

@@ -14,8 +14,8 @@ request is known in advance, so a request can name the segment it continues.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 from soundtrack.policy import Body, Music, Playing, advance, body_update, target
 
@@ -23,6 +23,7 @@ SEGMENT_BARS = 2  # short segments: the tempo may change (at most 3% per bar) at
 SHORT_SEGMENT_MAX_BPM = 110.0
 SEGMENTS_AHEAD = 2
 NEVER_MS = 2**62
+T = TypeVar("T")
 IDLE_MS = 60_000  # no telemetry for a minute: stop generating
 DEADLINE_MARGIN_MS = 1_500  # a segment must exist this long before it starts playing
 STARTUP_MS = 4_000  # a new (or resumed) session starts playing this long after its first request
@@ -48,15 +49,22 @@ class ListenerState:
     def from_dict(cls, data: dict[str, Any]) -> ListenerState:
         playing = data["playing"]
         return cls(
-            listener_id=data["listener_id"], session_id=data["session_id"], body=Body(**data["body"]),
-            playing=Playing(Music(**playing["music"]),
-                            Music(**playing["pending"]) if playing["pending"] else None,
+            listener_id=data["listener_id"], session_id=data["session_id"], body=known(Body, data["body"]),
+            playing=Playing(known(Music, playing["music"]),
+                            known(Music, playing["pending"]) if playing["pending"] else None,
                             playing["pending_since_ms"], playing["mood_since_ms"], int(playing["ramping"]),
                             playing.get("mood_wish_since_ms", -1)),
             key_tonic=data["key_tonic"], next_sequence=data["next_sequence"],
             scheduled_until_ms=data["scheduled_until_ms"], last_seen_ms=data["last_seen_ms"],
             music=data.get("music", True),
         )
+
+
+def known(kind: type[T], data: dict[str, Any]) -> T:
+    """A dataclass from stored fields, ignoring fields this version does not know (state written by a
+    newer worker during a rolling deploy or before a rollback); missing ones take their defaults."""
+    names = {f.name for f in fields(kind)}  # type: ignore[arg-type]
+    return kind(**{k: v for k, v in data.items() if k in names})
 
 
 def request_id(listener_id: str, session_id: str, sequence: int) -> str:

@@ -567,18 +567,19 @@ def detect(audio: np.ndarray, sample_rate: int, keys: list[Key], fpr: float = DE
     return result
 
 
-def verify(audio: np.ndarray, sample_rate: int, key: Key, fpr: float = DESIGN_FPR) -> Detection:
+def verify(audio: np.ndarray, sample_rate: int, key: Key, ring_size: int = 1, fpr: float = DESIGN_FPR) -> Detection:
     """Decode audio that ``embed`` has just marked, at the alignment it used (the first frame opens a
     block; no sync search), and decide with the *blind* detector's threshold and union bound, so a
-    segment verifies only if ``detect`` would need no luck to find it. A fraction of ``detect``'s cost:
-    the watermark service checks every segment it marks this way."""
+    segment verifies only if ``detect`` would need no luck to find it (``ring_size``: how many keys the
+    public detector tries, which its threshold accounts for). A fraction of ``detect``'s cost: the
+    watermark service checks every segment it marks this way."""
     rate = SAMPLE_RATE // DECIMATE
     xd = to_mono(audio, sample_rate, rate)
     paths = [(LINEAR, xd)]
     if clipped_share(audio) >= CLIPPED_MIN:
         channels = np.asarray(audio, dtype=np.float64).reshape(len(audio), -1)
         paths.append((CLIP, to_mono(clip_domain(list(channels.T)), sample_rate, rate)))
-    hypotheses = (SUBHOP_STEPS + FINE_STEPS) * BLOCK_FRAMES * sum(len(d.scales) for d, _ in paths)
+    hypotheses = ring_size * (SUBHOP_STEPS + FINE_STEPS) * BLOCK_FRAMES * sum(len(d.scales) for d, _ in paths)
     layout = _layout(key.secret)
     result: Detection | None = None
     for domain, signal in paths:

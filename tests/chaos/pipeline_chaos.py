@@ -143,12 +143,16 @@ def calibrate(pipe: Pipeline, driver: Driver, listeners: list[Listener], began: 
     telemetry but no music (the base), then with ``probe`` listeners' music on; capacity is the spare
     cores over the CPU one generating listener costs."""
     meter, cores = CpuMeter(pipe), len(os.sched_getaffinity(0))
+    meter.rate(driver, 10, began)  # every listener's first token and state: not steady yet
     base = meter.rate(driver, 15, began)
     for listener in listeners[:probe]:
         listener.music = True
     meter.rate(driver, 10, began)  # sessions start, first segments: not steady yet
     loaded = meter.rate(driver, 20, began)
-    per_listener = max(1e-3, (loaded - base) / probe)
+    if loaded - base < 0.01 * probe:  # a generating listener costs ~0.1 core: this is noise, not a measure
+        raise RuntimeError(f"calibration failed: {probe} generating listeners moved the pipeline's CPU from "
+                           f"{base:.2f} to {loaded:.2f} cores; rerun, or pass --generating N")
+    per_listener = (loaded - base) / probe
     return {"cores": cores, "base_cores": round(base, 2), "cores_per_generating_listener": round(per_listener, 4),
             "listeners": round((cores - base) / per_listener, 1)}
 
@@ -777,7 +781,7 @@ def run(listeners_n: int, generating: int | None, seconds: float, seed: int = 1,
         driver.seed_consent()
         if generating is None:
             capacity = calibrate(pipe, driver, listeners, time.time())
-            generating = max(2, round(capacity["listeners"] / 2))
+            generating = min(listeners_n, max(2, round(capacity["listeners"] / 2)))
             result |= {"capacity": capacity}
             print(f"capacity: {capacity['listeners']} generating listeners (base {capacity['base_cores']} cores, "
                   f"{capacity['cores_per_generating_listener']} cores each, {capacity['cores']} cores)", flush=True)

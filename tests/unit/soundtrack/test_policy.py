@@ -150,3 +150,16 @@ def test_tempo_stays_in_range_and_never_jumps_more_than_the_big_ramp(start: floa
         assert 60 <= tempo <= 200
         assert abs(tempo - previous) <= big_step(previous) * previous + 0.01
         previous = tempo
+
+
+def test_heart_rate_wishes_keep_the_hold_once_a_confirmed_stop_is_old() -> None:
+    """Confidence comes from cadence: right after a confirmed stop the new wish applies at once, but a
+    heart-rate wish later on (the cadence steady at 0) must hold like any other."""
+    still = body_update(body(150, 0, "RESTING", at=T0), T0 + 2000, 150, None, "RESTING", "MATCH", "NONE")
+    assert still.cadence_confirmed
+    later = body_update(still, T0 + 2000 + HOLD_MS + 1000, 152, None, "RESTING", "MATCH", "NONE")
+    assert later.cadence_confirmed and not target(later, T0 + 2000 + HOLD_MS + 1000).confident
+
+
+def test_one_big_step_is_capped_however_long_the_bar() -> None:
+    assert big_step(60.0) == 0.12 and 0.07 < big_step(170.0) < 0.08

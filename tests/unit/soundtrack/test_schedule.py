@@ -137,3 +137,14 @@ def test_one_sample_dated_minutes_ahead_cannot_freeze_the_policy() -> None:
         state = observe(state, {**sample(now, cadence=170), "received_time": now}, now)
     assert state.body.cadence is not None and state.body.cadence > 160
     assert state.body.last_event_ms <= T0 + 39_000
+
+
+def test_state_from_another_version_loads() -> None:
+    """Fields a newer worker wrote are ignored, missing ones default (rolling deploys, rollbacks)."""
+    state = observe(ListenerState("l1"), sample(T0), T0)
+    stored = state.to_dict()
+    stored["body"]["from_the_future"] = 1
+    stored["playing"]["music"]["also_new"] = "x"
+    del stored["body"]["cadence_changed_ms"]
+    loaded = ListenerState.from_dict(stored)
+    assert loaded.body.cadence_changed_ms == -1 and loaded.playing.music == state.playing.music

@@ -142,3 +142,10 @@ def test_verifying_at_the_embedded_alignment_agrees_with_blind_detection(clips: 
         assert known.score == pytest.approx(blind.score) and blind.offset_samples == known.offset_samples == 0
         assert not verify(clip, SAMPLE_RATE, KEY).detected  # unmarked
         assert not verify(audio, SAMPLE_RATE, OTHER).detected  # another key
+
+
+def test_verification_is_held_to_the_detector_s_threshold_for_the_whole_ring(marked: list[np.ndarray]) -> None:
+    blind = detect(marked[0], SAMPLE_RATE, [KEY, OTHER])
+    known = verify(marked[0], SAMPLE_RATE, KEY, ring_size=2)
+    assert known.detected and known.score == pytest.approx(blind.score)
+    assert known.score < verify(marked[0], SAMPLE_RATE, KEY).score  # two keys: a higher threshold
