@@ -104,6 +104,8 @@ def main() -> None:
     owned = -(-partitions // args.instances)  # partitions one instance owns
     per_instance = window * owned // partitions
     projected_s = per_instance / rate
+    print(f"{loaded:,} entries are a full 30-day window at {loaded // 30:,} plays a day, loaded in {load_s:.1f} s",
+          flush=True)
     print(f"raw read {raw_count:,} in {raw_s:.2f} s ({raw_count / raw_s:,.0f}/s); load {loaded:,} in {load_s:.2f} s "
           f"({rate:,.0f}/s), the poll loop's longest turn meanwhile {longest_turn_s:.2f} s; a 30-day window at "
           f"{args.plays_per_day:,} plays/day is {window:,} entries, {per_instance:,} for one of {args.instances} "
@@ -116,6 +118,7 @@ def main() -> None:
         "load_vs_raw_ratio": round((loaded / load_s) / (raw_count / raw_s), 3),
         "longest_poll_turn_while_loading_s": round(longest_turn_s, 3),
         "session_timeout_s": SESSION_TIMEOUT_S, "max_poll_interval_s": MAX_POLL_INTERVAL_S,
+        "measured_window_plays_per_day": loaded // 30,
         "plays_per_day": args.plays_per_day, "window_entries": window, "instances": args.instances,
         "projected_load_s": round(projected_s, 1), "load_timeout_s": LOAD_TIMEOUT_S,
         "fits_load_timeout": projected_s < LOAD_TIMEOUT_S,
