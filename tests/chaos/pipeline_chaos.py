@@ -138,17 +138,17 @@ class CpuMeter:
 
 
 def calibrate(pipe: Pipeline, driver: Driver, listeners: list[Listener], began: float,
-              probe: int = 6) -> dict[str, float]:
+              probe: int = 12) -> dict[str, float]:
     """The pipeline's capacity on this machine: the CPU the whole pipeline uses with every listener's
     telemetry but no music (the base), then with ``probe`` listeners' music on; capacity is the spare
     cores over the CPU one generating listener costs."""
     meter, cores = CpuMeter(pipe), len(os.sched_getaffinity(0))
     meter.rate(driver, 10, began)  # every listener's first token and state: not steady yet
-    base = meter.rate(driver, 15, began)
+    base = meter.rate(driver, 20, began)
     for listener in listeners[:probe]:
         listener.music = True
     meter.rate(driver, 10, began)  # sessions start, first segments: not steady yet
-    loaded = meter.rate(driver, 20, began)
+    loaded = meter.rate(driver, 30, began)  # 12 listeners over 30 s: the base's noise was as large as 6 over 20
     if loaded - base < 0.01 * probe:  # a generating listener costs ~0.1 core: this is noise, not a measure
         raise RuntimeError(f"calibration failed: {probe} generating listeners moved the pipeline's CPU from "
                            f"{base:.2f} to {loaded:.2f} cores; rerun, or pass --generating N")
