@@ -96,6 +96,7 @@ class Played:
     start_ms: int
     duration_ms: int
     audio: bytes
+    requested_tempo: float  # the segment's metadata: only to report how often the measurement disagrees
     tempo: float = 0.0  # measured from the audio after the run
 
 
@@ -140,7 +141,8 @@ def run_players(pipeline: Pipeline, players: list[Player], session: str, stop: t
                 elif player.next_start_s < now:  # the previous segment ended before this one arrived
                     player.underruns += 1
                     player.next_start_s = now + 0.05
-                player.played.append(Played(int(player.next_start_s * 1000), seg["duration_ms"], audio))
+                player.played.append(Played(int(player.next_start_s * 1000), seg["duration_ms"], audio,
+                                            seg["params"]["tempo_bpm"]))
                 player.next_start_s += seg["duration_ms"] / 1000
         stop.wait(max(0.0, 1.0 - (time.time() - turn)))
 
@@ -170,6 +172,12 @@ def p95(values: list[float | None]) -> float | None:
     """p95 with a missing value counted as infinitely late (None if the p95 itself is missing)."""
     ranked = sorted((v if v is not None else float("inf")) for v in values)
     value = ranked[min(len(ranked) - 1, int(0.95 * len(ranked)))] if ranked else float("inf")
+    return None if value == float("inf") else round(value, 2)
+
+
+def median(values: list[float | None]) -> float | None:
+    ranked = sorted((v if v is not None else float("inf")) for v in values)
+    value = ranked[len(ranked) // 2] if ranked else float("inf")
     return None if value == float("inf") else round(value, 2)
 
 
@@ -274,7 +282,10 @@ def hearing(players: list[Player], up_ms: int, down_ms: int, end_ms: int) -> dic
         "audible_first_down_p95_s": p95([f for f, _ in down]),
         "audible_converged_down_p95_s": p95([c for _, c in down]),
         "audible_never_converged": sum(c is None for _, c in up + down),
+        "audible_first_up_p50_s": median([f for f, _ in up]), "audible_first_down_p50_s": median([f for f, _ in down]),
         "player_underruns": sum(p.underruns for p in players),
+        # how often the tempo measured from the audio is more than 3% off the segment's requested tempo
+        "tempo_misreads": int(sum(abs(x.tempo / x.requested_tempo - 1) > 0.03 for p in players for x in p.played)),
         "segments_played": sum(len(p.played) for p in players),
     }
     both = [figures[f"audible_{kind}_{step}_p95_s"] for kind in ("first", "converged") for step in ("up", "down")]
