@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import threading
 import time
 
 import torch
@@ -39,7 +38,7 @@ def run_single(engine: Engine, n: int, fresh_synth: bool) -> tuple[float, list[f
     started = time.perf_counter()
     for i in range(n):
         if fresh_synth:
-            render._synths = threading.local()  # the next segment loads the SoundFont again
+            render.reset_synthesizer()  # the next segment loads the SoundFont again
         t = time.perf_counter()
         segment = engine.generate(Params(120, (i % 10) / 10, "MAJOR", i % 12, bars_for(120)), seed=i)
         latencies.append(time.perf_counter() - t)

@@ -18,8 +18,8 @@ Usage: python deploy/local/demo.py [--listeners 20] [--seconds 120] [--out artif
 from __future__ import annotations
 
 import argparse
-import base64
 import json
+import os
 import random
 import signal
 import subprocess
@@ -38,6 +38,7 @@ from inference.catalog import ConsentSnapshot, load_catalog
 from kit.auth import listener_play_id
 from kit.serde import DecodeError
 from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
+from kit.tokens import TokenVerifier
 from royalty.rates import RateCard
 from royalty.statement import decimal, read_committed
 
@@ -126,9 +127,9 @@ def mint_token(app_key: str, user_id: str, tier: str = "PREMIUM", territory: str
 
 
 def token_subject(token: str) -> str:
-    """The listener id a token is for (its ``sub``), read by the backend that just minted it."""
-    payload = token.split(".")[1]
-    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"])
+    """The listener id a token is for, verified with ingest's public keys as any verifier does."""
+    keys = os.environ.get("ENTRAIN_TOKEN_PUBLIC_KEYS_FILE", str(STATE_DIR / "ingest" / "token-public.jwks"))
+    return TokenVerifier.from_env({"ENTRAIN_TOKEN_PUBLIC_KEYS_FILE": keys}).verify(token, time.time()).listener_id
 
 
 def drive(listeners: list[Listener], seconds: float, keys: dict[str, str]) -> dict[str, Any]:

@@ -118,6 +118,11 @@ def _synth() -> tuple[tinysoundfont.Synth, int]:
     return cached
 
 
+def reset_synthesizer() -> None:
+    """Forget this thread's synthesizer: the next segment loads the SoundFont again (tests, benchmarks)."""
+    _synths.__dict__.clear()
+
+
 def synthesize(events: list[Event], bpm: float, bars: int, energy: float) -> tuple[np.ndarray, int]:
     """Stereo float32 of the segment plus TAIL_SECONDS, and the segment's length in samples."""
     synth, sfid = _synth()

@@ -82,18 +82,10 @@ requests_topic = app.topic(requests_serde.topic, key_type=bytes, value_type=byte
 erasures_topic = app.topic(erasures_serde.topic, key_type=bytes, value_type=bytes,
                            key_serializer="raw", value_serializer="raw")
 TICKS = f"{kafka.topic_prefix}soundtrack.ticks"
-TICKS_CONFIG = {**FAUST_TOPIC_CONFIG, "retention.ms": "3600000"}
+TICKS_RETENTION_S = 3_600
 ticks_topic = app.topic(TICKS, key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw", partitions=telemetry_serde.contract.partitions,
-                        internal=True, retention=3_600.0, config=FAUST_TOPIC_CONFIG)
-
-
-def declare_ticks() -> None:
-    """Create the tick topic before the worker starts. Left to Faust, it is created while the
-    consumer subscribes: on a busy machine the subscription can miss it ("not found in cluster
-    metadata") and the agent then reads no ticks until the next metadata refresh (minutes), so
-    no scheduled request is made (seen in the worker test)."""
-    ensure_topic(kafka, TICKS, telemetry_serde.contract.partitions, TICKS_CONFIG)
+                        internal=True, retention=float(TICKS_RETENTION_S), config=FAUST_TOPIC_CONFIG)
 listeners = app.Table("listeners", default=None, partitions=telemetry_serde.contract.partitions,
                       schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
                       extra_topic_configs=FAUST_TOPIC_CONFIG)
@@ -232,6 +224,15 @@ async def schedule() -> None:
     ACTIVE.set(active)
     if len(_evicting) > 10_000:  # keys whose state is gone already
         _evicting.intersection_update(k for k, v in listeners.items() if v)
+
+
+def declare_ticks() -> None:
+    """Create the tick topic before the worker starts. Left to Faust, it is created while the
+    consumer subscribes: on a busy machine the subscription can miss it ("not found in cluster
+    metadata") and the agent then reads no ticks until the next metadata refresh (minutes), so
+    no scheduled request is made (seen in the worker test)."""
+    ensure_topic(kafka, TICKS, telemetry_serde.contract.partitions,
+                 {**FAUST_TOPIC_CONFIG, "retention.ms": str(TICKS_RETENTION_S * 1000)})
 
 
 _health: HealthServer | None = None

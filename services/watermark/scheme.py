@@ -545,6 +545,20 @@ def detect(audio: np.ndarray, sample_rate: int, keys: list[Key], fpr: float = DE
     the best coarse offset of each key. Offsets are reported in 44.1 kHz samples. Hard-clipped
     audio (CLIPPED_MIN of a channel at its peak) is also read in the clip domain, by the
     clip units; those hypotheses join the false-positive budget."""
+    paths = _paths(audio, sample_rate)
+    hypotheses = _hypotheses(len(keys), paths)
+    result: Detection | None = None
+    for domain, signal in paths:
+        det = _detect_domain(signal, keys, domain, fpr, hypotheses)
+        if result is None or det.score > result.score:
+            result = det
+    assert result is not None
+    return result
+
+
+def _paths(audio: np.ndarray, sample_rate: int) -> list[tuple[_Domain, np.ndarray]]:
+    """The signals the mark is read in: the decimated mono mix, and the clip domain of hard-clipped
+    audio (CLIPPED_MIN of a channel at its peak). Raises AudioError for audio too short or silent."""
     rate = SAMPLE_RATE // DECIMATE
     xd = to_mono(audio, sample_rate, rate)
     hop, n_fft = HOP // DECIMATE, N_FFT // DECIMATE
@@ -557,14 +571,12 @@ def detect(audio: np.ndarray, sample_rate: int, keys: list[Key], fpr: float = DE
     if clipped_share(audio) >= CLIPPED_MIN:
         channels = np.asarray(audio, dtype=np.float64).reshape(len(audio), -1)
         paths.append((CLIP, to_mono(clip_domain(list(channels.T)), sample_rate, rate)))
-    hypotheses = len(keys) * (SUBHOP_STEPS + FINE_STEPS) * BLOCK_FRAMES * sum(len(d.scales) for d, _ in paths)
-    result: Detection | None = None
-    for domain, signal in paths:
-        det = _detect_domain(signal, keys, domain, fpr, hypotheses)
-        if result is None or det.score > result.score:
-            result = det
-    assert result is not None
-    return result
+    return paths
+
+
+def _hypotheses(keys: int, paths: list[tuple[_Domain, np.ndarray]]) -> int:
+    """What the blind detector tries: every key, sub-hop offset, block shift and contrast scale."""
+    return keys * (SUBHOP_STEPS + FINE_STEPS) * BLOCK_FRAMES * sum(len(d.scales) for d, _ in paths)
 
 
 def verify(audio: np.ndarray, sample_rate: int, key: Key, ring_size: int = 1, fpr: float = DESIGN_FPR) -> Detection:
@@ -573,13 +585,8 @@ def verify(audio: np.ndarray, sample_rate: int, key: Key, ring_size: int = 1, fp
     segment verifies only if ``detect`` would need no luck to find it (``ring_size``: how many keys the
     public detector tries, which its threshold accounts for). A fraction of ``detect``'s cost: the
     watermark service checks every segment it marks this way."""
-    rate = SAMPLE_RATE // DECIMATE
-    xd = to_mono(audio, sample_rate, rate)
-    paths = [(LINEAR, xd)]
-    if clipped_share(audio) >= CLIPPED_MIN:
-        channels = np.asarray(audio, dtype=np.float64).reshape(len(audio), -1)
-        paths.append((CLIP, to_mono(clip_domain(list(channels.T)), sample_rate, rate)))
-    hypotheses = ring_size * (SUBHOP_STEPS + FINE_STEPS) * BLOCK_FRAMES * sum(len(d.scales) for d, _ in paths)
+    paths = _paths(audio, sample_rate)
+    hypotheses = _hypotheses(ring_size, paths)
     layout = _layout(key.secret)
     result: Detection | None = None
     for domain, signal in paths:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import kubernetes_validate
+import pytest
 import yaml
 
 from kit.contracts import load_contracts
@@ -66,10 +67,11 @@ def test_custom_resources_follow_the_contracts() -> None:
         assert scaled["spec"]["maxReplicaCount"] == contracts[trigger["topic"]].partitions
 
 
-def test_every_authenticating_service_gets_its_credentials_everywhere_it_is_deployed() -> None:
+def test_every_authenticating_service_gets_its_credentials_everywhere_it_is_deployed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """ingest and watermark (its detection API) check API keys, ingest signs listener tokens and
     delivery verifies them: `make up`, compose and Kubernetes must all hand them what they check."""
-    sys.path.insert(0, str(DEPLOY / "local"))  # services.py imports its neighbour processes.py, as when run
+    monkeypatch.syspath_prepend(str(DEPLOY / "local"))  # services.py imports its neighbour processes.py, as when run
     local_spec = importlib.util.spec_from_file_location("local_services", DEPLOY / "local" / "services.py")
     assert local_spec is not None and local_spec.loader is not None
     local = importlib.util.module_from_spec(local_spec)

@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from tests.kafka_helpers import read_all, read_to_end
 from tests.royalty_fixtures import LISTENERS, Catalog, consent_record, play_record, write_ledger
 
@@ -201,10 +202,12 @@ def test_an_erasure_reaches_royalty_and_survives_a_restart(isolated: KafkaSettin
     assert "seg-e" not in restarted.tables.segments and LISTENERS[0] in restarted.tables.erased  # also after a restart
 
 
-def test_an_idle_instance_on_an_empty_plays_topic_is_not_taken_for_a_stalled_one(isolated: KafkaSettings) -> None:
+def test_an_idle_instance_on_an_empty_plays_topic_is_not_taken_for_a_stalled_one(
+        isolated: KafkaSettings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Empty partitions have no position (nothing consumed yet). Two stall checks (one every
     STALL_CHECK_S idle) used to take that for a stalled assignment and exit: on a fresh cluster both
     scale-out instances did, before any play arrived."""
+    monkeypatch.setattr("royalty.service.STALL_CHECK_S", 1.0)  # checks every second: the same two checks, sooner
     from royalty.service import STALL_CHECK_S
 
     started = time.monotonic()  # run_royalty's 4 s idle exit is too soon for two checks

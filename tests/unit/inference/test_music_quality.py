@@ -110,8 +110,6 @@ def test_a_segment_is_the_same_whatever_is_batched_with_it_and_its_context_round
 def test_the_reused_synthesizer_renders_what_a_fresh_one_renders() -> None:
     """The SoundFont is loaded once per thread; every segment must still be the bytes a fresh
     synthesizer gives (one segment id = one audio), whatever was rendered before it."""
-    import threading
-
     import inference.render as render
 
     jobs = [(Params(60 + i * 23 % 141, (i * 3 % 10) / 10, "MAJOR" if i % 2 else "MINOR", i % 12, 1 + i % 2), 300 + i)
@@ -119,7 +117,7 @@ def test_the_reused_synthesizer_renders_what_a_fresh_one_renders() -> None:
     reused = [ENGINE.generate(params, seed) for params, seed in jobs]  # one synthesizer, one segment after another
     fresh = []
     for params, seed in jobs:
-        render._synths = threading.local()  # forget this thread's synthesizer: the next segment loads a new one
+        render.reset_synthesizer()  # forget this thread's synthesizer: the next segment loads a new one
         fresh.append(ENGINE.generate(params, seed))
     assert all(np.array_equal(a.rendered.audio, b.rendered.audio) and np.array_equal(a.rendered.tail, b.rendered.tail)
                for a, b in zip(reused, fresh, strict=True))
