@@ -84,8 +84,8 @@ generate: venv ## render a segment: make generate BPM=128 ENERGY=0.7 MODE=major 
 	$(PY) -m inference.cli --bpm $(or $(BPM),120) --energy $(or $(ENERGY),0.5) --mode $(or $(MODE),major) \
 	  --key $(or $(KEY),C) --bars $(or $(BARS),8) --seed $(or $(SEED),1) -o artifacts/segment.wav
 
-bench-watermark: venv ## watermark SNR, bit accuracy and detection under the 18 attacks of #5 and one combined, false positives, speed
-	$(PY) bench/bench_watermark.py
+bench-watermark: venv ## watermark SNR, bit accuracy and detection under the 18 attacks of #5 and one combined, false positives, speed (ARGS="--clips 10 --attacks none" for a short run)
+	$(PY) bench/bench_watermark.py $(ARGS)
 
 bench-adapt: topics dev-secrets ## adaptation delay (step change, N listeners) and one soundtrack worker's events/s
 	$(PY) bench/bench_adapt.py
