@@ -8,6 +8,11 @@ such as ingest can answer only after the broker acknowledged.
 A failed delivery (timed out, too large, not authorised, ...) is also logged and
 counted in ``failed``: a consumer loop compares it before committing, so an input
 offset is never committed past a record whose output was lost (``raise_if_failed``).
+
+Delivery reports run inside ``poll``/``flush``, in the calling thread; one thread
+at a time polls a given Producer (each service thread has its own). Acknowledged
+records are tallied in plain ints there and added to the Prometheus counter when the
+poll returns: exact after every poll, without a locked increment per record.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class Producer:
         self.service = service
         self._producer = _RawProducer({**settings.client_config(), **DEFAULT_CONFIG, **(config or {})})
         self._counted: dict[str, DeliveryCallback] = {}
+        self._tallies: list[tuple[Any, list[int]]] = []  # (produced counter, acks not yet added to it)
         self.failed = 0  # delivery reports with an error, since the start
         self.last_failure = ""
 
@@ -67,7 +73,7 @@ class Producer:
         block_s: float = 5.0,
     ) -> None:
         """Encode and enqueue one record. Raises EncodeError (a bug) or QueueFull."""
-        self.produce_raw(serde.topic, serde.encode_key(key), serde.encode_value(value),
+        self.produce_raw(serde.topic, serde.encode_key(key), None if value is None else serde.value.encode(value),
                          headers=headers, on_delivery=on_delivery, block_s=block_s)
 
     def produce_raw(
@@ -83,26 +89,30 @@ class Producer:
         """Enqueue bytes as they are. When the local queue is full, serve delivery
         reports for up to ``block_s`` (backpressure), then raise QueueFull."""
         callback = self._callback(topic, on_delivery)
-        deadline = time.monotonic() + block_s
+        deadline = None  # the clock is read only when the queue is full
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
                 return
             except BufferError:
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + block_s
+                remaining = deadline - now
                 if remaining <= 0:
                     raise QueueFull(f"producer queue full for {block_s}s while producing to {topic}") from None
-                self._producer.poll(min(0.05, remaining))
+                self.poll(min(0.05, remaining))
 
     def _callback(self, topic: str, user: DeliveryCallback | None) -> DeliveryCallback:
         counted = self._counted.get(topic)
         if counted is None:
-            produced = RECORDS_PRODUCED.labels(self.service, topic)
+            acked = [0]
+            self._tallies.append((RECORDS_PRODUCED.labels(self.service, topic), acked))
             failed = PRODUCE_ERRORS.labels(self.service, topic)
 
             def count(err: KafkaError | None, msg: Message) -> None:
                 if err is None:
-                    produced.inc()
+                    acked[0] += 1
                     return
                 failed.inc()
                 self.failed += 1
@@ -127,12 +137,24 @@ class Producer:
                                  f"{self.last_failure}")
 
     def poll(self, timeout_s: float = 0.0) -> int:
-        """Serve delivery reports; returns how many were served."""
-        return int(self._producer.poll(timeout_s))
+        """Serve delivery reports; returns how many events were served (0: none; librdkafka may
+        hand many reports over as one event)."""
+        served: int = self._producer.poll(timeout_s)
+        if served:
+            self._add_tallies()
+        return served
 
     def flush(self, timeout_s: float = 30.0) -> int:
         """Wait for every queued record's delivery report; returns how many are still queued."""
-        return int(self._producer.flush(timeout_s))
+        left = int(self._producer.flush(timeout_s))
+        self._add_tallies()
+        return left
+
+    def _add_tallies(self) -> None:
+        for produced, acked in self._tallies:
+            if acked[0]:
+                produced.inc(acked[0])
+                acked[0] = 0
 
     def reachable(self, timeout_s: float = 2.0) -> bool:
         """True when the cluster answers a metadata request within ``timeout_s``."""

@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from kit.consumer import ConsumerLoop, InvalidRecord, Record
 from kit.contracts import load_contracts
-from kit.observability import HealthServer
+from kit.observability import REGISTRY, HealthServer
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
@@ -43,6 +43,9 @@ def test_every_example_round_trips_through_the_broker(isolated: KafkaSettings) -
             producer.produce(serde, example["key"], example["value"])
             sent.setdefault(serde.topic, []).append((example["key"], example["value"]))
     assert producer.flush(30) == 0
+    for topic, records in sent.items():
+        acked = REGISTRY.get_sample_value("entrain_records_produced_total", {"service": "test", "topic": topic})
+        assert acked == len(records), topic
 
     received: dict[str, list[tuple[dict, dict | None]]] = {}
     loop = ConsumerLoop(isolated, "test", f"rt-{uuid.uuid4().hex}", list(load_contracts()),
@@ -223,6 +226,18 @@ def test_sigterm_stops_the_consumer_gracefully_and_commits(isolated: KafkaSettin
     assert proc.returncode == 0
     assert out.strip() == "stopped after 3"
     assert sum(committed(settings, group, serde.topic, 6).values()) == 3
+
+
+def test_acknowledged_records_are_counted_by_the_poll_that_served_them(isolated: KafkaSettings) -> None:
+    producer = Producer(isolated, "poll-count-test")
+    serde = TopicSerde.for_topic(TELEMETRY, isolated)
+    for n in range(500):
+        producer.produce(serde, {"listener_id": f"{n % 7:064x}"}, telemetry_value(n))
+    while len(producer):
+        producer.poll(0.1)
+    acked = REGISTRY.get_sample_value("entrain_records_produced_total",
+                                      {"service": "poll-count-test", "topic": serde.topic})
+    assert acked == 500
 
 
 def test_topic_creation_is_idempotent_and_refuses_partition_changes(kafka: KafkaSettings) -> None:
