@@ -88,11 +88,9 @@ def acls(settings: KafkaSettings) -> list[Acl]:
     for name, prefixes in GROUPS.items():
         out |= {Acl(f"User:{name}", "GROUP", p.format(prefix=settings.topic_prefix), "PREFIXED", op)
                 for p in prefixes for op in ("READ", "DESCRIBE")}
-    # Faust creates and uses its own topics: <app id>-<table>-changelog, <app id>-__assignor-__leader
-    # and the tick topic (the app id is <prefix>soundtrack).
-    out |= {Acl("User:soundtrack", "TOPIC", name, pattern, op)
-            for name, pattern in ((settings.topic("soundtrack-"), "PREFIXED"), (settings.topic("soundtrack.ticks"),
-                                                                                "LITERAL"))
+    # Faust creates and uses its own topics: <app id>-<table>-changelog and <app id>-__assignor-__leader
+    # (the app id is <prefix>soundtrack).
+    out |= {Acl("User:soundtrack", "TOPIC", settings.topic("soundtrack-"), "PREFIXED", op)
             for op in ("CREATE", "READ", "WRITE", "DESCRIBE")}
     out |= {Acl("User:delivery", "TOPIC", settings.topic("soundtrack-listeners-changelog"), "LITERAL", op)
             for op in ("READ", "DESCRIBE")}

@@ -1,21 +1,25 @@
 """Soundtrack's stream processor (faust-streaming): telemetry -> per-listener state -> requests.
 
 * ``listeners`` is a changelog-backed Faust table keyed by the pseudonymous listener id,
-  written to the partition of the event that changed it (co-partitioned with the
-  telemetry); it survives restarts and rebalances.
+  written to the partition of the telemetry that changed it (co-partitioned); it survives
+  restarts and rebalances. The worker holds the states in memory (``soundtrack.held``) and
+  writes each changed one to the changelog once per commit interval, just before the
+  consumer commits (a Faust sensor), so the changelog covers every committed offset.
 * Telemetry updates the listener's state and emits the requests due now.
-* A timer finds local listeners that need a request without new telemetry (missing
-  samples: hold, then drift to neutral) and sends a tick to the internal
-  ``soundtrack.ticks`` topic on the listener's own partition: Faust tables can only be
-  changed from a stream, and the tick keeps the change co-partitioned.
+* A timer emits the requests due for listeners whose telemetry paused (hold, then drift to
+  neutral), from a due-time heap (only the listeners due are looked at), and evicts states
+  idle for an hour (a changelog tombstone).
 * Faust's exactly-once mode is not used: request ids are deterministic, so a replayed
-  event re-emits identical requests and downstream effects are idempotent.
+  event re-emits requests with the same ids, and inference's write-once generation log
+  answers a repeated id with the segment it made first. A crash loses the state changes
+  since the last commit (at most ``broker_commit_interval``, 1 s): their telemetry is
+  consumed again, and requests the timer made since then are made again with the same ids.
 * Bad telemetry (undecodable, or out of ingest's physiological ranges: written to the topic
   directly) goes to listener.telemetry.v1.dlq with the reason.
-* An erasure (listener.erasures.v1) deletes the listener's state; Faust writes the tombstone
-  to the table's compacted changelog.
+* An erasure (listener.erasures.v1) deletes the listener's state with a tombstone on the
+  table's compacted changelog.
 * Faust connects with the kit's settings (soundtrack.broker: SASL_SSL with SCRAM, mutual TLS),
-  and its changelog and tick topics get the cluster's replication factor and min ISR.
+  and its changelog topic gets the cluster's replication factor and min ISR.
 * With ENTRAIN_INSTANCE_ID set the worker is a static group member: restarted, it takes its
   partitions back without waiting for its old session to expire.
 """
@@ -37,9 +41,10 @@ from kit.physiology import CADENCE_SPM, HEART_RATE_BPM
 from kit.producer import DeliveryFailed, Producer
 from kit.serde import DecodeError, RegistryUnavailable, TopicSerde
 from kit.settings import SESSION_TIMEOUT_MS, STATE_DIR, KafkaSettings, ServiceSettings, group_membership
-from kit.topics import cluster_replication, ensure_topic
+from kit.topics import cluster_replication
 from soundtrack.broker import app_settings, topic_config
-from soundtrack.schedule import IDLE_MS, ListenerState, due_requests, next_due_ms, observe
+from soundtrack.held import Listeners
+from soundtrack.schedule import ListenerState, due_requests, observe
 
 log = structlog.get_logger()
 SERVICE = "soundtrack"
@@ -49,6 +54,8 @@ REQUESTS_EMITTED = Counter("entrain_soundtrack_requests_total", "Segment request
 ERASED = Counter("entrain_soundtrack_erasures_total", "Listener erasure requests applied.")
 EVICTED = Counter("entrain_soundtrack_listeners_evicted_total", "Listener states deleted after an hour idle.")
 ACTIVE = Gauge("entrain_soundtrack_active_listeners", "Listeners with recent telemetry on this worker.")
+STATE_WRITES = Counter("entrain_soundtrack_state_writes_total",
+                       "Listener states written to the table's changelog (at most one per listener per commit).")
 REQUEST_DELAY = Histogram("entrain_soundtrack_request_delay_seconds",
                           "From a telemetry record's broker timestamp to the requests its processing emitted "
                           "(the system part of the adaptation delay).",
@@ -81,27 +88,39 @@ requests_topic = app.topic(requests_serde.topic, key_type=bytes, value_type=byte
                            key_serializer="raw", value_serializer="raw")
 erasures_topic = app.topic(erasures_serde.topic, key_type=bytes, value_type=bytes,
                            key_serializer="raw", value_serializer="raw")
-TICKS = f"{kafka.topic_prefix}soundtrack.ticks"
-TICKS_RETENTION_S = 3_600
-ticks_topic = app.topic(TICKS, key_type=bytes, value_type=bytes,
-                        key_serializer="raw", value_serializer="raw", partitions=telemetry_serde.contract.partitions,
-                        internal=True, retention=float(TICKS_RETENTION_S), config=FAUST_TOPIC_CONFIG)
 listeners = app.Table("listeners", default=None, partitions=telemetry_serde.contract.partitions,
                       schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
                       extra_topic_configs=FAUST_TOPIC_CONFIG)
 _dlq_producer: Producer | None = None
 EVICT_AFTER_MS = int(float(os.environ.get("ENTRAIN_SOUNDTRACK_EVICT_AFTER_S", "3600")) * 1000)  # then the state goes
-_evicting: set[str] = set()
+held = Listeners(listeners, EVICT_AFTER_MS)
+
+
+class _WriteStatesBeforeCommit(faust.Sensor):
+    """Faust calls this as the consumer starts a commit, before it takes the acked offsets and
+    flushes its producer: the states those offsets changed reach the changelog first."""
+
+    def on_commit_initiated(self, consumer: Any) -> None:
+        STATE_WRITES.inc(held.flush())
+
+
+app.sensors.add(_WriteStatesBeforeCommit())
+
+
+@app.on_partitions_revoked.connect
+async def _forget_on_revoke(sender: Any, /, *_: Any, signal: Any, **__: Any) -> None:
+    """The table (recovered from the changelog) is the truth after a rebalance. Changes not
+    written yet belong to uncommitted telemetry, which is consumed again."""
+    held.forget_local()
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def _emit(key: bytes, state: ListenerState, partition: int, requests: list[dict[str, Any]]) -> None:
-    listeners[state.listener_id] = {**state.to_dict(), "partition": partition, "due_at": next_due_ms(state)}
+async def _send(requests: list[dict[str, Any]]) -> None:
     for request in requests:
-        await requests_topic.send(key=key, value=requests_serde.encode_value(request))
+        await requests_topic.send(key=requests_serde.encode_key(request), value=requests_serde.encode_value(request))
         REQUESTS_EMITTED.labels(request["policy_reason"]).inc()
 
 
@@ -162,11 +181,11 @@ async def on_telemetry(stream: Any) -> None:
         if problem:  # ingest never lets these through; someone wrote to the topic directly
             _dead_letter(event, "invalid", problem)
             continue
-        stored = listeners.get(listener)
-        state = ListenerState.from_dict(stored) if stored else ListenerState(listener)
+        known = held.get(listener)
         now = now_ms()
-        state, requests = due_requests(observe(state, sample, now), now)
-        await _emit(event.key, state, event.message.partition, requests)
+        state, requests = due_requests(observe(known.state if known else ListenerState(listener), sample, now), now)
+        held.put(listener, state, event.message.partition)
+        await _send(requests)
         if requests and event.message.timestamp:
             REQUEST_DELAY.observe(max(0.0, time.time() - event.message.timestamp))
 
@@ -179,60 +198,38 @@ async def on_erasure(stream: Any) -> None:
         if decoded is None:
             continue
         listener = decoded[0]
-        held = listeners.pop(listener, None) is not None
+        had_state = held.drop(listener)
         ERASED.inc()
-        log.info("listener_erased", listener_id=listener, had_state=held)
+        log.info("listener_erased", listener_id=listener, had_state=had_state)
 
 
-@app.agent(ticks_topic)
-async def on_tick(stream: Any) -> None:
-    async for event in stream.events():
-        try:
-            listener = telemetry_serde.decode_key(event.key)["listener_id"]
-        except DecodeError:
-            continue  # only this service writes ticks; nothing else should be there
-        stored = listeners.get(listener)
-        if not stored:
+_active_counted_at = 0
+
+
+@app.timer(interval=0.1)  # a due request waits at most this long
+async def schedule() -> None:
+    """Requests for listeners due before their next telemetry; evictions of idle states."""
+    global _active_counted_at
+    if app.rebalancing:  # the table is being recovered
+        return
+    now = now_ms()
+    for listener in held.due(now):
+        known = held.get(listener)
+        if known is None:
             continue
-        if now_ms() - stored["last_seen_ms"] > EVICT_AFTER_MS:  # gone: the state goes too (changelog tombstone)
-            listeners.pop(listener, None)
+        if now - known.state.last_seen_ms > EVICT_AFTER_MS:  # gone: the state goes too (changelog tombstone)
+            held.drop(listener)
             EVICTED.inc()
             continue
-        state, requests = due_requests(ListenerState.from_dict(stored), now_ms())
-        if requests:
-            await _emit(event.key, state, event.message.partition, requests)
-
-
-@app.timer(interval=0.1)  # a due request waits at most this long for its tick
-async def schedule() -> None:
-    """Tick every local listener that needs a request before its next telemetry arrives."""
-    now, active = now_ms(), 0
-    for key, stored in list(listeners.items()):
-        if not stored:
+        state, requests = due_requests(known.state, now)
+        if not requests:
+            held.rewake(listener, now + 100)
             continue
-        idle_ms = now - stored["last_seen_ms"]
-        live = idle_ms <= IDLE_MS
-        active += live
-        evict = idle_ms > EVICT_AFTER_MS and key not in _evicting
-        if evict:
-            _evicting.add(key)  # one tick is enough; the agent deletes the state
-        elif idle_ms <= EVICT_AFTER_MS:
-            _evicting.discard(key)  # back (or never gone): a later idle spell must evict again
-        if evict or (live and stored.get("due_at", 0) <= now):  # cheap: no decoding for listeners not due
-            await ticks_topic.send(key=telemetry_serde.encode_key({"listener_id": key}), value=b"",
-                                   partition=stored["partition"])
-    ACTIVE.set(active)
-    if len(_evicting) > 10_000:  # keys whose state is gone already
-        _evicting.intersection_update(k for k, v in listeners.items() if v)
-
-
-def declare_ticks() -> None:
-    """Create the tick topic before the worker starts. Left to Faust, it is created while the
-    consumer subscribes: on a busy machine the subscription can miss it ("not found in cluster
-    metadata") and the agent then reads no ticks until the next metadata refresh (minutes), so
-    no scheduled request is made (seen in the worker test)."""
-    ensure_topic(kafka, TICKS, telemetry_serde.contract.partitions,
-                 {**FAUST_TOPIC_CONFIG, "retention.ms": str(TICKS_RETENTION_S * 1000)})
+        held.put(listener, state, known.partition, not_before_ms=now + 1)
+        await _send(requests)
+    if now - _active_counted_at >= 1000:
+        ACTIVE.set(held.active(now))
+        _active_counted_at = now
 
 
 _health: HealthServer | None = None

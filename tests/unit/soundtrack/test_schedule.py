@@ -128,6 +128,17 @@ def test_state_round_trips_through_its_dict_form() -> None:
     assert ListenerState.from_dict(state.to_dict()) == state
 
 
+def test_the_dict_form_is_what_asdict_gives() -> None:
+    """to_dict is asdict spelled out for speed: it must stay the same as fields are added."""
+    from dataclasses import asdict
+
+    state = observe(ListenerState("l1"), sample(T0), T0)
+    for n in range(1, 30):  # a step change leaves a pending change in the state
+        state, _ = due_requests(observe(state, sample(T0 + n * 1000, cadence=110), T0 + n * 1000), T0 + n * 1000)
+        assert state.to_dict() == asdict(state)
+    assert ListenerState("l2").to_dict() == asdict(ListenerState("l2"))
+
+
 def test_one_sample_dated_minutes_ahead_cannot_freeze_the_policy() -> None:
     state = observe(ListenerState("l1"), {**sample(T0, cadence=110), "received_time": T0}, T0)
     future = {**sample(T0 + 120_000, cadence=112), "received_time": T0 + 1000}  # "2 minutes from now"
