@@ -30,8 +30,10 @@ inference dropped because their deadline had passed (the player gets nothing for
 
 Phase 2 (throughput): inference and watermark are stopped; E telemetry events for 2,000
 listeners are produced to listener.telemetry.v1 as fast as possible; the worker's rate is E
-over the time until its committed offsets cover them all. Baseline in the same run: a raw
-confluent-kafka consumer decoding the same events.
+over the time until its committed offsets cover them all. Baselines in the same run: a raw
+confluent-kafka consumer decoding the same events, and the least a Faust worker can do with
+them (bench/faust_ceiling.py: iterate and decode, no state, no output), timed the same way
+over everything on the topic: the ceiling Faust puts on the soundtrack worker.
 Last line: RESULT {json}.
 """
 
@@ -40,6 +42,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -57,7 +61,7 @@ from kit.audio import decode_bytes
 from kit.auth import Pseudonymizer
 from kit.producer import Producer
 from kit.serde import TopicSerde
-from kit.settings import KafkaSettings
+from kit.settings import REPO_ROOT, KafkaSettings
 from kit.topics import delete_prefixed_topics, ensure_topics
 from soundtrack.policy import HOLD_MS
 from soundtrack.schedule import ListenerState, due_requests, observe
@@ -355,9 +359,47 @@ def throughput(pipeline: Pipeline, events: int) -> dict[str, Any]:
                 seen += 1
     raw_s = time.perf_counter() - started
     raw.close()
+    faust_rate = faust_ceiling(pipeline, total_on_topic)
     return {"events": events, "produce_s": round(produced_s, 2), "telemetry_events_s": round(events / worker_s),
             "raw_decode_events_s": round(total_on_topic / raw_s),
-            "worker_vs_raw_decode": round((events / worker_s) / (total_on_topic / raw_s), 3)}
+            "worker_vs_raw_decode": round((events / worker_s) / (total_on_topic / raw_s), 3),
+            "faust_decode_only_events_s": round(faust_rate),
+            "worker_vs_faust_decode_only": round((events / worker_s) / faust_rate, 3)}
+
+
+def faust_ceiling(pipeline: Pipeline, total: int) -> float:
+    """Events/s of bench/faust_ceiling.py over everything on the telemetry topic: from its first
+    offset commit (its start and group join excluded; the events that commit covers are not
+    counted) until its commits cover the topic, with the same 1 s commit interval as the worker."""
+    kafka = pipeline.kafka
+    serde = TopicSerde.for_topic("listener.telemetry.v1", kafka)
+    group = f"{kafka.topic_prefix}faust-ceiling"
+    env = {**pipeline.env(), "FAUST_CEILING_APP_ID": group,
+           "FAUST_CEILING_DATADIR": str(pipeline.workdir / "faust-ceiling")}
+    with open(pipeline.workdir / "faust-ceiling.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "bench" / "faust_ceiling.py")], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    consumer = Consumer({**kafka.client_config(), "group.id": group})
+    parts = [TopicPartition(serde.topic, p) for p in range(serde.contract.partitions)]
+    try:
+        first = None
+        while True:
+            done = sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10))
+            if done and first is None:
+                first = (time.perf_counter(), done)  # timed from its first commit: the join is excluded
+            if done >= total:
+                break
+            if proc.poll() is not None:
+                log_text = (pipeline.workdir / "faust-ceiling.log").read_text()
+                raise RuntimeError(f"faust_ceiling.py exited: {log_text[-2000:]}")
+            time.sleep(0.1)
+        assert first is not None
+        elapsed = time.perf_counter() - first[0]
+        return (total - first[1]) / elapsed if elapsed > 0 else float("inf")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        consumer.close()
 
 
 def main() -> None:
