@@ -4,7 +4,10 @@
   written to the partition of the telemetry that changed it (co-partitioned); it survives
   restarts and rebalances. The worker holds the states in memory (``soundtrack.held``) and
   writes each changed one to the changelog once per commit interval, just before the
-  consumer commits (a Faust sensor), so the changelog covers every committed offset.
+  consumer commits (a Faust sensor): the changelog gets the changes of every committed offset
+  (as far as Faust's producer flush before a commit goes, as for any Faust table). Only
+  listeners on partitions this worker owns are loaded, woken or written (the table's store
+  also holds standby copies).
 * Telemetry updates the listener's state and emits the requests due now.
 * A timer emits the requests due for listeners whose telemetry paused (hold, then drift to
   neutral), from a due-time heap (only the listeners due are looked at), and evicts states
@@ -109,9 +112,13 @@ app.sensors.add(_WriteStatesBeforeCommit())
 
 @app.on_partitions_revoked.connect
 async def _forget_on_revoke(sender: Any, /, *_: Any, signal: Any, **__: Any) -> None:
-    """The table (recovered from the changelog) is the truth after a rebalance. Changes not
-    written yet belong to uncommitted telemetry, which is consumed again."""
     held.forget_local()
+
+
+@app.on_partitions_assigned.connect
+async def _own_on_assign(sender: Any, /, *args: Any, signal: Any, **__: Any) -> None:
+    """The whole new assignment (eager rebalancing): the telemetry partitions, not standby copies."""
+    held.assign({tp.partition for tp in args[0] if tp.topic == telemetry_serde.topic})
 
 
 def now_ms() -> int:
@@ -212,11 +219,9 @@ async def schedule() -> None:
     global _active_counted_at
     if app.rebalancing:  # the table is being recovered
         return
-    now = now_ms()
-    for listener in held.due(now):
-        known = held.get(listener)
-        if known is None:
-            continue
+    now, generation = now_ms(), held.generation
+    while (due := held.next_due(now)) is not None:
+        listener, known = due
         if now - known.state.last_seen_ms > EVICT_AFTER_MS:  # gone: the state goes too (changelog tombstone)
             held.drop(listener)
             EVICTED.inc()
@@ -227,6 +232,8 @@ async def schedule() -> None:
             continue
         held.put(listener, state, known.partition, not_before_ms=now + 1)
         await _send(requests)
+        if held.generation != generation:  # a rebalance began while the requests were sent
+            break
     if now - _active_counted_at >= 1000:
         ACTIVE.set(held.active(now))
         _active_counted_at = now
