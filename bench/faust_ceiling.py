@@ -7,7 +7,6 @@ FAUST_CEILING_APP_ID (its consumer group) in the environment."""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any
@@ -16,7 +15,7 @@ import faust
 
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings
-from soundtrack.broker import app_settings
+from soundtrack.broker import app_settings, quiet_faust_logging
 
 kafka = KafkaSettings.from_env()
 serde = TopicSerde.for_topic("listener.telemetry.v1", kafka)
@@ -34,7 +33,6 @@ async def decode_only(stream: Any) -> None:
 
 
 if __name__ == "__main__":
-    for name in ("aiokafka", "faust", "mode"):  # as the soundtrack worker sets them
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_faust_logging()  # as the soundtrack worker does
     sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
     app.main()

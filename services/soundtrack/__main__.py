@@ -1,17 +1,14 @@
 """Run soundtrack: ``python -m soundtrack`` (a Faust worker; settings from the environment)."""
 
-import logging
 import sys
 
 from kit.logs import configure_logging
+from soundtrack.broker import quiet_faust_logging
 
 
 def main() -> None:
     configure_logging("soundtrack")
-    # Faust's worker leaves the root logger at DEBUG (its --loglevel sets its handler): every
-    # debug call in aiokafka and Faust built a record per message (~4% of the worker's time).
-    for name in ("aiokafka", "faust", "mode"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_faust_logging()
     from soundtrack.app import app
 
     sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]

@@ -127,7 +127,8 @@ def now_ms() -> int:
 
 async def _send(requests: list[dict[str, Any]]) -> None:
     for request in requests:
-        await requests_topic.send(key=requests_serde.encode_key(request), value=requests_serde.encode_value(request))
+        await requests_topic.send(key=requests_serde.encode_key({"listener_id": request["listener_id"]}),
+                                  value=requests_serde.encode_value(request))
         REQUESTS_EMITTED.labels(request["policy_reason"]).inc()
 
 
