@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 export PYTHONDONTWRITEBYTECODE := 1
+export PATH := $(PATH):$(HOME)/.cargo/bin
+NATIVE := native/entrain_avro
 
 .DEFAULT_GOAL := help
 .PHONY: test-cluster cluster-up cluster-down registry-up registry-down bench-ledger replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
@@ -15,11 +17,13 @@ export PYTHONDONTWRITEBYTECODE := 1
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml $(NATIVE)/Cargo.toml $(NATIVE)/Cargo.lock $(NATIVE)/pyproject.toml $(wildcard $(NATIVE)/src/*.rs)
 	@command -v java >/dev/null && command -v mvn >/dev/null && command -v promtool >/dev/null && command -v docker-compose >/dev/null && command -v ffmpeg >/dev/null && command -v chromium >/dev/null || deploy/local/install-system-packages.sh
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-deps -r requirements.lock  # the lock is complete; pyaudio is not wanted
+	@command -v cargo >/dev/null || { echo "make: the Avro encoder ($(NATIVE)) is Rust: install cargo (rustup) first" >&2; exit 1; }
+	$(PY) -m pip install -q --no-deps ./$(NATIVE)  # builds with maturin and the crates in Cargo.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

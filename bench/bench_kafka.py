@@ -8,8 +8,8 @@ In one run, interleaved (raw, kit, raw, kit, ...):
   consume      kit.consumer.ConsumerLoop over the kit's records: poll, decode key and
                value, no-op handler, metrics, commits; timed from the first record
                handled to the last (the group join is excluded)
-  serializers  µs per value, on the same unique records: the kit's (cavro and the Confluent
-               wire format framing), confluent-kafka's AvroSerializer (ids from the same
+  serializers  µs per value, on the same unique records: the kit's (native/entrain_avro and the
+               Confluent wire format framing), confluent-kafka's AvroSerializer (ids from the same
                registry, auto-register off), and bare fastavro.schemaless_writer (the floor);
                and fastavro on 12-field records of one type each (longs, enums, optional
                longs, optional strings): what a field of each kind costs
