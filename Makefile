@@ -19,10 +19,10 @@ help: ## list the targets
 
 $(STAMP): requirements.lock pyproject.toml $(NATIVE)/Cargo.toml $(NATIVE)/Cargo.lock $(NATIVE)/pyproject.toml $(wildcard $(NATIVE)/src/*.rs)
 	@command -v java >/dev/null && command -v mvn >/dev/null && command -v promtool >/dev/null && command -v docker-compose >/dev/null && command -v ffmpeg >/dev/null && command -v chromium >/dev/null || deploy/local/install-system-packages.sh
+	@command -v cargo >/dev/null || { echo "make: the Avro encoder ($(NATIVE)) is Rust: install cargo (rustup) first" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-deps -r requirements.lock  # the lock is complete; pyaudio is not wanted
-	@command -v cargo >/dev/null || { echo "make: the Avro encoder ($(NATIVE)) is Rust: install cargo (rustup) first" >&2; exit 1; }
 	$(PY) -m pip install -q --no-deps ./$(NATIVE)  # builds with maturin and the crates in Cargo.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)

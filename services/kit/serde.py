@@ -96,7 +96,14 @@ def _plan(schema: Any, named: dict[str, tuple[Any, ...]] | None = None, namespac
     each field's default already encoded (a union's default is of its first branch)."""
     named = {} if named is None else named
     if isinstance(schema, list):
-        return ("union", tuple(_plan(branch, named, namespace) for branch in schema))
+        branches = tuple(_plan(branch, named, namespace) for branch in schema)
+        kinds = [b[0] for b in branches]
+        # The encoder takes the first branch a value fits; fastavro prefers double to float and
+        # weighs records by their fields. Unions where the two could disagree are refused.
+        if {"float", "double"} <= set(kinds) or kinds.count("record") > 1 or {"record", "map"} <= set(kinds):
+            raise ValueError(f"union {kinds} is ambiguous for the encoder (float with double, two records, "
+                             "or a record with a map)")
+        return ("union", branches)
     if isinstance(schema, str):
         if schema in PRIMITIVES:
             return (schema,)
@@ -111,8 +118,8 @@ def _plan(schema: Any, named: dict[str, tuple[Any, ...]] | None = None, namespac
         return ("array", _plan(schema["items"], named, namespace))
     if kind == "map":
         return ("map", _plan(schema["values"], named, namespace))
-    name = schema["name"]
-    space = schema.get("namespace", name.rpartition(".")[0] or namespace)
+    name = schema["name"]  # a dotted name carries its namespace; else the attribute, else the enclosing one
+    space = name.rpartition(".")[0] if "." in name else (schema.get("namespace", namespace) or "")
     full = name if "." in name else (f"{space}.{name}" if space else name)
     if kind == "enum":
         plan: tuple[Any, ...] = ("enum", full, list(schema["symbols"]))
@@ -123,9 +130,16 @@ def _plan(schema: Any, named: dict[str, tuple[Any, ...]] | None = None, namespac
         for f in schema["fields"]:
             node = _plan(f["type"], named, space)
             default = None
-            if "default" in f:
+            if "default" in f:  # a union's default is of its first branch; bytes and fixed are JSON strings
                 first = ("union", node[1][:1]) if node[0] == "union" else node
-                default = entrain_avro.Encoder(first).encode(f["default"])
+                kind_of_first = first[1][0][0] if first[0] == "union" else first[0]
+                value = f["default"]
+                if kind_of_first in ("bytes", "fixed") and isinstance(value, str):
+                    value = value.encode("latin-1")
+                try:
+                    default = entrain_avro.Encoder(first).encode(value)
+                except ValueError as exc:
+                    raise ValueError(f"{full}.{f['name']}: the default {value!r} does not fit: {exc}") from None
             fields.append((f["name"], node, default))
         plan = ("record", full, tuple(fields))
     else:

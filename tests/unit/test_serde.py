@@ -233,3 +233,21 @@ def test_every_avro_kind_encodes_to_fastavro_s_bytes(record: dict[str, Any]) -> 
 def test_a_recursive_or_unknown_type_is_refused_when_the_plan_is_built() -> None:
     with pytest.raises(ValueError, match="unknown or recursive type 'Node'"):
         _plan({"type": "record", "name": "Node", "fields": [{"name": "next", "type": ["null", "Node"]}]})
+
+
+@pytest.mark.parametrize("union", [["float", "double"], [
+    {"type": "record", "name": "A", "fields": []}, {"type": "record", "name": "B", "fields": []}],
+    [{"type": "record", "name": "A", "fields": []}, {"type": "map", "values": "int"}]])
+def test_unions_where_the_encoder_and_fastavro_could_choose_differently_are_refused(union: list[Any]) -> None:
+    with pytest.raises(ValueError, match="ambiguous"):
+        _plan({"type": "record", "name": "R", "fields": [{"name": "u", "type": union}]})
+
+
+def test_a_dotted_name_carries_its_namespace_and_a_bad_default_names_its_field() -> None:
+    schema = {"type": "record", "name": "a.b.C", "namespace": "x", "fields": [
+        {"name": "d", "type": {"type": "enum", "name": "D", "symbols": ["P", "Q"]}}, {"name": "d2", "type": "a.b.D"},
+        {"name": "raw", "type": "bytes", "default": "\u00ff\u0001"}]}
+    assert entrain_avro.Encoder(_plan(schema)).encode({"d": "P", "d2": "Q"}) == fastavro_bytes(
+        schema, {"d": "P", "d2": "Q", "raw": b"\xff\x01"})
+    with pytest.raises(ValueError, match=r"R\.n: the default 'x' does not fit"):
+        _plan({"type": "record", "name": "R", "fields": [{"name": "n", "type": "int", "default": "x"}]})

@@ -4,8 +4,9 @@
 //! field's default is already encoded, so this module only walks values and writes bytes. It is
 //! as strict as the schema: an int where a long is wanted, never a float or a bool; a bool
 //! where a boolean is, never None or 1; an enum symbol from the list. A union takes its first
-//! branch the value fits, as fastavro does, so the bytes are fastavro's (tests/unit/test_serde.py
-//! compares them on every schema).
+//! branch the value fits; that is fastavro's choice for every union ``_plan`` accepts (it refuses
+//! float with double, two records, a record with a map), so the bytes are fastavro's
+//! (tests/unit/test_serde.py compares them on every schema).
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -35,10 +36,12 @@ struct Field {
     default: Option<Vec<u8>>, // the default's encoding, written when the record lacks the field
 }
 
-/// Why a value does not fit; the path is filled in on the way out (innermost field last).
+/// Why a value does not fit; the path is filled in on the way out (innermost field last). The
+/// value is shown (its ``repr``, which runs Python code) only when the error reaches Python.
 struct Misfit {
     path: Vec<String>,
     reason: String,
+    got: Option<Py<PyAny>>,
 }
 
 impl Misfit {
@@ -46,12 +49,26 @@ impl Misfit {
         Misfit {
             path: Vec::new(),
             reason,
+            got: None,
         }
     }
 
     fn at(mut self, label: &str) -> Self {
         self.path.push(label.to_owned());
         self
+    }
+
+    fn into_err(self, py: Python<'_>) -> PyErr {
+        let mut text = self.reason;
+        if let Some(got) = self.got {
+            text = format!("{text}, got {}", describe(got.bind(py)));
+        }
+        let path: Vec<&str> = self.path.iter().rev().map(String::as_str).collect();
+        if path.is_empty() {
+            PyValueError::new_err(text)
+        } else {
+            PyValueError::new_err(format!("field {}: {text}", path.join(".")))
+        }
     }
 }
 
@@ -79,7 +96,11 @@ fn describe(value: &Bound<'_, PyAny>) -> String {
 }
 
 fn misfit(expected: &str, value: &Bound<'_, PyAny>) -> Misfit {
-    Misfit::new(format!("expected {expected}, got {}", describe(value)))
+    Misfit {
+        path: Vec::new(),
+        reason: format!("expected {expected}"),
+        got: Some(value.clone().unbind()),
+    }
 }
 
 fn write_long(out: &mut Vec<u8>, n: i64) {
@@ -232,9 +253,11 @@ fn encode(node: &Node, value: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> Fit {
             let dict = value
                 .cast::<PyDict>()
                 .map_err(|_| misfit("map (dict)", value))?;
-            if !dict.is_empty() {
-                write_long(out, dict.len() as i64);
-                for (k, v) in dict.iter() {
+            // a snapshot: nothing here runs Python code, but a dict changing under an iterator panics
+            let items: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)> = dict.iter().collect();
+            if !items.is_empty() {
+                write_long(out, items.len() as i64);
+                for (k, v) in items {
                     let key = k
                         .cast::<PyString>()
                         .map_err(|_| misfit("string map key", &k))?;
@@ -385,14 +408,7 @@ impl Encoder {
     ) -> PyResult<Bound<'py, PyBytes>> {
         let mut out = Vec::with_capacity(prefix.len() + 256);
         out.extend_from_slice(prefix);
-        encode(&self.root, value, &mut out).map_err(|m| {
-            let path: Vec<&str> = m.path.iter().rev().map(String::as_str).collect();
-            if path.is_empty() {
-                PyValueError::new_err(m.reason)
-            } else {
-                PyValueError::new_err(format!("field {}: {}", path.join("."), m.reason))
-            }
-        })?;
+        encode(&self.root, value, &mut out).map_err(|m| m.into_err(value.py()))?;
         Ok(PyBytes::new(value.py(), &out))
     }
 }
