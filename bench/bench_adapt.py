@@ -6,9 +6,11 @@ telemetry goes through ingest every second per listener.
 
 What the ear gets: a simulated player per listener follows the playlist protocol as the
 listener page does (poll GET /v1/playlist every second with the listener token, fetch each
-new segment's signed audio URL, schedule it right after the previous one, the first 0.2 s
-after it arrived; a segment that arrives after its slot is a player underrun and starts
-0.05 s later). The tempo of every played segment is measured from its audio (onset
+new segment's signed audio URL, schedule it right after the previous one; the first one, and
+the one after running dry (a segment that arrives after its slot: a player underrun), where the
+server's schedule has it, its deadline plus 1.5 s; a replacement of a position that has not
+started yet takes its slot, and what was scheduled after it is scheduled again after the
+replacement). The tempo of every played segment is measured from its audio (onset
 autocorrelation, ``inference.analysis.estimate_tempo``), not from metadata. From the change
 instant (event time of the first sample in the new state), per listener:
   audible_first      the start of the first played segment after which the played tempo stays
@@ -95,6 +97,10 @@ class Follower(threading.Thread):
         self.consumer.close()
 
 
+SCHEDULE_AFTER_DEADLINE_S = 1.5  # as the listener page: the server's schedule plays a segment this long after
+# its deadline (soundtrack.schedule.DEADLINE_MARGIN_MS; delivery's OpenAPI says so)
+
+
 @dataclass
 class Played:
     start_ms: int
@@ -109,10 +115,37 @@ class Player:
     """One listener's player, scheduling as the listener page does (see the module docstring)."""
 
     user: str
-    queued: set[str] = field(default_factory=set)
+    # sequence -> ((requested_at, segment id) of the newest version seen, what plays)
+    slots: dict[int, tuple[tuple[int, str], Played]] = field(default_factory=dict)
     next_start_s: float = 0.0
-    played: list[Played] = field(default_factory=list)
     underruns: int = 0
+    swaps: int = 0
+
+    @property
+    def played(self) -> list[Played]:
+        """What plays (or played), in order."""
+        return [slot for _, slot in sorted(self.slots.values(), key=lambda s: s[1].start_ms)]
+
+    def take(self, seg: dict[str, Any], audio: bytes, now: float, server_ahead_s: float = 0.0) -> None:
+        """Schedule a fetched segment: after the last one, or in the slot of the version it replaces
+        if that has not started (what was scheduled after it goes, to be scheduled again)."""
+        sequence, version = seg["sequence"], (seg["requested_at"], seg["segment_id"])
+        if sequence in self.slots:
+            start = self.slots[sequence][1].start_ms / 1000
+            if start <= now + 0.05:
+                self.slots[sequence] = (version, self.slots[sequence][1])  # started: too late to swap
+                return
+            self.swaps += 1
+            self.slots = {k: v for k, v in self.slots.items() if k < sequence}
+            self.next_start_s = start
+        elif self.next_start_s == 0 or self.next_start_s < now:  # the first, or the player ran dry:
+            self.underruns += self.next_start_s != 0  # (the previous segment ended before this one arrived)
+            # start where the server's schedule has it, never earlier (else the player's buffer is smaller)
+            planned = seg["deadline"] / 1000 + SCHEDULE_AFTER_DEADLINE_S - server_ahead_s
+            self.next_start_s = max(now + 0.05, planned)
+        self.slots[sequence] = (version, Played(int(self.next_start_s * 1000), seg["duration_ms"], audio,
+                                                          seg["params"]["tempo_bpm"]))
+        self.next_start_s += seg["duration_ms"] / 1000
 
 
 def get(url: str, token: str) -> bytes:
@@ -128,26 +161,20 @@ def run_players(pipeline: Pipeline, players: list[Player], session: str, stop: t
         for player in players:
             token = pipeline.token(player.user)
             try:
-                playlist = json.loads(get(f"{pipeline.delivery_url}/v1/playlist?session_id={session}", token))
+                asked = time.time()
+                playlist = json.loads(get(f"{pipeline.delivery_url}/v1/playlist?session_id={session}&revisions=1",
+                                         token))
             except OSError:
                 continue
             for seg in playlist["segments"]:
-                if seg["segment_id"] in player.queued:
-                    continue
+                held = player.slots.get(seg["sequence"])
+                if held is not None and held[0] >= (seg["requested_at"], seg["segment_id"]):
+                    continue  # the same, or an older version (a lagging delivery replica): never swap back
                 try:
                     audio = get(f"{pipeline.delivery_url}{seg['url']}", token)
                 except OSError:
                     break  # try again at the next poll, in order
-                player.queued.add(seg["segment_id"])
-                now = time.time()
-                if player.next_start_s == 0:
-                    player.next_start_s = now + 0.2
-                elif player.next_start_s < now:  # the previous segment ended before this one arrived
-                    player.underruns += 1
-                    player.next_start_s = now + 0.05
-                player.played.append(Played(int(player.next_start_s * 1000), seg["duration_ms"], audio,
-                                            seg["params"]["tempo_bpm"]))
-                player.next_start_s += seg["duration_ms"] / 1000
+                player.take(seg, audio, time.time(), playlist["server_time"] / 1000 - asked)
         stop.wait(max(0.0, 1.0 - (time.time() - turn)))
 
 
@@ -257,9 +284,10 @@ def step_change(pipeline: Pipeline, listeners: int, rest_s: float, run_s: float,
             first_request[listener] = (kafka_ts, value["sequence"])
     first_ready: dict[str, int] = {}
     for arrived, _, value in segments.records:  # the segment answering that request (or a later one)
-        listener = by_id.get(value["listener_id"])
+        listener = by_id.get(value["listener_id"])  # (not an earlier version of the same position)
         if listener in first_request and listener not in first_ready \
-                and value["sequence"] >= first_request[listener][1]:
+                and value["sequence"] >= first_request[listener][1] and arrived >= first_request[listener][0] \
+                and value["params"]["tempo_bpm"] > rest_tempo[listener] * 1.02:
             first_ready[listener] = arrived
     request_delays = [first_request[u][0] - designed[u] for u in first_request]
     ready_delays = [first_ready[u] - designed[u] for u in first_ready]
@@ -288,6 +316,7 @@ def hearing(players: list[Player], up_ms: int, down_ms: int, end_ms: int) -> dic
         "audible_never_converged": sum(c is None for _, c in up + down),
         "audible_first_up_p50_s": median([f for f, _ in up]), "audible_first_down_p50_s": median([f for f, _ in down]),
         "player_underruns": sum(p.underruns for p in players),
+        "player_swaps": sum(p.swaps for p in players),  # replanned segments swapped in before they started
         # how often the tempo measured from the audio is more than 3% off the segment's requested tempo
         "tempo_misreads": int(sum(abs(x.tempo / x.requested_tempo - 1) > 0.03 for p in players for x in p.played)),
         "segments_played": sum(len(p.played) for p in players),

@@ -70,6 +70,9 @@ DELIVERED = Counter("entrain_soundtrack_segments_delivered_total", "Watermarked 
 SLACK = Histogram("entrain_soundtrack_segment_slack_seconds",
                   "Time between a segment reaching the playlist and its deadline (0 or less: late).",
                   buckets=(-1, 0, 0.5, 1, 2, 4, 8, 16, 32))
+REPLACEMENTS = Counter("entrain_soundtrack_segments_replaced_total",
+                       "Segments that replaced a replanned position's earlier version, by whether they came "
+                       "before that position's deadline.", ["outcome"])
 PLAYLISTS = Gauge("entrain_soundtrack_playlists", "Listeners with a live playlist in this process.")
 HTTP = Counter("entrain_soundtrack_http_requests_total", "Delivery HTTP requests.", ["route", "status"])
 
@@ -178,9 +181,12 @@ class SegmentFeed:
         if entry is None:
             return
         DELIVERED.inc()
-        SLACK.observe(entry.slack_ms / 1000)
-        if entry.late:
-            UNDERRUNS.labels("server").inc()
+        if entry.replaces is not None:  # late or not, the version it replaces was there to play
+            REPLACEMENTS.labels("late" if entry.late else "in_time").inc()
+        else:
+            SLACK.observe(entry.slack_ms / 1000)
+            if entry.late:
+                UNDERRUNS.labels("server").inc()
         if self.on_entry is not None:
             self.on_entry(entry)
 
@@ -264,21 +270,31 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
     async def playlist(request: Request) -> Response:
         listener, entries = session_entries(request)
         now = clock()
-        segments = [{
-            "segment_id": e.segment["segment_id"], "session_id": e.segment["session_id"],
-            "sequence": e.segment["sequence"],
-            "url": signer.sign(e.segment["audio"]["sha256"], listener.listener_id, now),
-            "duration_ms": e.segment["audio"]["duration_ms"], "params": e.segment["params"],
-            "provenance": e.segment["provenance"], "watermark": e.segment["watermark"],
-            "generated_at": e.segment["generated_at"], "deadline": e.segment["deadline"], "late": e.late,
-        } for e in entries]
+        # Replanned positions are listed as their newest version only for players that swap (the page);
+        # others get the first version of each, as HLS does, so a listed segment never changes for them.
+        revisions = request.query_params.get("revisions", "0")
+        if revisions not in ("0", "1"):
+            raise HttpError(400, "revisions must be 0 or 1")
+        swaps = revisions == "1"
+        segments = []
+        for e in entries:
+            seg = e.segment if swaps else e.listed
+            segments.append({
+                "segment_id": seg["segment_id"], "session_id": seg["session_id"], "sequence": seg["sequence"],
+                "url": signer.sign(seg["audio"]["sha256"], listener.listener_id, now),
+                "duration_ms": seg["audio"]["duration_ms"], "params": seg["params"],
+                "provenance": seg["provenance"], "watermark": seg["watermark"],
+                "generated_at": seg["generated_at"], "requested_at": requested_at(seg), "deadline": seg["deadline"],
+                "late": e.late if seg is e.segment else e.first_late,
+                "replaces": e.replaces if swaps else None,
+            })
         tempo = segments[-1]["params"]["tempo_bpm"] if segments else None
         return JSONResponse({"segments": segments, "target_tempo_bpm": tempo, "server_time": int(now * 1000)})
 
     async def playlist_m3u8(request: Request) -> Response:
         listener, entries = session_entries(request)
         now = clock()
-        body = hls_media_playlist(entries, lambda e: signer.sign(e.segment["audio"]["sha256"], listener.listener_id,
+        body = hls_media_playlist(entries, lambda e: signer.sign(e.listed["audio"]["sha256"], listener.listener_id,
                                                                  now))
         return Response(body, media_type="application/vnd.apple.mpegurl")
 

@@ -2,6 +2,13 @@
 
 A segment that arrives after its deadline (the moment playback needed it) is a buffer
 underrun: the listener's player ran dry, or would have without its safety margin.
+
+A session position (sequence) can be replanned (soundtrack.schedule's revisions): the segment of
+the newest request replaces the one held, and a player swaps it in if it has not started the
+old one. A replacement that comes late is no underrun (the old one was there to play). Older
+versions arriving after a newer one are dropped. HLS cannot carry that: a live media playlist
+must not change a segment it listed (RFC 8216, 6.2.1), so it keeps the first version of each
+position (``Entry.listed``), and an HLS player hears the plan as first made.
 """
 
 from __future__ import annotations
@@ -18,6 +25,14 @@ MAX_LISTENERS = 100_000
 class Entry:
     segment: dict[str, Any]
     arrived_ms: int
+    replaces: str | None = None  # the segment id of the version of this position it replaced
+    first: dict[str, Any] | None = None  # the first version of this position, when this one replaced it
+    first_late: bool = False  # whether that first version came after its deadline
+
+    @property
+    def listed(self) -> dict[str, Any]:
+        """The first version of this position: what HLS lists (and clients that do not swap)."""
+        return self.first or self.segment
 
     @property
     def late(self) -> bool:
@@ -43,8 +58,15 @@ class Playlists:
             while len(self._by_listener) > self.max_listeners:
                 self._by_listener.popitem(last=False)
         self._by_listener.move_to_end(listener)
-        if any(e.segment["segment_id"] == segment["segment_id"] for e in entries):
-            return None
+        key = (segment["session_id"], int(segment["sequence"]))
+        held = next((i for i, e in enumerate(entries) if _order(e) == key), None)
+        if held is not None:  # a redelivery, an older version late, or a replacement
+            old = entries[held]
+            if old.segment["segment_id"] == segment["segment_id"] or requested_at(old.segment) >= requested_at(segment):
+                return None
+            entries[held] = entry = Entry(segment, arrived_ms, old.segment["segment_id"], old.listed,
+                                          old.first_late if old.first else old.late)
+            return entry
         entry = Entry(segment, arrived_ms)
         entries.append(entry)
         if len(entries) > 1 and _order(entries[-2]) > _order(entry):  # out-of-order arrival: keep sessions sorted
@@ -57,10 +79,15 @@ class Playlists:
         """Drop what is held for a listener (an erasure): everything, or the segments requested up to
         ``until_ms`` (see ``requested_at``); return how many segments."""
         entries = self._by_listener.pop(listener_id, deque())
-        kept = [] if until_ms is None else [e for e in entries if requested_at(e.segment) > until_ms]
+        if until_ms is None:
+            return len(entries)
+        kept = [e for e in entries if requested_at(e.segment) > until_ms]
+        # a kept replacement forgets the first version it stands for if that one was requested before
+        erased_firsts = [e for e in kept if e.first is not None and requested_at(e.first) <= until_ms]
+        kept = [Entry(e.segment, e.arrived_ms) if e in erased_firsts else e for e in kept]
         if kept:
             self._by_listener[listener_id] = deque(kept, maxlen=self.keep)
-        return len(entries) - len(kept)
+        return len(entries) - len(kept) + len(erased_firsts)
 
     def entries(self, listener_id: str) -> list[Entry]:
         """Every segment held for a listener, all sessions."""
@@ -91,7 +118,7 @@ def _order(entry: Entry) -> tuple[str, int]:
 
 def hls_media_playlist(entries: list[Entry], url_of: Any, ended: bool = False) -> str:
     """An HLS EVENT media playlist (RFC 8216) of the session's segments; ``url_of(entry)`` names each."""
-    target = max((e.segment["audio"]["duration_ms"] for e in entries), default=4000)
+    target = max((e.listed["audio"]["duration_ms"] for e in entries), default=4000)
     first = int(entries[0].segment["sequence"]) if entries else 0
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{-(-target // 1000)}",
              f"#EXT-X-MEDIA-SEQUENCE:{first}", "#EXT-X-PLAYLIST-TYPE:EVENT"]
@@ -100,7 +127,7 @@ def hls_media_playlist(entries: list[Entry], url_of: Any, ended: bool = False) -
         sequence = int(entry.segment["sequence"])
         if previous is not None and sequence != previous + 1:
             lines.append("#EXT-X-DISCONTINUITY")
-        lines.append(f"#EXTINF:{entry.segment['audio']['duration_ms'] / 1000:.3f},")
+        lines.append(f"#EXTINF:{entry.listed['audio']['duration_ms'] / 1000:.3f},")
         lines.append(url_of(entry))
         previous = sequence
     if ended:

@@ -27,11 +27,17 @@ Numbers and why:
   wish (within DEAD_BAND, 3%) is ignored; drift toward a nearby target moves at most
   MAX_RAMP (3%) per bar, below the noticeable threshold. A change of state (the target
   more than LARGE_CHANGE, 6%, away: starting or stopping a run) should be heard, and
-  soon: it moves up to BIG_RAMP_PER_S (5%) per second of music, so a bar of any length
-  carries the same rate of change (a 2-second bar at 120 BPM: 10%; about 8% per bar near
-  170 BPM, the span of a DJ turntable's classic pitch range, Technics SL-1200 +-8%, for
-  moves a dancer still hears as the same music; at most 12% in one bar, which caps the
-  long bars below ~110 BPM), and eases into the last 6% at 3% per bar.
+  soon: it moves up to BIG_RAMP_PER_S (10%) per second of music, so a bar of any length
+  carries the same rate of change (about 14% per bar near 170 BPM; at most MAX_BIG_STEP,
+  25%, in one bar, which caps the long bars below ~103 BPM; a 2-bar segment, above 110 BPM,
+  takes two bars' steps at once, up to ~45% at 111 BPM), and eases into the last 6% at 3%
+  per bar. That is far beyond a turntable's pitch range (Technics SL-1200 +-8%, for
+  moves a dancer still hears as the same track) on purpose: a runner who starts or stops
+  should hear the music change with them within a few seconds (issue #16's goal: within 3%
+  of the new tempo 15 s after the change, and rest 70 -> run 170 is a factor of 2.4), the way
+  a DJ cuts to a new track on a phrase boundary rather than pitching one up. We generate the
+  music, so each step is a new bar written at its tempo, not a stretched one. The earlier
+  5%/s (12% a bar) took ~25 s from rest to a run, measured from the played audio.
   Tempo still changes only at segment boundaries (1-2 bars): a glide inside the segment
   (issue #16) would make these steps continuous.
 - Match mode: moving with cadence >= 100 spm -> tempo = cadence (one beat per step),
@@ -54,8 +60,8 @@ from dataclasses import dataclass, replace
 TEMPO_MIN, TEMPO_MAX = 60.0, 200.0
 DEAD_BAND = 0.03
 MAX_RAMP = 0.03
-BIG_RAMP_PER_S = 0.05
-MAX_BIG_STEP = 0.12
+BIG_RAMP_PER_S = 0.10
+MAX_BIG_STEP = 0.25
 LARGE_CHANGE = 0.06
 HOLD_MS = 4_000
 MOOD_AGREE_MS = 8_000

@@ -56,7 +56,10 @@ def test_requests_flow_and_state_survives_a_kill(isolated: KafkaSettings, tmp_pa
         assert junk.flush(30) == 0
         before = requests(isolated, 4, timeout_s=40)
         assert len(before) >= 4, (tmp_path / "worker.log").read_text()[-2000:]
-        assert [r["sequence"] for r in before] == list(range(len(before)))
+        # positions in order; a position may be asked again (replanned: the confirming sample came), under a new id
+        positions = [r["sequence"] for r in before]
+        assert sorted(set(positions)) == list(range(max(positions) + 1))
+        assert len({r["request_id"] for r in before}) == len(before)
         assert all(r["listener_id"] == listener for r in before)
     finally:
         worker.send_signal(signal.SIGKILL)

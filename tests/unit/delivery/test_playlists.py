@@ -38,3 +38,35 @@ def test_an_erasure_covers_segments_requested_before_it_even_when_rendered_after
         playlists.add(record, 3_000)
     assert playlists.forget("a", until_ms=1_000) == 2
     assert [e.segment["sequence"] for e in playlists.session("a")] == [2]
+
+
+def version(sequence: int, requested: int, name: str) -> dict[str, Any]:
+    return {**segment("a", sequence), "segment_id": f"seg-{name}", "requested_at": requested,
+            "audio": {"duration_ms": 2000 + requested, "sha256": name}}
+
+
+def test_the_newest_request_of_a_position_replaces_the_version_held_and_hls_keeps_the_first() -> None:
+    from delivery.playlists import hls_media_playlist
+
+    playlists = Playlists()
+    for n in (0, 1):
+        playlists.add(version(n, 10, f"{n}-first"), 500)
+    replacement = playlists.add(version(1, 20, "1-second"), 1200)  # after its deadline: late, not an underrun
+    assert replacement is not None and replacement.replaces == "seg-1-first" and replacement.late
+    assert replacement.listed["segment_id"] == "seg-1-first" and not replacement.first_late
+    assert playlists.add(version(1, 15, "1-older"), 1300) is None  # an older version that came late
+    assert playlists.add(version(1, 20, "1-second"), 1400) is None  # a redelivery
+    assert [e.segment["segment_id"] for e in playlists.session("a")] == ["seg-0-first", "seg-1-second"]
+    again = playlists.add(version(1, 30, "1-third"), 1500)
+    assert again is not None and again.listed["segment_id"] == "seg-1-first"
+    hls = hls_media_playlist(playlists.session("a"), lambda e: e.listed["audio"]["sha256"])
+    assert hls.splitlines()[-1] == "1-first" and "#EXT-X-DISCONTINUITY" not in hls
+
+
+def test_an_erasure_also_forgets_the_first_version_a_kept_replacement_stands_for() -> None:
+    playlists = Playlists()
+    playlists.add(version(0, 100, "old"), 500)
+    playlists.add(version(0, 300, "new"), 600)  # requested after the erasure below
+    assert playlists.forget("a", until_ms=200) == 1
+    [kept] = playlists.session("a")
+    assert kept.segment["segment_id"] == "seg-new" and kept.listed["segment_id"] == "seg-new"

@@ -162,4 +162,4 @@ def test_heart_rate_wishes_keep_the_hold_once_a_confirmed_stop_is_old() -> None:
 
 
 def test_one_big_step_is_capped_however_long_the_bar() -> None:
-    assert big_step(60.0) == 0.12 and 0.07 < big_step(170.0) < 0.08
+    assert big_step(60.0) == 0.25 and 0.14 < big_step(170.0) < 0.15
