@@ -29,9 +29,9 @@ Numbers and why:
   more than LARGE_CHANGE, 6%, away: starting or stopping a run) should be heard, and
   soon: it moves up to BIG_RAMP_PER_S (10%) per second of music, so a bar of any length
   carries the same rate of change (about 14% per bar near 170 BPM; at most MAX_BIG_STEP,
-  25%, in one bar, which caps the long bars below ~103 BPM; a 2-bar segment, above 110 BPM,
-  takes two bars' steps at once, up to ~45% at 111 BPM), and eases into the last 6% at 3%
-  per bar. That is far beyond a turntable's pitch range (Technics SL-1200 +-8%, for
+  25%, in one bar, which caps the long bars below ~103 BPM; a 2-bar segment, above 110 BPM
+  or where a ramp leaves the 1-bar range, takes two bars' steps at once, up to ~50%), and
+  eases into the last 6% at 3% per bar. That is far beyond a turntable's pitch range (Technics SL-1200 +-8%, for
   moves a dancer still hears as the same track) on purpose: a runner who starts or stops
   should hear the music change with them within a few seconds (issue #16's goal: within 3%
   of the new tempo 15 s after the change, and rest 70 -> run 170 is a factor of 2.4), the way

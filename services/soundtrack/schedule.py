@@ -165,6 +165,18 @@ def segment_ms(tempo_bpm: float, bars: int | None = None) -> int:
     return round((bars or bars_for(tempo_bpm)) * 4 * 60_000 / tempo_bpm)
 
 
+def step(playing: Playing, wish: Music, policy_ms: int) -> tuple[Playing, int]:
+    """The next segment's policy state and its bars: one bar up to SHORT_SEGMENT_MAX_BPM, else two,
+    judged on the tempo it ends up at (a fast ramp out of the 1-bar range takes two bars, so no segment
+    is shorter than a bar at that limit, ~2.2 s, above the watermark's minimum)."""
+    bars = bars_for(playing.music.tempo_bpm)
+    after = advance(playing, wish, policy_ms, bars)
+    if bars_for(after.music.tempo_bpm) > bars:
+        bars = bars_for(after.music.tempo_bpm)
+        after = advance(playing, wish, policy_ms, bars)
+    return after, bars
+
+
 def revise(state: ListenerState, wish: Music, policy_ms: int, now_ms: int) -> ListenerState:
     """Forget planned segments that have ended; and when ``wish`` would change the first planned
     segment that can still be remade in time, rewind the plan to just before it (a new revision):
@@ -173,7 +185,7 @@ def revise(state: ListenerState, wish: Music, policy_ms: int, now_ms: int) -> Li
     first = next((i for i, a in enumerate(ahead) if a.start_ms - now_ms >= REVISE_LEAD_MS), None)
     if first is not None and now_ms - state.revised_at_ms >= REVISE_EVERY_MS:
         a = ahead[first]
-        replanned = advance(a.before, wish, policy_ms, bars_for(a.before.music.tempo_bpm)).music.tempo_bpm
+        replanned = step(a.before, wish, policy_ms)[0].music.tempo_bpm
         if abs(replanned - a.tempo_bpm) > REVISE_MIN_CHANGE * a.tempo_bpm:
             return replace(state, playing=a.before, next_sequence=a.sequence, scheduled_until_ms=a.start_ms,
                            revision=state.revision + 1, revised_at_ms=now_ms, last_request_id=a.previous_id,
@@ -199,9 +211,8 @@ def due_requests(state: ListenerState, now_ms: int) -> tuple[ListenerState, list
         scheduled = playback = now_ms + STARTUP_MS
     playing, previous = state.playing, state.last_request_id
     while scheduled < playback + SEGMENTS_AHEAD * segment_ms(playing.music.tempo_bpm):
-        bars = bars_for(playing.music.tempo_bpm)  # the ramp allowance and the segment agree
         before = playing
-        playing = advance(playing, wish, policy_ms, bars)
+        playing, bars = step(playing, wish, policy_ms)  # the ramp allowance and the segment agree
         music = playing.music
         sequence = state.next_sequence + len(requests)
         rid = request_id(state.listener_id, state.session_id, sequence, state.revision, previous)

@@ -245,3 +245,17 @@ def test_a_state_written_before_revisions_continues_its_last_request() -> None:
     new_fields = ("revision", "revised_at_ms", "last_request_id", "ahead")
     loaded = ListenerState.from_dict({k: v for k, v in state.to_dict().items() if k not in new_fields})
     assert loaded.last_request_id == request_id("l1", "s-1", state.next_sequence - 1)
+
+
+@pytest.mark.parametrize("cadence", [0, 105, 130, 170, 200])
+def test_no_segment_is_shorter_than_the_watermark_needs_whatever_the_ramp(cadence: int) -> None:
+    """The watermark needs ~1.9 s of audio; a fast ramp out of the 1-bar range must not make a 1-bar
+    segment at a fast tempo (1 bar at 131 BPM is 1.83 s)."""
+    for start in (0, 105, 170):
+        state, now = ListenerState("l1"), T0
+        for n in range(60):
+            body = start if n < 20 else cadence
+            state, requests = due_requests(observe(state, sample(T0 + n * 1000, cadence=body or None), now), now)
+            for r in requests:
+                assert segment_ms(r["params"]["tempo_bpm"], r["params"]["bars"]) >= 2_000, r["params"]
+            now += 1000
