@@ -1,11 +1,15 @@
 """Inference: soundtrack.requests.v1 -> soundtrack.segments.generated.v1.
 
-Each poll's requests are generated together (micro-batch: one batched model step per
-token). A request already past its deadline is dropped (metric, log), never generated
-late. One segment id names one audio: every generated segment is logged, write-once, in
-the segment store with the context its successor continues from (``GenerationLog``), so
-a replayed request gets the logged record instead of a new rendering, and a session
-continues identically after a crash. Audio goes to the segment store; the record carries its URI, SHA-256, duration
+Requests are held across polls and served earliest deadline first, a micro-batch at a time
+(one batched model step per token; ``kit.deadlines``): a new session's first segment, due
+soonest, goes before everyone's look-ahead, and a request the scheduler has replaced (a newer
+version of the same position is held) is skipped. A request already past its deadline is
+dropped (metric, log), never generated late.
+
+One segment id names one audio: every generated segment is logged, write-once, in the segment
+store with the context its successor continues from (``GenerationLog``), so a replayed request
+gets the logged record instead of a new rendering, and a session continues identically after a
+crash. Audio goes to the segment store; the record carries its URI, SHA-256, duration
 and provenance. At start-up the demo catalog is published to catalog.works.v1.
 
 Generation consent: the live records on catalog.consent.v1 under the shared rule
@@ -44,6 +48,7 @@ from inference.train import MODEL_DIR
 from inference.wav import wav_bytes
 from kit.consent import ConsentHistory
 from kit.consumer import ConsumerLoop, Record
+from kit.deadlines import soundtrack_deadline, soundtrack_position
 from kit.producer import Producer
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings
@@ -323,7 +328,7 @@ def main() -> None:
     log.info("catalog_published", works=service.publish_catalog())
     loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_INFERENCE_GROUP", kafka.group("inference")),
                         ["soundtrack.requests.v1"], lambda r: None, producer, batch_handler=service.handle,
-                        batch_size=16)
+                        batch_size=16, deadline_of=soundtrack_deadline, version_of=soundtrack_position)
     health = HealthServer.for_service(ServiceSettings.from_env("inference", 9103)).start()
     health.add_ready_check("kafka", lambda: producer.reachable(2.0))
     signal.signal(signal.SIGTERM, loop.stop)

@@ -15,20 +15,31 @@ poll -> decode -> handle -> (periodically) flush the producer, then commit.
   large, not authorised) stops the loop with DeliveryFailed and commits nothing more:
   the records are consumed again after a restart (or the fix), never skipped.
 * SIGTERM/SIGINT stop the loop after the current record; it commits and closes.
+* With ``deadline_of`` the loop holds up to ``hold`` decoded records across polls and serves
+  them earliest deadline first (``kit.deadlines``: late work last, superseded versions skipped
+  with ``version_of``), committing per partition only below the lowest offset still held.
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import structlog
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from kit.observability import CONSUMER_LAG, PROCESSING_SECONDS, RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
+from kit.deadlines import DeadlineQueue
+from kit.observability import (
+    CONSUMER_LAG,
+    PROCESSING_SECONDS,
+    RECORDS_CONSUMED,
+    RECORDS_DEAD_LETTERED,
+    RECORDS_HELD,
+    RECORDS_SUPERSEDED,
+)
 from kit.producer import DeliveryFailed, Headers, Producer
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings, group_membership
@@ -86,6 +97,11 @@ class ConsumerLoop:
     lag_interval_s: float = 5.0
     stats: LoopStats = field(default_factory=LoopStats)
     batch_handler: BatchHandler | None = None
+    # Earliest deadline first (kit.deadlines): a record's deadline in epoch ms, and optionally
+    # its (position, version) so a newer version of a held position replaces the older one.
+    deadline_of: Callable[[Record], int] | None = None
+    version_of: Callable[[Record], tuple[Hashable, Any] | None] | None = None
+    hold: int = 256
 
     def __post_init__(self) -> None:
         self._serdes = {s.topic: s for s in (TopicSerde.for_topic(t, self.settings) for t in self.topics)}
@@ -97,6 +113,12 @@ class ConsumerLoop:
         self._broken = False  # a delivery failed: nothing may be committed any more
         self._stopping = False
         self._assigned: list[TopicPartition] = []
+        self._queue: DeadlineQueue[tuple[Record, Message]] | None = None
+        if self.deadline_of is not None:
+            deadline_of, version_of = self.deadline_of, self.version_of
+            self._queue = DeadlineQueue(lambda held: deadline_of(held[0]),
+                                        None if version_of is None else lambda held: version_of(held[0]))
+        self._marked: dict[tuple[str, int], int] = {}  # with a queue: the last committable offset noted
         self._consumer = Consumer({
             **self.settings.client_config(),
             "group.id": self.group_id,
@@ -125,8 +147,18 @@ class ConsumerLoop:
         last_commit = last_lag = last_record = time.monotonic()
         try:
             while not self._stopping:
-                batch = self._consumer.consume(self.batch_size, 0.2)
-                now = time.monotonic()
+                if self._queue is not None:
+                    batch = self._consumer.consume(max(1, self.hold - len(self._queue)), 0 if self._queue else 0.2)
+                    now = time.monotonic()
+                    activity = bool(batch) or bool(self._queue)  # held work is activity
+                    self._consume_held(batch)
+                    if max_records is not None and self.stats.handled >= max_records:
+                        self._stopping = True
+                    batch = []
+                else:
+                    batch = self._consumer.consume(self.batch_size, 0.2)
+                    now = time.monotonic()
+                    activity = bool(batch)
                 if self.batch_handler is not None and batch:
                     self._consume_batch(batch)
                     batch = []
@@ -135,7 +167,7 @@ class ConsumerLoop:
                     if self._stopping or (max_records is not None and self.stats.handled >= max_records):
                         self._stopping = True
                         break
-                if batch:
+                if activity:
                     last_record = now
                 elif idle_timeout_s is not None and now - last_record > idle_timeout_s:
                     break
@@ -154,56 +186,76 @@ class ConsumerLoop:
     # -- one record ---------------------------------------------------------------
 
     def _consume_one(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None:
-            if err.code() == KafkaError._PARTITION_EOF:
-                return
-            if err.fatal():
-                raise KafkaException(err)
-            log.warning("consumer_error", error=str(err))
+        if not self._usable(msg):
             return
         topic, partition, offset = source_of(msg)
-        headers = _headers(msg)
+        record = self._decode(msg)
+        if record is not None:
+            self._handle(record, msg)
+        self._pending[(topic, partition)] = offset + 1
+
+    def _usable(self, msg: Message) -> bool:
+        """False for a consumer event that is not a record (partition EOF, a transient error);
+        a fatal error raises."""
+        err = msg.error()
+        if err is None:
+            return True
+        if err.fatal():
+            raise KafkaException(err)
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer_error", error=str(err))
+        return False
+
+    def _decode(self, msg: Message) -> Record | None:
+        """The decoded record, or None when it does not decode (then it is dead-lettered, counted)."""
+        topic, partition, offset = source_of(msg)
         serde = self._serdes[topic]
-        started = time.perf_counter()
-        structlog.contextvars.bind_contextvars(topic=topic, partition=partition, offset=offset)
         try:
-            record = Record(
-                topic=topic, partition=partition, offset=offset, timestamp_ms=msg.timestamp()[1],
-                key=serde.decode_key(msg.key()), value=serde.decode_value(msg.value()),
-                headers=tuple(headers),
-            )
-            self.handler(record)
+            return Record(topic=topic, partition=partition, offset=offset, timestamp_ms=msg.timestamp()[1],
+                          key=serde.decode_key(msg.key()), value=serde.decode_value(msg.value()),
+                          headers=tuple(_headers(msg)))
         except DecodeError as exc:
             self._dead_letter(msg, "undecodable", str(exc))
+            self._metrics[topic][0].inc()
+            return None
+
+    def _handle(self, record: Record, msg: Message) -> None:
+        """One record through the handler: InvalidRecord goes to the DLQ; other exceptions propagate."""
+        started = time.perf_counter()
+        structlog.contextvars.bind_contextvars(topic=record.topic, partition=record.partition, offset=record.offset)
+        try:
+            self.handler(record)
         except InvalidRecord as exc:
             self._dead_letter(msg, "invalid", exc.reason)
         else:
             self.stats.handled += 1
         finally:
             structlog.contextvars.unbind_contextvars("topic", "partition", "offset")
-        consumed, seconds = self._metrics[topic]
+        consumed, seconds = self._metrics[record.topic]
         consumed.inc()
         seconds.observe(time.perf_counter() - started)
-        self._pending[(topic, partition)] = offset + 1
 
     def _consume_batch(self, batch: list[Message]) -> None:
-        assert self.batch_handler is not None
         records, messages, done = [], [], []  # done: dead-lettered while decoding
         for msg in batch:
-            if msg.error() is not None:
-                self._consume_one(msg)  # errors are handled (or raised) one by one
+            if not self._usable(msg):
                 continue
-            topic, partition, offset = source_of(msg)
-            serde = self._serdes[topic]
-            try:
-                records.append(Record(topic=topic, partition=partition, offset=offset,
-                                      timestamp_ms=msg.timestamp()[1], key=serde.decode_key(msg.key()),
-                                      value=serde.decode_value(msg.value()), headers=tuple(_headers(msg))))
+            record = self._decode(msg)
+            if record is None:
+                done.append(source_of(msg))
+            else:
+                records.append(record)
                 messages.append(msg)
-            except DecodeError as exc:
-                self._dead_letter(msg, "undecodable", str(exc))
-                done.append((topic, partition, offset))
+        self._handle_batch(records, messages)
+        # Only once the whole batch is handled, and never backwards: an exception above (a bug, the
+        # registry away) leaves every offset of the batch uncommitted.
+        latest: dict[tuple[str, int], int] = {}
+        for topic, partition, offset in done + [(r.topic, r.partition, r.offset) for r in records]:
+            latest[(topic, partition)] = max(latest.get((topic, partition), -1), offset + 1)
+        self._pending.update(latest)
+
+    def _handle_batch(self, records: list[Record], messages: list[Message]) -> None:
+        assert self.batch_handler is not None
         started = time.perf_counter()
         reasons = self.batch_handler(records) if records else []
         elapsed = (time.perf_counter() - started) / max(1, len(records))
@@ -215,12 +267,38 @@ class ConsumerLoop:
             consumed, seconds = self._metrics[record.topic]
             consumed.inc()
             seconds.observe(elapsed)
-        # Only once the whole batch is handled, and never backwards: an exception above (a bug, the
-        # registry away) leaves every offset of the batch uncommitted.
-        latest: dict[tuple[str, int], int] = {}
-        for topic, partition, offset in done + [(r.topic, r.partition, r.offset) for r in records]:
-            latest[(topic, partition)] = max(latest.get((topic, partition), -1), offset + 1)
-        self._pending.update(latest)
+
+    def _consume_held(self, batch: list[Message]) -> None:
+        """Hold what was consumed, serve the earliest deadlines (a batch, or one record), and note
+        what may be committed."""
+        queue = self._queue
+        assert queue is not None
+        for msg in batch:
+            if not self._usable(msg):
+                continue
+            topic, partition, offset = source_of(msg)
+            record = self._decode(msg)
+            if record is None:
+                queue.taken(topic, partition, offset)
+                continue
+            superseded = queue.push(topic, partition, offset, (record, msg))
+            if superseded is not None:
+                self.stats.handled += 1
+                RECORDS_SUPERSEDED.labels(self.service, superseded[0].topic).inc()
+                self._metrics[superseded[0].topic][0].inc()
+        served = queue.take(self.batch_size if self.batch_handler is not None else 1, int(time.time() * 1000))
+        if served:
+            if self.batch_handler is not None:
+                self._handle_batch([h.item[0] for h in served], [h.item[1] for h in served])
+            else:
+                for held in served:
+                    self._handle(*held.item)
+            for held in served:  # only after the handler returned: an exception leaves them uncommitted
+                queue.done(held)
+        RECORDS_HELD.labels(self.service).set(len(queue))
+        for key, offset in queue.committable().items():
+            if offset > self._marked.get(key, -1):
+                self._pending[key] = self._marked[key] = offset
 
     def _dead_letter(self, msg: Message, reason_class: str, reason: str) -> None:
         topic, partition, offset = source_of(msg)
@@ -267,6 +345,11 @@ class ConsumerLoop:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit(only=partitions)
         revoked = {(tp.topic, tp.partition) for tp in partitions}
+        if self._queue is not None:  # their held records are consumed again by the new owner
+            self._queue.drop(revoked)
+            for key in revoked:
+                self._marked.pop(key, None)
+                self._pending.pop(key, None)
         self._assigned = [tp for tp in self._assigned if (tp.topic, tp.partition) not in revoked]
         log.info("partitions_revoked", partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])
 

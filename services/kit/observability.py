@@ -32,6 +32,11 @@ PRODUCE_ERRORS = Counter(
     "entrain_produce_errors_total", "Records the broker did not acknowledge (delivery failed).", ["service", "topic"])
 RECORDS_DEAD_LETTERED = Counter(
     "entrain_records_dead_lettered_total", "Records sent to a DLQ, by reason class.", ["service", "topic", "reason"])
+RECORDS_SUPERSEDED = Counter(
+    "entrain_records_superseded_total",
+    "Held records not served because a newer version of the same position arrived (kit.deadlines).",
+    ["service", "topic"])
+RECORDS_HELD = Gauge("entrain_records_held", "Records held to be served earliest deadline first.", ["service"])
 PROCESSING_SECONDS = Histogram(
     "entrain_processing_seconds", "Time to handle one consumed record.", ["service", "topic"],
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0))

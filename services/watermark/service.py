@@ -8,6 +8,10 @@ instance and detection API materialises), and produce the
 watermarked segment. A segment that cannot be marked or does not verify goes to the
 DLQ with the reason and never downstream. Idempotent: the same segment produces the
 same bytes, the same store URI and the same record.
+
+Segments are held across polls and marked earliest deadline first (``kit.deadlines``): one that
+is already late waits until no on-time segment is held, and an older version of a position the
+scheduler has replaced (a newer version is held) is skipped.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from prometheus_client import Counter, Histogram
 from kit.audio import AudioError, decode_bytes, encode_wav
 from kit.auth import KeyStore, api_keys
 from kit.consumer import ConsumerLoop, InvalidRecord, Record
+from kit.deadlines import soundtrack_deadline, soundtrack_position
 from kit.producer import Producer
 from kit.ratelimit import RateLimiter
 from kit.serde import TopicSerde
@@ -113,7 +118,8 @@ def main() -> None:
     service = WatermarkService(kafka, keys, FileStore(), RegistryWriter(kafka, producer), producer)
     index = RegistryIndex(kafka).start()  # what the detection API looks payloads up in
     loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_WATERMARK_GROUP", kafka.group("watermark")),
-                        ["soundtrack.segments.generated.v1"], service.handle, producer, batch_size=8)
+                        ["soundtrack.segments.generated.v1"], service.handle, producer, batch_size=8,
+                        deadline_of=soundtrack_deadline, version_of=soundtrack_position)
     health = HealthServer.for_service(ServiceSettings.from_env("watermark", 9104)).start()
     health.add_ready_check("kafka", lambda: producer.reachable(2.0))
     health.add_ready_check("provenance-index", lambda: index.healthy)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -19,6 +20,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from kit.consumer import ConsumerLoop, InvalidRecord, Record
 from kit.contracts import load_contracts
+from kit.deadlines import soundtrack_deadline, soundtrack_position
 from kit.observability import REGISTRY, HealthServer
 from kit.producer import Producer
 from kit.serde import TopicSerde
@@ -27,6 +29,7 @@ from kit.topics import PartitionMismatch, delete_prefixed_topics, ensure_topics
 from tests.kafka_helpers import committed, read_all
 
 TELEMETRY = "listener.telemetry.v1"
+REQUESTS = "soundtrack.requests.v1"
 
 
 def telemetry_value(n: int, heart_rate: int = 120) -> dict[str, Any]:
@@ -181,6 +184,60 @@ def test_a_failed_delivery_stops_the_loop_and_its_input_is_not_committed(
     ConsumerLoop(settings, "test", group, [TELEMETRY], fixed, producer).run(max_records=3, idle_timeout_s=20)
     assert sorted(again) == [60, 61, 62]
     assert sum(committed(settings, group, serde.topic, serde.contract.partitions).values()) == 3
+
+
+def request_value(listener: str, sequence: int, deadline: int, requested_at: int) -> dict[str, Any]:
+    example = load_contracts()[REQUESTS].examples()[0][1]["value"]
+    return {**example, "listener_id": listener, "session_id": "s-edf", "sequence": sequence,
+            "request_id": f"r-{sequence}-{requested_at}", "deadline": deadline, "requested_at": requested_at}
+
+
+def test_held_records_are_served_earliest_deadline_first_and_commits_stop_below_the_unserved(
+        isolated: KafkaSettings) -> None:
+    """Five requests with deadlines in reverse arrival order and a replacement of one of them: served
+    earliest deadline first, the replaced one never; a bug on the third served leaves the partition
+    committed below every record not done (the two served ones come again: at-least-once)."""
+    producer = Producer(isolated, "test")
+    serde = TopicSerde.for_topic(REQUESTS, isolated)
+    listener = uuid.uuid4().hex * 2
+    soon = int(time.time() * 1000) + 600_000  # far ahead: nothing is late
+    sent = [request_value(listener, seq, soon + (5 - seq) * 1000, soon - 10_000) for seq in range(5)]
+    sent.append(request_value(listener, 1, soon + 4000, soon - 5_000))  # the scheduler replaced position 1
+    for value in sent:
+        producer.produce(serde, {"listener_id": listener}, value)
+    assert producer.flush(30) == 0
+    group = f"edf-{uuid.uuid4().hex}"
+    seen: list[tuple[int, int]] = []
+    partitions: set[int] = set()
+
+    def handler(record: Record, bug_at: int | None = 2) -> None:
+        assert record.value is not None
+        if record.value["sequence"] == bug_at:
+            raise ZeroDivisionError("a bug")
+        seen.append((record.value["sequence"], record.value["requested_at"]))
+        partitions.add(record.partition)
+
+    def loop(handle: Any) -> ConsumerLoop:
+        return ConsumerLoop(isolated, "test", group, [REQUESTS], handle, producer,
+                            deadline_of=soundtrack_deadline, version_of=soundtrack_position)
+
+    superseded_before = REGISTRY.get_sample_value("entrain_records_superseded_total",
+                                                  {"service": "test", "topic": serde.topic}) or 0.0
+    with pytest.raises(ZeroDivisionError):
+        loop(handler).run(idle_timeout_s=20)
+    assert seen == [(4, soon - 10_000), (3, soon - 10_000)]
+    (partition,) = partitions
+    assert committed(isolated, group, serde.topic, serde.contract.partitions).get(partition, 0) == 0
+
+    seen.clear()
+    stats = loop(lambda r: handler(r, bug_at=None)).run(max_records=6, idle_timeout_s=20)
+    assert [s for s, _ in seen] == [4, 3, 2, 1, 0]
+    assert (1, soon - 5_000) in seen and (1, soon - 10_000) not in seen
+    assert stats.handled == 6  # five served and the superseded one
+    assert committed(isolated, group, serde.topic, serde.contract.partitions) == {partition: 6}
+    superseded = REGISTRY.get_sample_value("entrain_records_superseded_total",
+                                           {"service": "test", "topic": serde.topic})
+    assert superseded == superseded_before + 2  # once in each run
 
 
 CONSUMER_PROCESS = """

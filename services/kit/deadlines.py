@@ -1,0 +1,161 @@
+"""Records held across polls and served earliest deadline first, with the offsets that may be committed.
+
+A service whose work has deadlines (inference: a request's segment must exist by then; watermark:
+a generated segment must reach the playlist by then) should not serve it in arrival order: under
+a burst, a new session's first segment would wait behind seconds of look-ahead for everyone
+else. ``DeadlineQueue`` holds decoded records and hands out the earliest deadline first.
+
+* **Late work last.** A record whose deadline has passed by the time it would be served moves to
+  a late queue (arrival order) that is served only while no on-time record is held, so work that
+  is already late cannot make on-time work late too (EDF's domino effect under overload).
+* **Superseded work is skipped.** With ``version_of`` a record names its position and version
+  (inference: a listener's session and sequence; the version its request time): a newer version
+  of a held position takes the older one's place, and the older one is done without being
+  served. Equal versions (a replay of the same record) are both kept.
+* **Out-of-order completion, in-order commits.** ``committable`` gives, per partition, the lowest
+  offset still held (or one past the highest taken): everything below it is done, so a commit
+  there never skips a record that was not served; a crash replays the held ones (handlers are
+  idempotent, as for every consumer here).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+Partition = tuple[str, int]
+
+
+@dataclass(eq=False)
+class Held(Generic[T]):
+    topic: str
+    partition: int
+    offset: int
+    deadline_ms: int
+    item: T
+    position: Hashable | None = None
+    version: Any = None
+    cancelled: bool = False
+
+
+@dataclass
+class DeadlineQueue(Generic[T]):
+    deadline_of: Callable[[T], int]
+    version_of: Callable[[T], tuple[Hashable, Any] | None] | None = None
+    _heap: list[tuple[int, int, Held[T]]] = field(default_factory=list)
+    _late: deque[Held[T]] = field(default_factory=deque)
+    _newest: dict[Hashable, Held[T]] = field(default_factory=dict)
+    _outstanding: dict[Partition, set[int]] = field(default_factory=dict)
+    _next: dict[Partition, int] = field(default_factory=dict)
+    _count: itertools.count[int] = field(default_factory=itertools.count)
+    _held: int = 0
+
+    def __len__(self) -> int:
+        return self._held
+
+    def taken(self, topic: str, partition: int, offset: int) -> None:
+        """A record was taken from the consumer (held or not: a record dead-lettered on decoding
+        is done at once)."""
+        key = (topic, partition)
+        self._next[key] = max(self._next.get(key, 0), offset + 1)
+
+    def push(self, topic: str, partition: int, offset: int, item: T) -> T | None:
+        """Hold a record; returns the one it supersedes (done, not to be served), or None."""
+        self.taken(topic, partition, offset)
+        held = Held(topic, partition, offset, self.deadline_of(item), item)
+        named = self.version_of(item) if self.version_of is not None else None
+        if named is not None:
+            held.position, held.version = named
+            older = self._newest.get(held.position)
+            if older is not None and held.version < older.version:
+                return item  # an older version than one already held (out of order): never served
+            if older is not None and older.version < held.version:
+                self._cancel(older)
+                self._newest[held.position] = held
+                self._add(held)
+                return older.item
+            self._newest[held.position] = held
+        self._add(held)
+        return None
+
+    def take(self, n: int, now_ms: int) -> list[Held[T]]:
+        """Up to ``n`` held records: on-time ones earliest deadline first, late ones (in arrival
+        order) only when no on-time record is left. They stay outstanding until ``done``."""
+        out: list[Held[T]] = []
+        while self._heap and len(out) < n:
+            _, _, held = heapq.heappop(self._heap)
+            if held.cancelled:
+                continue
+            if held.deadline_ms <= now_ms:
+                self._late.append(held)
+                continue
+            out.append(held)
+        while self._late and len(out) < n and not self._heap_has_work():
+            held = self._late.popleft()
+            if not held.cancelled:
+                out.append(held)
+        for held in out:
+            self._held -= 1
+            if held.position is not None and self._newest.get(held.position) is held:
+                del self._newest[held.position]
+        return out
+
+    def done(self, held: Held[T]) -> None:
+        self._outstanding[(held.topic, held.partition)].discard(held.offset)
+
+    def committable(self) -> dict[Partition, int]:
+        """Per partition, the offset a commit may name: the lowest held or in-service offset, or
+        one past the highest taken."""
+        return {key: min(self._outstanding[key]) if self._outstanding.get(key) else end
+                for key, end in self._next.items()}
+
+    def drop(self, partitions: Iterable[Partition]) -> None:
+        """Forget the held records of partitions this consumer no longer owns (their new owner
+        consumes them again from the committed offset)."""
+        gone = set(partitions)
+        for key in gone:
+            self._outstanding.pop(key, None)
+            self._next.pop(key, None)
+        for held in [h for _, _, h in self._heap] + list(self._late):
+            if (held.topic, held.partition) in gone and not held.cancelled:
+                held.cancelled = True
+                self._held -= 1
+                if held.position is not None and self._newest.get(held.position) is held:
+                    del self._newest[held.position]
+        self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+        heapq.heapify(self._heap)
+        self._late = deque(h for h in self._late if not h.cancelled)
+
+    def _add(self, held: Held[T]) -> None:
+        self._outstanding.setdefault((held.topic, held.partition), set()).add(held.offset)
+        heapq.heappush(self._heap, (held.deadline_ms, next(self._count), held))
+        self._held += 1
+
+    def _cancel(self, held: Held[T]) -> None:
+        held.cancelled = True
+        self._held -= 1
+        self.done(held)
+
+    def _heap_has_work(self) -> bool:
+        while self._heap and self._heap[0][2].cancelled:
+            heapq.heappop(self._heap)
+        return bool(self._heap)
+
+
+def soundtrack_deadline(record: Any) -> int:
+    """A soundtrack request's or segment's deadline (a tombstone is due at once: it is rejected)."""
+    return int(record.value["deadline"]) if record.value is not None else 0
+
+
+def soundtrack_position(record: Any) -> tuple[Hashable, Any] | None:
+    """A request's or segment's position (listener, session, sequence) and version (when it was
+    requested, then its request id): the scheduler's replacement of a position is requested later."""
+    v = record.value
+    if v is None:
+        return None
+    return (v["listener_id"], v["session_id"], v["sequence"]), (v["requested_at"], v["request_id"])
