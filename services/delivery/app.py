@@ -53,7 +53,7 @@ from kit.tokens import Listener, TokenVerifier, bearer_credential
 
 log = structlog.get_logger()
 SERVICE = "soundtrack-delivery"
-SEGMENTS, ERASURES = "soundtrack.segments.v1", "listener.erasures.v1"
+SEGMENTS, ERASURES, ADMISSIONS = "soundtrack.segments.v1", "listener.erasures.v1", "soundtrack.admissions.v1"
 PAGE = Path(__file__).with_name("web") / "index.html"
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 URL_TTL_S = 3600
@@ -79,12 +79,15 @@ HTTP = Counter("entrain_soundtrack_http_requests_total", "Delivery HTTP requests
 
 class SegmentFeed:
     """Follows soundtrack.segments.v1 (and listener.erasures.v1, which empties a listener's
-    playlist) into ``playlists`` in a daemon thread."""
+    playlist, and soundtrack.admissions.v1, each listener's latest admission decision) into
+    ``playlists`` in a daemon thread."""
 
     def __init__(self, kafka: KafkaSettings, playlists: Playlists, lookback_s: float,
                  on_entry: Callable[[Entry], None] | None = None) -> None:
         self.serde = TopicSerde.for_topic(SEGMENTS, kafka)
         self.erasures = TopicSerde.for_topic(ERASURES, kafka)
+        self.admissions = TopicSerde.for_topic(ADMISSIONS, kafka)
+        self.decisions: OrderedDict[str, dict[str, Any]] = OrderedDict()  # listener -> latest admission decision
         self.playlists, self.on_entry = playlists, on_entry
         self.lock = threading.Lock()
         self._erased: OrderedDict[str, int] = OrderedDict()  # listener -> erasure time, newest last
@@ -94,7 +97,8 @@ class SegmentFeed:
                                    "enable.auto.commit": False, "enable.partition.eof": True,
                                    "isolation.level": "read_committed"})
         since = int((time.time() - lookback_s) * 1000)
-        wanted = [TopicPartition(name, p, since) for name in (self.serde.topic, self.erasures.topic)
+        wanted = [TopicPartition(name, p, since) for name in (self.serde.topic, self.erasures.topic,
+                                                               self.admissions.topic)
                   for p in self._consumer.list_topics(name, timeout=30).topics[name].partitions]
         starts = self._offsets_for_times(wanted, deadline=time.monotonic() + 30)
         self._pending = {(tp.topic, tp.partition) for tp in starts if tp.offset >= 0}  # -1: nothing to catch up on
@@ -140,6 +144,9 @@ class SegmentFeed:
                 if msg.topic() == self.erasures.topic:
                     self._erase(msg)
                     continue
+                if msg.topic() == self.admissions.topic:
+                    self._admission(msg)
+                    continue
                 try:
                     segment = self.serde.decode_value(msg.value())
                 except DecodeError as exc:
@@ -165,12 +172,37 @@ class SegmentFeed:
         erased_at = max(int(value["requested_at"]), msg.timestamp()[1])
         with self.lock:
             dropped = self.playlists.forget(listener, until_ms=erased_at)
+            self.decisions.pop(listener, None)
             # Segments generated before the erasure that are still on their way are dropped too.
             self._erased[listener] = erased_at
             self._erased.move_to_end(listener)
             while len(self._erased) > MAX_ERASED_REMEMBERED:
                 self._erased.popitem(last=False)
         log.info("playlist_erased", listener_id=listener, segments=dropped)
+
+    def _admission(self, msg: Any) -> None:
+        try:
+            value = self.admissions.decode_value(msg.value())
+        except DecodeError as exc:
+            log.warning("admission_undecodable", reason=str(exc), partition=msg.partition(), offset=msg.offset())
+            return
+        if value is None:
+            return
+        listener = value["listener_id"]
+        with self.lock:
+            if value["decided_at"] <= self._erased.get(listener, -1):
+                return
+            self.decisions[listener] = value
+            self.decisions.move_to_end(listener)
+            while len(self.decisions) > MAX_ERASED_REMEMBERED:
+                self.decisions.popitem(last=False)
+
+    def admission(self, listener: str, session_id: str | None) -> dict[str, Any] | None:
+        """The listener's latest admission decision, if it is about ``session_id`` (or any session)."""
+        decision = self.decisions.get(listener)
+        if decision is None or (session_id is not None and decision["session_id"] != session_id):
+            return None
+        return {k: decision[k] for k in ("session_id", "decision", "retry_after_ms", "decided_at")}
 
     def add(self, segment: dict[str, Any], arrived_ms: int) -> None:
         with self.lock:
@@ -269,6 +301,9 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
 
     async def playlist(request: Request) -> Response:
         listener, entries = session_entries(request)
+        with feed.lock:
+            session = request.query_params.get("session_id") or (entries[-1].segment["session_id"] if entries else None)
+            admission = feed.admission(listener.listener_id, session)
         now = clock()
         # Replanned positions are listed as their newest version only for players that swap (the page);
         # others get the first version of each, as HLS does, so a listed segment never changes for them.
@@ -289,7 +324,8 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
                 "replaces": e.replaces if swaps else None,
             })
         tempo = segments[-1]["params"]["tempo_bpm"] if segments else None
-        return JSONResponse({"segments": segments, "target_tempo_bpm": tempo, "server_time": int(now * 1000)})
+        return JSONResponse({"segments": segments, "target_tempo_bpm": tempo, "server_time": int(now * 1000),
+                             "admission": admission})
 
     async def playlist_m3u8(request: Request) -> Response:
         listener, entries = session_entries(request)

@@ -5,8 +5,8 @@ Every topic that carries a listener is keyed by the pseudonymous listener id, so
 records sit in one partition; the export computes it the way the producer's partitioner did
 and reads that partition over the topic's retention:
 
-* listener.telemetry.v1, listener.plays.v1, soundtrack.segments.v1, listener.erasures.v1
-  (written by confluent-kafka: librdkafka's default partitioner, CRC-32 of the key bytes);
+* listener.telemetry.v1, listener.plays.v1, soundtrack.segments.v1, soundtrack.admissions.v1,
+  listener.erasures.v1 (written by confluent-kafka: librdkafka's default partitioner, CRC-32 of the key bytes);
 * soundtrack.requests.v1 (written by the Faust worker: aiokafka's, murmur2 like Java's);
 * the soundtrack worker's state: the latest record for the listener on its compacted Faust
   changelog (``<app id>-listeners-changelog``, key JSON-encoded), in the telemetry partition.
@@ -82,6 +82,7 @@ SOURCES = (
     Source("listener.plays.v1", "plays the app reported"),
     Source("soundtrack.requests.v1", "segment requests the soundtrack worker made for the listener", murmur2=True),
     Source("soundtrack.segments.v1", "segments generated for the listener, with their provenance"),
+    Source("soundtrack.admissions.v1", "admission decisions about the listener's sessions (refused at capacity)"),
     Source("listener.erasures.v1", "erasure requests"),
 )
 

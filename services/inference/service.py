@@ -4,7 +4,9 @@ Requests are held across polls and served earliest deadline first, a micro-batch
 (one batched model step per token; ``kit.deadlines``): a new session's first segment, due
 soonest, goes before everyone's look-ahead, and a request the scheduler has replaced (a newer
 version of the same position is held) is skipped. A request already past its deadline is
-dropped (metric, log), never generated late.
+dropped (metric, log), never generated late. Beyond capacity, a session that is not being
+served is refused (``inference.admission``: its requests are not generated, and the decision
+goes to soundtrack.admissions.v1 for the listener's playlist) instead of everyone running late.
 
 One segment id names one audio: every generated segment is logged, write-once, in the segment
 store with the context its successor continues from (``GenerationLog``), so a replayed request
@@ -41,6 +43,7 @@ import torch
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from inference.admission import RETRY_MS, Admission
 from inference.catalog import load_catalog, training_withdrawals
 from inference.engine import Context, Engine, Job, Params
 from inference.registry import ModelRegistry, unpack
@@ -68,6 +71,14 @@ QUEUE_DEPTH = Gauge("entrain_inference_batch_size", "Requests in the last micro-
 REFUSED = Counter("entrain_inference_requests_refused_total",
                   "Requests not generated because the model's training consent ended (until a new version).")
 MODEL = Gauge("entrain_inference_model_info", "The model version generating (1).", ["model_version"])
+NOT_ADMITTED = Counter("entrain_inference_requests_not_admitted_total",
+                       "Requests not generated because their session was refused at capacity (inference.admission).")
+ADMISSIONS = Counter("entrain_inference_admission_decisions_total",
+                     "Admission decisions announced on soundtrack.admissions.v1.", ["decision"])
+ACTIVE_SESSIONS = Gauge("entrain_inference_active_sessions", "Sessions this instance is serving (inference.admission).")
+CAPACITY_SESSIONS = Gauge("entrain_inference_capacity_sessions",
+                          "Sessions this instance can serve on time, from its measured generation cost "
+                          "(-1: not measured yet).")
 
 
 class GenerationConsent:
@@ -121,9 +132,12 @@ def segment_id_for(request_id: str) -> str:
 
 class InferenceService:
     def __init__(self, kafka: KafkaSettings, engine: Engine, store: SegmentStore, producer: Producer,
-                 registry: ModelRegistry | None = None, models_dir: Path | None = None) -> None:
+                 registry: ModelRegistry | None = None, models_dir: Path | None = None,
+                 admission: Admission | None = None) -> None:
         self.kafka, self.engine, self.store, self.producer = kafka, engine, store, producer
         self.out = TopicSerde.for_topic("soundtrack.segments.generated.v1", kafka)
+        self.admissions = TopicSerde.for_topic("soundtrack.admissions.v1", kafka)
+        self.admission = admission or Admission()
         self.consent = GenerationConsent(kafka)
         self.log = GenerationLog(store)
         self.registry = registry
@@ -208,7 +222,10 @@ class InferenceService:
                 continue
             if request["deadline"] <= now:
                 DEADLINE_MISSES.inc()
+                self.admission.finished(request["deadline"] - now, now)
                 log.warning("deadline_missed", request_id=request["request_id"], late_ms=now - request["deadline"])
+                continue
+            if not self._admit(request, now):
                 continue
             pending.append((i, request, params))
         if not pending:
@@ -232,6 +249,35 @@ class InferenceService:
             self._generate(wave, allowed)
         return reasons
 
+    def _admit(self, request: dict[str, Any], now: int) -> bool:
+        """Admission control (``inference.admission``); announces a decision that changed."""
+        session = (request["listener_id"], request["session_id"])
+        continuing = session not in self.admission.active and request["previous_segment_id"] is not None \
+            and self.log.record(request["previous_segment_id"]) is not None
+        admitted, announce = self.admission.admit(session, now, continuing)
+        if announce is not None:
+            ADMISSIONS.labels(announce).inc()
+            log.info("admission", decision=announce, active=len(self.admission.active),
+                     capacity=self.admission.capacity, session_id=request["session_id"])
+            self.producer.produce(self.admissions, {"listener_id": request["listener_id"]}, {
+                "listener_id": request["listener_id"], "session_id": request["session_id"], "decision": announce,
+                "retry_after_ms": 0 if admitted else RETRY_MS, "active_sessions": len(self.admission.active),
+                "capacity_sessions": -1 if self.admission.capacity is None else self.admission.capacity,
+                "decided_at": now})
+        if not admitted:
+            NOT_ADMITTED.inc()
+        ACTIVE_SESSIONS.set(len(self.admission.active))
+        return admitted
+
+    def warm_up(self) -> None:
+        """Generate one segment as production asks for them (2 bars at 120 BPM) to measure the cost
+        admission starts from (and to have the model's first step behind us)."""
+        started = time.perf_counter()
+        segment = self.engine.generate(Params(120.0, 0.5, "MAJOR", 0, 2), seed=0)
+        self.admission.measured(time.perf_counter() - started, segment.duration_ms / 1000)
+        CAPACITY_SESSIONS.set(self.admission.capacity if self.admission.capacity is not None else -1)
+        log.info("warmed_up", cost_per_audio_s=round(self.admission.cost or 0, 4), capacity=self.admission.capacity)
+
     def _generate(self, wave: list[tuple[int, dict[str, Any], Params]], allowed: set[str]) -> None:
         jobs = [Job(params, request["seed"], self.log.context(request["previous_segment_id"]))
                 for _, request, params in wave]
@@ -239,12 +285,17 @@ class InferenceService:
         segments = self.engine.generate_batch(jobs, allowed)
         elapsed = time.perf_counter() - started
         GENERATION_SECONDS.observe(elapsed)
-        REAL_TIME_FACTOR.set(sum(s.duration_ms for s in segments) / 1000 / max(elapsed, 1e-9))
+        audio_s = sum(s.duration_ms for s in segments) / 1000
+        REAL_TIME_FACTOR.set(audio_s / max(elapsed, 1e-9))
+        self.admission.measured(elapsed, audio_s)
+        CAPACITY_SESSIONS.set(self.admission.capacity if self.admission.capacity is not None else -1)
         for (_, request, _), segment in zip(wave, segments, strict=True):
             uri, digest = self.store.put(wav_bytes(segment.rendered.audio), "wav")
             record = self.log.write(self._record(request, segment, uri, digest), segment.context)
             self.producer.produce(self.out, {"listener_id": request["listener_id"]}, record)
             SEGMENTS.inc()
+            now = int(time.time() * 1000)
+            self.admission.finished(request["deadline"] - now, now)
 
     def _record(self, request: dict[str, Any], segment: Any, uri: str, digest: str) -> dict[str, Any]:
         return {
@@ -322,7 +373,9 @@ def main() -> None:
     producer = Producer(kafka, SERVICE)
     registry = ModelRegistry(kafka)
     registry.refresh(until_caught_up_s=30)
-    service = InferenceService(kafka, Engine(), FileStore(), producer, registry)
+    admission = Admission(target_load=float(os.environ.get("ENTRAIN_INFERENCE_TARGET_LOAD", "0.75")))
+    service = InferenceService(kafka, Engine(), FileStore(), producer, registry, admission=admission)
+    service.warm_up()
     service.consent.catch_up()  # every withdrawal on the topic is seen before the first request
     service.refusal(int(time.time() * 1000))  # load the registry's current version before the first request
     log.info("catalog_published", works=service.publish_catalog())

@@ -24,6 +24,7 @@ INTERNAL_TOPICS = {"royalty.play-ledger.v1"}  # a service's own state, still a c
 INTERNAL_TOPICS |= {"listener.erasures.v1"}  # the data-deletion path (issue: data lifecycle)
 INTERNAL_TOPICS |= {"inference.models.v1"}  # the model registry: versions retired when training consent ends
 INTERNAL_TOPICS |= {"watermark.registry.v1"}  # the provenance registry every detection instance materialises
+INTERNAL_TOPICS |= {"soundtrack.admissions.v1"}  # admission control: sessions refused at capacity (#16)
 CONTRACTS = load_contracts()
 SIDES = [(c, side) for c in CONTRACTS.values() for side in (c.key, c.value)]
 

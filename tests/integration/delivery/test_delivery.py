@@ -155,3 +155,40 @@ def test_an_erasure_empties_the_playlist_and_keeps_out_segments_requested_before
         assert [s["sequence"] for s in client.get("/v1/playlist", headers=ALICE).json()["segments"]] == [2]
     finally:
         feed.stop()
+
+
+def test_a_session_refused_at_capacity_says_so_in_its_playlist_until_admitted(isolated: KafkaSettings,
+                                                                                tmp_path: Path) -> None:
+    """Inference's admission decisions reach the listener they are about, and no one else."""
+    alice = PSEUDO.listener_id("alice")
+    serde = TopicSerde.for_topic("soundtrack.admissions.v1", isolated)
+    producer = Producer(isolated, "test")
+    now = int(time.time() * 1000)
+
+    def decide(decision: str, at: int) -> None:
+        producer.produce(serde, {"listener_id": alice}, {
+            "listener_id": alice, "session_id": "s-1", "decision": decision,
+            "retry_after_ms": 10_000 if decision == "AT_CAPACITY" else 0, "active_sessions": 38,
+            "capacity_sessions": 38, "decided_at": at})
+        assert producer.flush(30) == 0
+
+    decide("AT_CAPACITY", now)
+    feed = SegmentFeed(isolated, Playlists(), lookback_s=600).start()
+    try:
+        client = TestClient(create_app(VERIFIER, PSEUDO, feed, FileStore(tmp_path)))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and client.get("/v1/playlist", headers=ALICE).json()["admission"] is None:
+            time.sleep(0.2)
+        body = client.get("/v1/playlist?session_id=s-1", headers=ALICE).json()
+        assert body["segments"] == [] and body["admission"] == {
+            "session_id": "s-1", "decision": "AT_CAPACITY", "retry_after_ms": 10_000, "decided_at": now}
+        assert client.get("/v1/playlist?session_id=s-2", headers=ALICE).json()["admission"] is None
+        assert client.get("/v1/playlist", headers=BOB).json()["admission"] is None
+        decide("ADMITTED", now + 12_000)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and \
+                client.get("/v1/playlist", headers=ALICE).json()["admission"]["decision"] != "ADMITTED":
+            time.sleep(0.2)
+        assert client.get("/v1/playlist", headers=ALICE).json()["admission"]["decision"] == "ADMITTED"
+    finally:
+        feed.stop()

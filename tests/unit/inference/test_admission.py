@@ -1,0 +1,57 @@
+"""Admission control: active sessions are always served; new ones only while there is room."""
+
+from __future__ import annotations
+
+from inference.admission import ACTIVE_MS, BEHIND_MS, RETRY_MS, SLACK_MIN_MS, Admission
+
+
+def test_until_measured_everyone_is_admitted() -> None:
+    admission = Admission()
+    assert all(admission.admit(f"s{i}", 0) == (True, None) for i in range(500))
+
+
+def test_capacity_is_the_target_load_over_the_measured_cost() -> None:
+    admission = Admission(target_load=0.75)
+    admission.measured(compute_s=0.5, audio_s=20.0)  # 40x real time
+    assert admission.capacity == 30
+    admission.measured(compute_s=1.5, audio_s=20.0)  # slower (a busy CPU): the average follows
+    assert admission.capacity == 21  # 0.8 * 0.025 + 0.2 * 0.075 = 0.035 s per second of audio
+
+
+def test_new_sessions_beyond_capacity_are_refused_once_and_announced() -> None:
+    admission = Admission(target_load=1.0, cost=0.5)  # room for 2
+    assert admission.admit("a", 0) == (True, None)
+    assert admission.admit("b", 0) == (True, None)
+    assert admission.admit("c", 0) == (False, "AT_CAPACITY")
+    assert admission.admit("c", 1000) == (False, None)  # within its retry period: not announced again
+    assert admission.admit("a", 2000) == (True, None)  # an active session is always served
+
+
+def test_a_refused_session_is_admitted_when_room_frees_up_and_told_so() -> None:
+    admission = Admission(target_load=1.0, cost=0.5)
+    admission.admit("a", 0)
+    admission.admit("b", 0)
+    assert admission.admit("c", 0) == (False, "AT_CAPACITY")
+    admission.admit("a", ACTIVE_MS)  # a keeps going; b went quiet
+    later = ACTIVE_MS + 2000
+    assert later >= RETRY_MS
+    assert admission.admit("c", later) == (True, "ADMITTED")
+    assert admission.admit("c", later + 100) == (True, None)
+
+
+def test_falling_behind_closes_admission_for_a_while_but_not_for_active_sessions() -> None:
+    admission = Admission()
+    admission.admit("a", 0)
+    admission.finished(slack_ms=SLACK_MIN_MS - 1, now_ms=1000)
+    assert admission.admit("b", 1000 + BEHIND_MS - 1) == (False, "AT_CAPACITY")
+    assert admission.admit("a", 1000 + BEHIND_MS - 1) == (True, None)
+    admission.finished(slack_ms=3000, now_ms=1000 + BEHIND_MS)  # answered with time to spare: no change
+    assert admission.admit("d", 1000 + BEHIND_MS) == (True, None)
+
+
+def test_a_session_continuing_a_generated_segment_is_served_after_a_restart_even_when_behind() -> None:
+    admission = Admission(target_load=1.0, cost=0.5)
+    admission.finished(slack_ms=-200, now_ms=0)  # the restarted instance drops a late request
+    assert admission.admit("new", 100) == (False, "AT_CAPACITY")
+    assert admission.admit("served-before", 100, continuing=True) == (True, None)
+    assert admission.admit("served-before", 200) == (True, None)
