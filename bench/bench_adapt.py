@@ -30,6 +30,13 @@ Design and system delays of the step up, for each listener:
 Underruns: segments that reached a playlist after their deadline (delivery) plus requests
 inference dropped because their deadline had passed (the player gets nothing for them).
 
+Bursts: --burst-listeners (100) new sessions start in the same second and run for
+--burst-after-s (``burst_start``); then as many start together at rest and after
+--burst-before-s all start running in the same second (``burst_change``). Beyond capacity,
+inference refuses sessions it is not serving (admission control: they are told so, counted as
+``sessions_refused_*``, not as underruns); ``underruns_burst_*`` are the admitted sessions' late
+segments and dropped requests.
+
 Phase 2 (throughput): inference and watermark are stopped; E telemetry events for 2,000
 listeners are produced to listener.telemetry.v1 as fast as possible; the worker's rate is E
 over the time until its committed offsets cover them all. Baselines in the same run: a raw
@@ -246,13 +253,11 @@ def step_change(pipeline: Pipeline, listeners: int, rest_s: float, run_s: float,
                   "cadence_spm": 170 if running else 105 if walking else None,
                   "activity": "RUNNING" if running else "WALKING" if walking else "RESTING",
                   "session_mode": "MATCH", "guide_target": "NONE"}
-        for u in users:  # each listener's device posts its own sample with its own token
-            post(f"{pipeline.ingest_url}/v1/telemetry", pipeline.token(u), {"events": [
-                {**{k: v for k, v in sample.items() if k not in ("session_mode", "guide_target")},
-                 "event_id": str(uuid.uuid4())}]})
+        post_samples(pipeline, users, sample)
         sent.append((now, sample))
         time.sleep(max(0.0, 1.0 - (time.time() - started) % 1.0))
     time.sleep(5)
+    post_samples(pipeline, users, {**sample, "event_time": int(time.time() * 1000), "music": False})
     requests.stop.set()
     segments.stop.set()
     players_stop.set()
@@ -300,6 +305,56 @@ def step_change(pipeline: Pipeline, listeners: int, rest_s: float, run_s: float,
             "segment_ready_p99_ms": p99(ready_delays)}
 
 
+def post_samples(pipeline: Pipeline, users: list[str], sample: dict[str, Any]) -> None:
+    """Each listener's device posts its own sample with its own token."""
+    for u in users:
+        post(f"{pipeline.ingest_url}/v1/telemetry", pipeline.token(u), {"events": [
+            {**{k: v for k, v in sample.items() if k not in ("session_mode", "guide_target")},
+             "event_id": str(uuid.uuid4())}]})
+
+
+def burst(pipeline: Pipeline, kind: str, listeners: int, before_s: float, after_s: float) -> dict[str, Any]:
+    """``start``: every session starts in the same second and runs for ``after_s``. ``change``: the
+    sessions start together at rest, rest for ``before_s``, then all start running in the same second
+    for ``after_s`` (a class, a race start). Players as in the step change. Counted from the start (a
+    change: from the change): late segments and dropped requests (underruns of admitted sessions: a
+    refused session is told so and is not counted); over the whole scenario: sessions refused at
+    capacity, listeners served, player underruns."""
+    users = [f"{kind}-{i:03d}-{uuid.uuid4().hex[:4]}" for i in range(listeners)]
+    session = f"{kind}-{uuid.uuid4().hex[:6]}"
+    players, stop = [Player(u) for u in users], threading.Event()
+    thread = threading.Thread(target=run_players, args=(pipeline, players, session, stop), daemon=True)
+    late_before, missed_before = underruns(pipeline)
+    refused_before = refusals(pipeline)
+    thread.start()
+    started = time.time()
+    changed_ms = 0
+    while time.time() - started < before_s + after_s:
+        running = time.time() - started >= before_s
+        if running and not changed_ms:
+            changed_ms = int(time.time() * 1000)
+            if before_s:  # a change: what the change causes, not the start before it
+                late_before, missed_before = underruns(pipeline)
+        post_samples(pipeline, users, {
+            "session_id": session, "event_time": int(time.time() * 1000), "heart_rate_bpm": 160 if running else 70,
+            "cadence_spm": 170 if running else None, "activity": "RUNNING" if running else "RESTING"})
+        time.sleep(max(0.0, 1.0 - (time.time() - started) % 1.0))
+    post_samples(pipeline, users, {"session_id": session, "event_time": int(time.time() * 1000),
+                                   "heart_rate_bpm": 160, "cadence_spm": 170, "activity": "RUNNING", "music": False})
+    time.sleep(8)  # the deadlines of what was requested last pass
+    stop.set()
+    thread.join(30)
+    late, missed = underruns(pipeline)
+    served = [p for p in players if p.slots]
+    return {f"underruns_burst_{kind}": int(late - late_before + missed - missed_before),
+            f"late_segments_burst_{kind}": int(late - late_before),
+            f"dropped_requests_burst_{kind}": int(missed - missed_before),
+            f"sessions_refused_burst_{kind}": int(refusals(pipeline) - refused_before),
+            f"listeners_served_burst_{kind}": len(served),
+            f"player_underruns_burst_{kind}": sum(p.underruns for p in players),
+            f"player_swaps_burst_{kind}": sum(p.swaps for p in players)}
+
+
 def hearing(players: list[Player], up_ms: int, down_ms: int, end_ms: int) -> dict[str, Any]:
     """What the players played: tempo measured from each played segment's audio, then the audible
     response to the step up (to 170 BPM) and the step down (to 105 BPM)."""
@@ -343,6 +398,12 @@ def underruns(pipeline: Pipeline) -> tuple[float, float]:
     missed = metric(f"http://127.0.0.1:{pipeline.ports['inference']}/metrics",
                     "entrain_inference_deadline_misses_total")
     return late, missed
+
+
+def refusals(pipeline: Pipeline) -> float:
+    """AT_CAPACITY decisions inference announced (a session refused, or refused again after its retry)."""
+    return metric(f"http://127.0.0.1:{pipeline.ports['inference']}/metrics",
+                  'entrain_inference_admission_decisions_total{decision="AT_CAPACITY"}')
 
 
 def throughput(pipeline: Pipeline, events: int) -> dict[str, Any]:
@@ -438,6 +499,9 @@ def main() -> None:
     parser.add_argument("--run-s", type=float, default=40)
     parser.add_argument("--walk-s", type=float, default=30)
     parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--burst-listeners", type=int, default=100)
+    parser.add_argument("--burst-before-s", type=float, default=30, help="steady state before the change burst")
+    parser.add_argument("--burst-after-s", type=float, default=30)
     args = parser.parse_args()
     kafka = replace(KafkaSettings.from_env(), topic_prefix=f"bench-adapt-{uuid.uuid4().hex[:6]}.")
     ensure_topics(kafka)
@@ -450,12 +514,19 @@ def main() -> None:
             step["late_segments"], step["dropped_requests"] = int(late - late_before), int(missed - missed_before)
             step["underruns"] = step["late_segments"] + step["dropped_requests"]
             print(f"step change, {args.listeners} listeners: {json.dumps(step)}")
+            time.sleep(15)  # their last requests drain; inference forgets them as active sessions
+            bursts = {}
+            for kind, before in (("start", 0.0), ("change", args.burst_before_s)):
+                bursts |= burst(pipeline, kind, args.burst_listeners, before, args.burst_after_s)
+                print(f"burst {kind}, {args.burst_listeners} listeners: "
+                      f"{json.dumps({k: v for k, v in bursts.items() if k.endswith(kind)})}")
+                time.sleep(15)
             rate = throughput(pipeline, args.events)
             print(f"one soundtrack worker: {json.dumps(rate)}")
         finally:
             pipeline.stop()
             delete_prefixed_topics(kafka)
-    result = {"hold_ms_by_design": HOLD_MS, **step, **rate}
+    result = {"hold_ms_by_design": HOLD_MS, **step, **bursts, **rate}
     print("RESULT " + json.dumps(result))
 
 

@@ -197,10 +197,16 @@ class SegmentFeed:
             while len(self.decisions) > MAX_ERASED_REMEMBERED:
                 self.decisions.popitem(last=False)
 
-    def admission(self, listener: str, session_id: str | None) -> dict[str, Any] | None:
-        """The listener's latest admission decision, if it is about ``session_id`` (or any session)."""
+    def admission(self, listener: str, session_id: str | None, newest: Entry | None) -> dict[str, Any] | None:
+        """The listener's latest admission decision, if it is about ``session_id``; without one, if
+        it is newer than the newest segment (a refused new session has none of its own)."""
         decision = self.decisions.get(listener)
-        if decision is None or (session_id is not None and decision["session_id"] != session_id):
+        if decision is None:
+            return None
+        if session_id is not None and decision["session_id"] != session_id:
+            return None
+        if session_id is None and newest is not None and decision["session_id"] != newest.segment["session_id"] \
+                and decision["decided_at"] < requested_at(newest.segment):
             return None
         return {k: decision[k] for k in ("session_id", "decision", "retry_after_ms", "decided_at")}
 
@@ -210,6 +216,10 @@ class SegmentFeed:
                 return  # requested for a listener before they were erased (rendered before or after)
             entry = self.playlists.add(segment, arrived_ms)
             PLAYLISTS.set(len(self.playlists))
+            decision = self.decisions.get(segment["listener_id"])
+            if decision is not None and decision["session_id"] == segment["session_id"] \
+                    and requested_at(segment) > decision["decided_at"]:
+                del self.decisions[segment["listener_id"]]  # the session is served now (an ADMITTED can be missed)
         if entry is None:
             return
         DELIVERED.inc()
@@ -302,8 +312,8 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
     async def playlist(request: Request) -> Response:
         listener, entries = session_entries(request)
         with feed.lock:
-            session = request.query_params.get("session_id") or (entries[-1].segment["session_id"] if entries else None)
-            admission = feed.admission(listener.listener_id, session)
+            admission = feed.admission(listener.listener_id, request.query_params.get("session_id"),
+                                       entries[-1] if entries else None)
         now = clock()
         # Replanned positions are listed as their newest version only for players that swap (the page);
         # others get the first version of each, as HLS does, so a listed segment never changes for them.

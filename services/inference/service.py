@@ -75,7 +75,8 @@ NOT_ADMITTED = Counter("entrain_inference_requests_not_admitted_total",
                        "Requests not generated because their session was refused at capacity (inference.admission).")
 ADMISSIONS = Counter("entrain_inference_admission_decisions_total",
                      "Admission decisions announced on soundtrack.admissions.v1.", ["decision"])
-ACTIVE_SESSIONS = Gauge("entrain_inference_active_sessions", "Sessions this instance is serving (inference.admission).")
+ACTIVE_SESSIONS = Gauge("entrain_inference_active_sessions",
+                        "Listeners this instance is serving (inference.admission).")
 CAPACITY_SESSIONS = Gauge("entrain_inference_capacity_sessions",
                           "Sessions this instance can serve on time, from its measured generation cost "
                           "(-1: not measured yet).")
@@ -138,6 +139,7 @@ class InferenceService:
         self.out = TopicSerde.for_topic("soundtrack.segments.generated.v1", kafka)
         self.admissions = TopicSerde.for_topic("soundtrack.admissions.v1", kafka)
         self.admission = admission or Admission()
+        self._marked: dict[str, str] = {}  # listener -> the session mark written last (one write per session)
         self.consent = GenerationConsent(kafka)
         self.log = GenerationLog(store)
         self.registry = registry
@@ -222,7 +224,6 @@ class InferenceService:
                 continue
             if request["deadline"] <= now:
                 DEADLINE_MISSES.inc()
-                self.admission.finished(request["deadline"] - now, now)
                 log.warning("deadline_missed", request_id=request["request_id"], late_ms=now - request["deadline"])
                 continue
             if not self._admit(request, now):
@@ -251,30 +252,36 @@ class InferenceService:
 
     def _admit(self, request: dict[str, Any], now: int) -> bool:
         """Admission control (``inference.admission``); announces a decision that changed."""
-        session = (request["listener_id"], request["session_id"])
-        continuing = session not in self.admission.active and request["previous_segment_id"] is not None \
-            and self.log.record(request["previous_segment_id"]) is not None
-        admitted, announce = self.admission.admit(session, now, continuing)
+        listener, session = request["listener_id"], request["session_id"]
+        mark = "admitted-" + hashlib.sha256(f"{listener}/{session}".encode()).hexdigest()[:40]
+        continuing = listener not in self.admission.active and self.store.get_named(mark) is not None
+        admitted, announce = self.admission.admit(listener, now, continuing)
+        if admitted and not continuing and self._marked.get(listener) != mark:
+            self.store.put_once(mark, str(now).encode())  # served after a restart or a rebalance too
+            self._marked[listener] = mark
+            if len(self._marked) > 100_000:
+                self._marked.pop(next(iter(self._marked)))
         if announce is not None:
             ADMISSIONS.labels(announce).inc()
             log.info("admission", decision=announce, active=len(self.admission.active),
-                     capacity=self.admission.capacity, session_id=request["session_id"])
-            self.producer.produce(self.admissions, {"listener_id": request["listener_id"]}, {
-                "listener_id": request["listener_id"], "session_id": request["session_id"], "decision": announce,
+                     capacity=self.admission.capacity, session_id=session)
+            self.producer.produce(self.admissions, {"listener_id": listener}, {
+                "listener_id": listener, "session_id": session, "decision": announce,
                 "retry_after_ms": 0 if admitted else RETRY_MS, "active_sessions": len(self.admission.active),
                 "capacity_sessions": -1 if self.admission.capacity is None else self.admission.capacity,
                 "decided_at": now})
         if not admitted:
             NOT_ADMITTED.inc()
-        ACTIVE_SESSIONS.set(len(self.admission.active))
         return admitted
 
     def warm_up(self) -> None:
-        """Generate one segment as production asks for them (2 bars at 120 BPM) to measure the cost
-        admission starts from (and to have the model's first step behind us)."""
-        started = time.perf_counter()
-        segment = self.engine.generate(Params(120.0, 0.5, "MAJOR", 0, 2), seed=0)
-        self.admission.measured(time.perf_counter() - started, segment.duration_ms / 1000)
+        """Generate segments as production asks for them (2 bars at 120 BPM) to measure the cost
+        admission starts from; the first, which pays the model's first steps, is not counted."""
+        for counted in (False, True):
+            started = time.perf_counter()
+            segment = self.engine.generate(Params(120.0, 0.5, "MAJOR", 0, 2), seed=0)
+            if counted:
+                self.admission.measured(time.perf_counter() - started, segment.duration_ms / 1000)
         CAPACITY_SESSIONS.set(self.admission.capacity if self.admission.capacity is not None else -1)
         log.info("warmed_up", cost_per_audio_s=round(self.admission.cost or 0, 4), capacity=self.admission.capacity)
 
@@ -289,6 +296,7 @@ class InferenceService:
         REAL_TIME_FACTOR.set(audio_s / max(elapsed, 1e-9))
         self.admission.measured(elapsed, audio_s)
         CAPACITY_SESSIONS.set(self.admission.capacity if self.admission.capacity is not None else -1)
+        ACTIVE_SESSIONS.set(len(self.admission.active))
         for (_, request, _), segment in zip(wave, segments, strict=True):
             uri, digest = self.store.put(wav_bytes(segment.rendered.audio), "wav")
             record = self.log.write(self._record(request, segment, uri, digest), segment.context)

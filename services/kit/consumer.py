@@ -101,6 +101,7 @@ class ConsumerLoop:
     # its (position, version) so a newer version of a held position replaces the older one.
     deadline_of: Callable[[Record], int] | None = None
     version_of: Callable[[Record], tuple[Hashable, Any] | None] | None = None
+    deadline_grace_ms: int = 0  # late only this long after the deadline (kit.deadlines)
     hold: int = 256
 
     def __post_init__(self) -> None:
@@ -113,11 +114,13 @@ class ConsumerLoop:
         self._broken = False  # a delivery failed: nothing may be committed any more
         self._stopping = False
         self._assigned: list[TopicPartition] = []
+        self._owned: set[tuple[str, int]] = set()  # only these are committed (a poll can return a revoked one's)
         self._queue: DeadlineQueue[tuple[Record, Message]] | None = None
         if self.deadline_of is not None:
             deadline_of, version_of = self.deadline_of, self.version_of
             self._queue = DeadlineQueue(lambda held: deadline_of(held[0]),
-                                        None if version_of is None else lambda held: version_of(held[0]))
+                                        None if version_of is None else lambda held: version_of(held[0]),
+                                        grace_ms=self.deadline_grace_ms)
         self._marked: dict[tuple[str, int], int] = {}  # with a queue: the last committable offset noted
         self._consumer = Consumer({
             **self.settings.client_config(),
@@ -277,6 +280,8 @@ class ConsumerLoop:
             if not self._usable(msg):
                 continue
             topic, partition, offset = source_of(msg)
+            if (topic, partition) not in self._owned:
+                continue  # returned by the poll that revoked it: its new owner consumes it
             record = self._decode(msg)
             if record is None:
                 queue.taken(topic, partition, offset)
@@ -326,6 +331,8 @@ class ConsumerLoop:
             log.error("not_committing", reason=str(exc), pending=len(self._pending))
             raise
         wanted = None if only is None else {(tp.topic, tp.partition) for tp in only}
+        for key in [k for k in self._pending if k not in self._owned]:
+            del self._pending[key]  # consumed by a poll that revoked it: never committed from here
         keys = [k for k in self._pending if wanted is None or k in wanted]
         if not keys:
             return
@@ -336,20 +343,25 @@ class ConsumerLoop:
         except KafkaException as exc:
             # A commit can fail after the partitions moved to another member; the records
             # are then consumed again there, which handlers tolerate (idempotent effects).
+            # Offsets still ours are tried again at the next commit unless newer ones were noted.
             log.warning("commit_failed", error=str(exc))
+            for tp in offsets:
+                self._pending.setdefault((tp.topic, tp.partition), tp.offset)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = sorted(set(self._assigned) | set(partitions), key=lambda tp: (tp.topic, tp.partition))
+        self._owned |= {(tp.topic, tp.partition) for tp in partitions}
         log.info("partitions_assigned", partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit(only=partitions)
         revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self._owned -= revoked
+        for key in revoked:
+            self._pending.pop(key, None)
+            self._marked.pop(key, None)
         if self._queue is not None:  # their held records are consumed again by the new owner
             self._queue.drop(revoked)
-            for key in revoked:
-                self._marked.pop(key, None)
-                self._pending.pop(key, None)
         self._assigned = [tp for tp in self._assigned if (tp.topic, tp.partition) not in revoked]
         log.info("partitions_revoked", partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])
 

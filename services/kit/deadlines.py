@@ -5,13 +5,16 @@ a generated segment must reach the playlist by then) should not serve it in arri
 a burst, a new session's first segment would wait behind seconds of look-ahead for everyone
 else. ``DeadlineQueue`` holds decoded records and hands out the earliest deadline first.
 
-* **Late work last.** A record whose deadline has passed by the time it would be served moves to
-  a late queue (arrival order) that is served only while no on-time record is held, so work that
-  is already late cannot make on-time work late too (EDF's domino effect under overload).
+* **Late work last.** A record whose deadline (plus ``grace_ms``: watermark's segments still
+  play if they arrive within the player's margin) has passed by the time it would be served
+  moves to a late queue (arrival order) that is served while no on-time record is held, so work
+  that is already late cannot make on-time work late too (EDF's domino effect under overload);
+  one that has waited there ``late_max_wait_ms`` is served anyway, so it cannot pin the
+  partition's commits for long.
 * **Superseded work is skipped.** With ``version_of`` a record names its position and version
   (inference: a listener's session and sequence; the version its request time): a newer version
   of a held position takes the older one's place, and the older one is done without being
-  served. Equal versions (a replay of the same record) are both kept.
+  served; so is a second copy of the version held (a replay of the same record).
 * **Out-of-order completion, in-order commits.** ``committable`` gives, per partition, the lowest
   offset still held (or one past the highest taken): everything below it is done, so a commit
   there never skips a record that was not served; a crash replays the held ones (handlers are
@@ -41,12 +44,15 @@ class Held(Generic[T]):
     position: Hashable | None = None
     version: Any = None
     cancelled: bool = False
+    late_since_ms: int = 0
 
 
 @dataclass
 class DeadlineQueue(Generic[T]):
     deadline_of: Callable[[T], int]
     version_of: Callable[[T], tuple[Hashable, Any] | None] | None = None
+    grace_ms: int = 0
+    late_max_wait_ms: int = 5_000
     _heap: list[tuple[int, int, Held[T]]] = field(default_factory=list)
     _late: deque[Held[T]] = field(default_factory=deque)
     _newest: dict[Hashable, Held[T]] = field(default_factory=dict)
@@ -72,8 +78,8 @@ class DeadlineQueue(Generic[T]):
         if named is not None:
             held.position, held.version = named
             older = self._newest.get(held.position)
-            if older is not None and held.version < older.version:
-                return item  # an older version than one already held (out of order): never served
+            if older is not None and held.version <= older.version:
+                return item  # an older version than one held (out of order), or the same again: never served
             if older is not None and older.version < held.version:
                 self._cancel(older)
                 self._newest[held.position] = held
@@ -87,11 +93,16 @@ class DeadlineQueue(Generic[T]):
         """Up to ``n`` held records: on-time ones earliest deadline first, late ones (in arrival
         order) only when no on-time record is left. They stay outstanding until ``done``."""
         out: list[Held[T]] = []
+        while self._late and self._late[0].cancelled:
+            self._late.popleft()
+        if self._late and now_ms - self._late[0].late_since_ms >= self.late_max_wait_ms:
+            out.append(self._late.popleft())  # waited long enough: one a turn, whatever else is held
         while self._heap and len(out) < n:
             _, _, held = heapq.heappop(self._heap)
             if held.cancelled:
                 continue
-            if held.deadline_ms <= now_ms:
+            if held.deadline_ms + self.grace_ms <= now_ms:
+                held.late_since_ms = now_ms
                 self._late.append(held)
                 continue
             out.append(held)
@@ -145,6 +156,11 @@ class DeadlineQueue(Generic[T]):
         while self._heap and self._heap[0][2].cancelled:
             heapq.heappop(self._heap)
         return bool(self._heap)
+
+
+# A soundtrack segment's deadline is this long before the player starts it (soundtrack.schedule's
+# DEADLINE_MARGIN_MS; delivery's OpenAPI says so): one finished within it is late but still plays.
+PLAYER_MARGIN_MS = 1_500
 
 
 def soundtrack_deadline(record: Any) -> int:

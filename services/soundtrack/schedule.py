@@ -28,6 +28,7 @@ import hashlib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
+from kit.deadlines import PLAYER_MARGIN_MS
 from soundtrack.policy import Body, Music, Playing, advance, body_update, target
 
 SEGMENT_BARS = 2  # short segments: the tempo may change (at most 3% per bar) at every segment boundary
@@ -36,7 +37,7 @@ SEGMENTS_AHEAD = 2
 NEVER_MS = 2**62
 T = TypeVar("T")
 IDLE_MS = 60_000  # no telemetry for a minute: stop generating
-DEADLINE_MARGIN_MS = 1_500  # a segment must exist this long before it starts playing
+DEADLINE_MARGIN_MS = PLAYER_MARGIN_MS  # a segment must exist this long (1.5 s) before it starts playing
 REVISE_LEAD_MS = DEADLINE_MARGIN_MS + 2_000  # a replacement is asked for only this long before its start:
 # generation plus watermarking must fit before its deadline also when every listener changes at once (a
 # burst: with 1 s here, make bench-adapt's 20 simultaneous changes made segments late). One that comes late

@@ -9,9 +9,10 @@ watermarked segment. A segment that cannot be marked or does not verify goes to 
 DLQ with the reason and never downstream. Idempotent: the same segment produces the
 same bytes, the same store URI and the same record.
 
-Segments are held across polls and marked earliest deadline first (``kit.deadlines``): one that
-is already late waits until no on-time segment is held, and an older version of a position the
-scheduler has replaced (a newer version is held) is skipped.
+Segments are held across polls and marked earliest deadline first (``kit.deadlines``): one
+that is too late to play (past its deadline by more than the player's margin) waits until no
+on-time segment is held, and an older version of a position the scheduler has replaced (a newer
+version is held) is skipped.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from prometheus_client import Counter, Histogram
 from kit.audio import AudioError, decode_bytes, encode_wav
 from kit.auth import KeyStore, api_keys
 from kit.consumer import ConsumerLoop, InvalidRecord, Record
-from kit.deadlines import soundtrack_deadline, soundtrack_position
+from kit.deadlines import PLAYER_MARGIN_MS, soundtrack_deadline, soundtrack_position
 from kit.producer import Producer
 from kit.ratelimit import RateLimiter
 from kit.serde import TopicSerde
@@ -119,7 +120,8 @@ def main() -> None:
     index = RegistryIndex(kafka).start()  # what the detection API looks payloads up in
     loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_WATERMARK_GROUP", kafka.group("watermark")),
                         ["soundtrack.segments.generated.v1"], service.handle, producer, batch_size=8,
-                        deadline_of=soundtrack_deadline, version_of=soundtrack_position)
+                        deadline_of=soundtrack_deadline, version_of=soundtrack_position,
+                        deadline_grace_ms=PLAYER_MARGIN_MS)
     health = HealthServer.for_service(ServiceSettings.from_env("watermark", 9104)).start()
     health.add_ready_check("kafka", lambda: producer.reachable(2.0))
     health.add_ready_check("provenance-index", lambda: index.healthy)

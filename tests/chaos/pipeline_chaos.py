@@ -688,15 +688,15 @@ def late_segments(kafka: KafkaSettings, listeners: set[str], until_ms: int) -> t
             produced.setdefault(value["segment_id"], msg.timestamp()[1])
     positions: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for _, _, value in decode_all(kafka, "soundtrack.requests.v1"):
-        if value is not None and value["listener_id"] in listeners and value["deadline"] <= until_ms:
+        if value is not None and value["listener_id"] in listeners:
             positions.setdefault((value["listener_id"], value["session_id"], value["sequence"]), []).append(value)
+    due = [versions for versions in positions.values() if min(r["deadline"] for r in versions) <= until_ms]
     late = []
-    for versions in positions.values():
-        deadline = min(r["deadline"] for r in versions)
-        ready = [produced[s] for s in (segment_id(r["request_id"]) for r in versions) if s in produced]
-        if not ready or min(ready) > deadline:
-            late.append((deadline / 1000, not ready))
-    return len(positions), late
+    for versions in due:
+        ready = [(r["deadline"], produced.get(segment_id(r["request_id"]))) for r in versions]
+        if not any(at is not None and at <= deadline for deadline, at in ready):
+            late.append((min(d for d, _ in ready) / 1000, all(at is None for _, at in ready)))
+    return len(due), late
 
 
 def check_underruns(kafka: KafkaSettings, listeners: set[str], faults: list[Fault], began: float,

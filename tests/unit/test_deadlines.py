@@ -38,6 +38,19 @@ def test_the_earliest_deadline_is_served_first_whatever_the_arrival_order() -> N
     assert len(q) == 0
 
 
+def test_late_work_is_served_after_waiting_long_enough_and_grace_keeps_playable_work_on_time() -> None:
+    q: DeadlineQueue[Item] = DeadlineQueue(lambda i: i.deadline, grace_ms=1000, late_max_wait_ms=5000)
+    q.push("t", 0, 0, Item(100))  # late at 1500 (100 + 1000 of grace)
+    q.push("t", 0, 1, Item(1000))  # past its deadline at 1500, within the grace: still served as on time
+    for offset in range(2, 12):
+        q.push("t", 0, offset, Item(10_000 + offset))
+    assert served(q, 1, now=1500) == [1]
+    assert served(q, 1, now=1500) == [2]  # the late one waits behind on-time work...
+    assert served(q, 1, now=6499) == [3]
+    assert served(q, 1, now=6500) == [0]  # ...for at most late_max_wait_ms
+    assert served(q, 1, now=6500) == [4]
+
+
 def test_late_work_waits_until_no_on_time_work_is_held() -> None:
     q = queue()
     q.push("t", 0, 0, Item(100))  # late at now=150
@@ -55,9 +68,10 @@ def test_a_newer_version_of_a_held_position_supersedes_the_older() -> None:
     assert q.push("t", 0, 1, Item(200, "b", 1)) is None
     assert q.push("t", 0, 2, Item(100, "a", 2)) == Item(100, "a", 1)
     assert q.push("t", 0, 3, Item(100, "a", 1)) == Item(100, "a", 1)  # older than the one held: never served
-    assert q.push("t", 0, 4, Item(200, "b", 1)) is None  # the same version again (a replay): both kept
-    assert len(q) == 3
-    assert served(q, 10) == [2, 1, 4]
+    assert q.push("t", 0, 4, Item(200, "b", 1)) == Item(200, "b", 1)  # the same again (a replay): served once
+    assert len(q) == 2
+    assert served(q, 10) == [2, 1]
+    assert q.committable() == {("t", 0): 5}
 
 
 def test_a_position_served_already_is_not_superseded_afterwards() -> None:

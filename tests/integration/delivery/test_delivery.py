@@ -190,5 +190,20 @@ def test_a_session_refused_at_capacity_says_so_in_its_playlist_until_admitted(is
                 client.get("/v1/playlist", headers=ALICE).json()["admission"]["decision"] != "ADMITTED":
             time.sleep(0.2)
         assert client.get("/v1/playlist", headers=ALICE).json()["admission"]["decision"] == "ADMITTED"
+
+        # Refused again; then a segment of the session requested after that decision arrives: the
+        # session is served (its ADMITTED can be missed, e.g. across an inference restart).
+        decide("AT_CAPACITY", int(time.time() * 1000) - 5000)
+        while time.monotonic() < deadline and \
+                client.get("/v1/playlist", headers=ALICE).json()["admission"]["decision"] != "AT_CAPACITY":
+            time.sleep(0.2)
+        segments = TopicSerde.for_topic("soundtrack.segments.v1", isolated)
+        uri, sha = FileStore(tmp_path).put(b"RIFF-not-really-a-wav", "wav")
+        producer.produce(segments, {"listener_id": alice}, segment(alice, 0, uri, sha, 120.0, late=False))
+        assert producer.flush(30) == 0
+        while time.monotonic() < deadline and not client.get("/v1/playlist", headers=ALICE).json()["segments"]:
+            time.sleep(0.2)
+        body = client.get("/v1/playlist", headers=ALICE).json()
+        assert len(body["segments"]) == 1 and body["admission"] is None
     finally:
         feed.stop()

@@ -1,4 +1,4 @@
-"""Admission control: active sessions are always served; new ones only while there is room."""
+"""Admission control: active listeners are always served; new ones only while there is room."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from inference.admission import ACTIVE_MS, BEHIND_MS, RETRY_MS, SLACK_MIN_MS, Ad
 
 def test_until_measured_everyone_is_admitted() -> None:
     admission = Admission()
-    assert all(admission.admit(f"s{i}", 0) == (True, None) for i in range(500))
+    assert all(admission.admit(f"l{i}", 0) == (True, None) for i in range(500))
 
 
 def test_capacity_is_the_target_load_over_the_measured_cost() -> None:
@@ -18,40 +18,57 @@ def test_capacity_is_the_target_load_over_the_measured_cost() -> None:
     assert admission.capacity == 21  # 0.8 * 0.025 + 0.2 * 0.075 = 0.035 s per second of audio
 
 
-def test_new_sessions_beyond_capacity_are_refused_once_and_announced() -> None:
+def test_new_listeners_beyond_capacity_are_refused_and_told_once_per_retry() -> None:
     admission = Admission(target_load=1.0, cost=0.5)  # room for 2
     assert admission.admit("a", 0) == (True, None)
-    assert admission.admit("b", 0) == (True, None)
-    assert admission.admit("c", 0) == (False, "AT_CAPACITY")
-    assert admission.admit("c", 1000) == (False, None)  # within its retry period: not announced again
-    assert admission.admit("a", 2000) == (True, None)  # an active session is always served
+    assert admission.admit("b", 1000) == (True, None)
+    assert admission.admit("c", 2000) == (False, "AT_CAPACITY")
+    assert admission.admit("c", 3000) == (False, None)  # within its retry period: not announced again
+    assert admission.admit("a", 4000) == (True, None)  # an active listener is always served
+    assert admission.admit("c", 2000 + RETRY_MS) == (False, "AT_CAPACITY")  # considered again, still full
 
 
-def test_a_refused_session_is_admitted_when_room_frees_up_and_told_so() -> None:
+def test_a_refused_listener_is_admitted_when_room_frees_up_and_told_so() -> None:
     admission = Admission(target_load=1.0, cost=0.5)
     admission.admit("a", 0)
-    admission.admit("b", 0)
-    assert admission.admit("c", 0) == (False, "AT_CAPACITY")
+    admission.admit("b", 1000)
+    assert admission.admit("c", 2000) == (False, "AT_CAPACITY")
     admission.admit("a", ACTIVE_MS)  # a keeps going; b went quiet
-    later = ACTIVE_MS + 2000
-    assert later >= RETRY_MS
+    later = 1000 + ACTIVE_MS + 1500  # b expired; c's retry period is over
     assert admission.admit("c", later) == (True, "ADMITTED")
     assert admission.admit("c", later + 100) == (True, None)
 
 
-def test_falling_behind_closes_admission_for_a_while_but_not_for_active_sessions() -> None:
+def test_slow_start_admits_a_tenth_of_the_capacity_a_second() -> None:
+    admission = Admission(target_load=1.0, cost=0.02)  # room for 50: 5 new a second
+    admission.admit("first", 0)  # nobody active: admitted whatever the rules
+    decisions = [admission.admit(f"l{i}", 1500)[0] for i in range(20)]
+    assert decisions.count(True) == 5
+    assert [admission.admit(f"m{i}", 2500)[0] for i in range(6)].count(True) == 5
+
+
+def test_falling_behind_closes_admission_for_a_while_but_not_for_active_listeners() -> None:
     admission = Admission()
     admission.admit("a", 0)
     admission.finished(slack_ms=SLACK_MIN_MS - 1, now_ms=1000)
+    admission.measured(0.01, 1.0)
     assert admission.admit("b", 1000 + BEHIND_MS - 1) == (False, "AT_CAPACITY")
     assert admission.admit("a", 1000 + BEHIND_MS - 1) == (True, None)
-    admission.finished(slack_ms=3000, now_ms=1000 + BEHIND_MS)  # answered with time to spare: no change
+    admission.finished(slack_ms=3000, now_ms=1000 + BEHIND_MS)  # finished with time to spare: no change
     assert admission.admit("d", 1000 + BEHIND_MS) == (True, None)
 
 
-def test_a_session_continuing_a_generated_segment_is_served_after_a_restart_even_when_behind() -> None:
+def test_a_session_admitted_before_is_served_after_a_restart_even_when_behind() -> None:
     admission = Admission(target_load=1.0, cost=0.5)
-    admission.finished(slack_ms=-200, now_ms=0)  # the restarted instance drops a late request
+    admission.admit("someone", 0)
+    admission.finished(slack_ms=-200, now_ms=0)  # the restarted instance catches up late
     assert admission.admit("new", 100) == (False, "AT_CAPACITY")
     assert admission.admit("served-before", 100, continuing=True) == (True, None)
     assert admission.admit("served-before", 200) == (True, None)
+
+
+def test_a_capacity_below_one_cannot_lock_everyone_out() -> None:
+    admission = Admission(target_load=0.75, cost=2.0)
+    assert admission.capacity == 0
+    assert admission.admit("a", 0) == (True, None)
+    assert admission.admit("b", 0) == (False, "AT_CAPACITY")
