@@ -33,8 +33,8 @@ inference dropped because their deadline had passed (the player gets nothing for
 Bursts: --burst-listeners (100) new sessions start in the same second and run for
 --burst-after-s (``burst_start``); then as many start together at rest and after
 --burst-before-s all start running in the same second (``burst_change``). Beyond capacity,
-inference refuses sessions it is not serving (admission control: they are told so, counted as
-``sessions_refused_*``, not as underruns); ``underruns_burst_*`` are the admitted sessions' late
+inference refuses listeners it is not serving (admission control: they are told so, counted in
+``refusals_announced_*`` and ``listeners_served_*``, not as underruns); ``underruns_burst_*`` are the admitted sessions' late
 segments and dropped requests.
 
 Phase 2 (throughput): inference and watermark are stopped; E telemetry events for 2,000
@@ -349,7 +349,8 @@ def burst(pipeline: Pipeline, kind: str, listeners: int, before_s: float, after_
     return {f"underruns_burst_{kind}": int(late - late_before + missed - missed_before),
             f"late_segments_burst_{kind}": int(late - late_before),
             f"dropped_requests_burst_{kind}": int(missed - missed_before),
-            f"sessions_refused_burst_{kind}": int(refusals(pipeline) - refused_before),
+            # AT_CAPACITY announcements: a refused listener is told again at each retry that is refused
+            f"refusals_announced_burst_{kind}": int(refusals(pipeline) - refused_before),
             f"listeners_served_burst_{kind}": len(served),
             f"player_underruns_burst_{kind}": sum(p.underruns for p in players),
             f"player_swaps_burst_{kind}": sum(p.swaps for p in players)}

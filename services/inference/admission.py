@@ -10,8 +10,9 @@ session per listener, so a client that keeps opening sessions holds one place, n
   durable mark in the segment store), so after a restart, a rebalance or a pause the sessions
   being served stay served.
 * Anyone else is admitted only while the instance has **room**: fewer active listeners than its
-  capacity, not behind, and at most a tenth of the capacity admitted in the current second (a
-  slow start: the cost each admission adds is measured before the next ones come in). Capacity
+  capacity and not behind; and at most a tenth of the capacity is admitted in any second (a slow
+  start: the cost each admission adds is measured before the next ones come in; a listener over
+  that share is not refused, only not served this second: their next request asks again). Capacity
   is ``floor(target_load / cost)``, where ``cost`` is the measured compute time per second of
   audio (wall time, so a CPU shared with other services counts; a moving average over
   generated batches, first measured by a warm-up at start-up): every active listener needs one
@@ -34,12 +35,16 @@ import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter
+
 ACTIVE_MS = 15_000  # longer than the longest segment (1 bar at 60 BPM is 4 s): a served listener stays active
 RETRY_MS = 10_000
 BEHIND_MS = 10_000
 SLACK_MIN_MS = 1_000
 SLOW_START_SHARE = 0.1  # of the capacity admitted per second at most
 SMOOTHING = 0.2
+DEFERRED = Counter("entrain_inference_requests_deferred_total",
+                   "Requests of a new listener not generated in a second that had admitted its share (slow start).")
 
 
 @dataclass
@@ -66,10 +71,14 @@ class Admission:
         until = self.refused.get(listener)
         if until is not None and now_ms < until:
             return False, None
-        if self._room(now_ms):
+        room = self._room(now_ms)
+        if room == "yes":
             self.active[listener] = now_ms
             self._admitted_this_second += 1
             return True, "ADMITTED" if self.refused.pop(listener, None) is not None else None
+        if room == "later":
+            DEFERRED.inc()
+            return False, None  # slow start: not this second; the listener's next request asks again
         self.refused[listener] = now_ms + RETRY_MS
         return False, "AT_CAPACITY"
 
@@ -84,14 +93,16 @@ class Admission:
         if slack_ms < SLACK_MIN_MS:
             self.behind_until_ms = now_ms + BEHIND_MS
 
-    def _room(self, now_ms: int) -> bool:
+    def _room(self, now_ms: int) -> str:
+        """"yes", "later" (slow start: room, but not in this second) or "no"."""
         if now_ms // 1000 != self._second:
             self._second, self._admitted_this_second = now_ms // 1000, 0
         capacity = self.capacity
         if not self.active or capacity is None:
-            return True
-        return (now_ms >= self.behind_until_ms and len(self.active) < capacity
-                and self._admitted_this_second < max(1, math.floor(SLOW_START_SHARE * capacity)))
+            return "yes"
+        if now_ms < self.behind_until_ms or len(self.active) >= capacity:
+            return "no"
+        return "yes" if self._admitted_this_second < max(1, math.floor(SLOW_START_SHARE * capacity)) else "later"
 
     def _forget(self, now_ms: int) -> None:
         if now_ms - self._forgot_at_ms < 1000:

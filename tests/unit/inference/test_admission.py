@@ -42,9 +42,11 @@ def test_a_refused_listener_is_admitted_when_room_frees_up_and_told_so() -> None
 def test_slow_start_admits_a_tenth_of_the_capacity_a_second() -> None:
     admission = Admission(target_load=1.0, cost=0.02)  # room for 50: 5 new a second
     admission.admit("first", 0)  # nobody active: admitted whatever the rules
-    decisions = [admission.admit(f"l{i}", 1500)[0] for i in range(20)]
-    assert decisions.count(True) == 5
-    assert [admission.admit(f"m{i}", 2500)[0] for i in range(6)].count(True) == 5
+    decisions = [admission.admit(f"l{i}", 1500) for i in range(20)]
+    assert decisions[:5] == [(True, None)] * 5
+    assert decisions[5:] == [(False, None)] * 15  # not refused (nothing announced): asked again next time
+    assert [admission.admit(f"l{i}", 2500)[0] for i in range(5, 20)].count(True) == 5
+    assert admission.refused == {}
 
 
 def test_falling_behind_closes_admission_for_a_while_but_not_for_active_listeners() -> None:
