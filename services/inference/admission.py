@@ -23,6 +23,11 @@ session per listener, so a client that keeps opening sessions holds one place, n
   the decision is announced (AT_CAPACITY on soundtrack.admissions.v1, again at each retry that
   is refused; ADMITTED when it is served after a refusal), so the listener's app can say so and
   keep its fallback playing.
+* **Shedding.** Capacity is measured on inference alone; when the services share a machine,
+  more can be admitted than the machine serves, and then everyone runs late. While behind, the
+  listener admitted last (within the last minute) is refused every ``SHED_EVERY_MS``, until the
+  instance is on time again: the newest arrival goes first, never someone who has listened for
+  long. A refused listener is not "continuing" until admitted again.
 
 Decisions depend on load, so a replay after a crash may decide differently; a refused request
 is like one dropped for its deadline (nothing is generated under its id), so one segment id
@@ -40,9 +45,13 @@ from prometheus_client import Counter
 ACTIVE_MS = 15_000  # longer than the longest segment (1 bar at 60 BPM is 4 s): a served listener stays active
 RETRY_MS = 10_000
 BEHIND_MS = 10_000
-SLACK_MIN_MS = 1_000
+SLACK_MIN_MS = 1_500  # healthy slack is >= 2 s (a new session's first request: 4 s start-up - 1.5 s margin)
+SHED_EVERY_MS = 2_000
+SHED_YOUNGER_THAN_MS = 60_000
 SLOW_START_SHARE = 0.1  # of the capacity admitted per second at most
 SMOOTHING = 0.2
+SHED = Counter("entrain_inference_listeners_shed_total",
+               "Listeners refused while being served because the instance stayed behind (the newest first).")
 DEFERRED = Counter("entrain_inference_requests_deferred_total",
                    "Requests of a new listener not generated in a second that had admitted its share (slow start).")
 
@@ -54,6 +63,8 @@ class Admission:
     behind_until_ms: int = 0
     active: dict[Hashable, int] = field(default_factory=dict)
     refused: dict[Hashable, int] = field(default_factory=dict)
+    admitted_at: dict[Hashable, int] = field(default_factory=dict)  # admitted here as new (not continuing)
+    _shed_at_ms: int = -1_000_000
     _second: int = -1
     _admitted_this_second: int = 0
     _forgot_at_ms: int = -1_000_000
@@ -65,15 +76,15 @@ class Admission:
     def admit(self, listener: Hashable, now_ms: int, continuing: bool = False) -> tuple[bool, str | None]:
         """(whether this request is generated, the decision to announce or None)."""
         self._forget(now_ms)
-        if listener in self.active or continuing:
+        if listener in self.active or (continuing and listener not in self.refused):
             self.active[listener] = now_ms
-            return True, "ADMITTED" if self.refused.pop(listener, None) is not None else None
+            return True, None
         until = self.refused.get(listener)
         if until is not None and now_ms < until:
             return False, None
         room = self._room(now_ms)
         if room == "yes":
-            self.active[listener] = now_ms
+            self.active[listener] = self.admitted_at[listener] = now_ms
             self._admitted_this_second += 1
             return True, "ADMITTED" if self.refused.pop(listener, None) is not None else None
         if room == "later":
@@ -87,6 +98,23 @@ class Admission:
             return
         sample = compute_s / audio_s
         self.cost = sample if self.cost is None else (1 - SMOOTHING) * self.cost + SMOOTHING * sample
+
+    def shed(self, now_ms: int) -> Hashable | None:
+        """While behind, every ``SHED_EVERY_MS`` the listener admitted last (within
+        ``SHED_YOUNGER_THAN_MS``: not one who has listened for long, nor one continuing from before
+        a restart) is refused for ``RETRY_MS``; returned, to be told. Else None."""
+        if now_ms >= self.behind_until_ms or now_ms - self._shed_at_ms < SHED_EVERY_MS:
+            return None
+        young = [(t, listener) for listener, t in self.admitted_at.items()
+                 if listener in self.active and now_ms - t < SHED_YOUNGER_THAN_MS]
+        if not young:
+            return None
+        _, listener = max(young, key=lambda item: item[0])
+        self._shed_at_ms = now_ms
+        del self.active[listener], self.admitted_at[listener]
+        self.refused[listener] = now_ms + RETRY_MS
+        SHED.inc()
+        return listener
 
     def finished(self, slack_ms: int, now_ms: int) -> None:
         """A segment was generated ``slack_ms`` before its deadline."""
@@ -110,5 +138,6 @@ class Admission:
         self._forgot_at_ms = now_ms
         for listener in [s for s, t in self.active.items() if now_ms - t > ACTIVE_MS]:
             del self.active[listener]
+            self.admitted_at.pop(listener, None)
         for listener in [s for s, t in self.refused.items() if now_ms - t > RETRY_MS]:
             del self.refused[listener]  # expired a retry period ago: no longer "refused before"

@@ -140,6 +140,7 @@ class InferenceService:
         self.admissions = TopicSerde.for_topic("soundtrack.admissions.v1", kafka)
         self.admission = admission or Admission()
         self._marked: dict[str, str] = {}  # listener -> the session mark written last (one write per session)
+        self._sessions: OrderedDict[str, str] = OrderedDict()  # listener -> the session admitted last
         self.consent = GenerationConsent(kafka)
         self.log = GenerationLog(store)
         self.registry = registry
@@ -261,18 +262,30 @@ class InferenceService:
             self._marked[listener] = mark
             if len(self._marked) > 100_000:
                 self._marked.pop(next(iter(self._marked)))
-        if announce is not None:
-            ADMISSIONS.labels(announce).inc()
-            log.info("admission", decision=announce, active=len(self.admission.active),
-                     capacity=self.admission.capacity, session_id=session)
-            self.producer.produce(self.admissions, {"listener_id": listener}, {
-                "listener_id": listener, "session_id": session, "decision": announce,
-                "retry_after_ms": 0 if admitted else RETRY_MS, "active_sessions": len(self.admission.active),
-                "capacity_sessions": -1 if self.admission.capacity is None else self.admission.capacity,
-                "decided_at": now})
-        if not admitted:
+        if admitted:
+            self._sessions[listener] = session
+            self._sessions.move_to_end(listener)
+            if len(self._sessions) > 100_000:
+                self._sessions.popitem(last=False)
+        else:
             NOT_ADMITTED.inc()
+        if announce is not None:
+            self._announce(listener, session, announce, now)
+        shed = self.admission.shed(now)
+        if shed is not None and shed in self._sessions:
+            self._announce(str(shed), self._sessions[str(shed)], "AT_CAPACITY", now)
         return admitted
+
+    def _announce(self, listener: str, session: str, decision: str, now: int) -> None:
+        ADMISSIONS.labels(decision).inc()
+        log.info("admission", decision=decision, active=len(self.admission.active),
+                 capacity=self.admission.capacity, session_id=session)
+        self.producer.produce(self.admissions, {"listener_id": listener}, {
+            "listener_id": listener, "session_id": session, "decision": decision,
+            "retry_after_ms": RETRY_MS if decision == "AT_CAPACITY" else 0,
+            "active_sessions": len(self.admission.active),
+            "capacity_sessions": -1 if self.admission.capacity is None else self.admission.capacity,
+            "decided_at": now})
 
     def warm_up(self) -> None:
         """Generate segments as production asks for them (2 bars at 120 BPM) to measure the cost

@@ -74,3 +74,22 @@ def test_a_capacity_below_one_cannot_lock_everyone_out() -> None:
     assert admission.capacity == 0
     assert admission.admit("a", 0) == (True, None)
     assert admission.admit("b", 0) == (False, "AT_CAPACITY")
+
+
+def test_while_behind_the_newest_listener_is_shed_every_two_seconds_never_an_old_one() -> None:
+    admission = Admission(target_load=1.0, cost=0.01)  # room for 100, 10 new a second
+    for t in range(0, 61_000, 10_000):  # both keep listening
+        admission.admit("old", t, continuing=True)  # served before this instance started
+        admission.admit("veteran", t)
+    for i in range(3):
+        admission.admit(f"new{i}", 61_000 + i * 1000)
+    admission.admit("veteran", 61_000)
+    assert admission.shed(62_500) is None  # on time: nobody
+    admission.finished(slack_ms=100, now_ms=62_500)
+    assert admission.shed(62_500) == "new2"
+    assert admission.shed(63_000) is None  # one every SHED_EVERY_MS
+    assert admission.shed(64_500) == "new1"
+    assert admission.shed(66_500) == "new0"
+    assert admission.shed(68_500) is None  # "veteran" has listened for over a minute, "old" from before
+    assert admission.admit("new2", 63_000) == (False, None)
+    assert admission.admit("new2", 63_000, continuing=True) == (False, None)  # its mark does not bring it back
