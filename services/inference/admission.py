@@ -16,18 +16,22 @@ session per listener, so a client that keeps opening sessions holds one place, n
   is ``floor(target_load / cost)``, where ``cost`` is the measured compute time per second of
   audio (wall time, so a CPU shared with other services counts; a moving average over
   generated batches, first measured by a warm-up at start-up): every active listener needs one
-  second of audio per second. *Behind* means a segment was finished with less than
-  ``SLACK_MIN_MS`` before its deadline within the last ``BEHIND_MS``. With no one active,
+  second of audio per second. *Behind* means a segment was generated with less than
+  ``SLACK_MIN_MS``, or reached soundtrack.segments.v1 watermarked (the end of the music path,
+  whatever runs late on the way) with less than ``DELIVERED_SLACK_MIN_MS``, before its deadline
+  within the last ``BEHIND_MS``. With no one active,
   anyone is admitted (a capacity measured below one cannot lock everyone out).
 * Otherwise the session is **refused** for ``RETRY_MS``: its requests are not generated, and
   the decision is announced (AT_CAPACITY on soundtrack.admissions.v1, again at each retry that
   is refused; ADMITTED when it is served after a refusal), so the listener's app can say so and
   keep its fallback playing.
 * **Shedding.** Capacity is measured on inference alone; when the services share a machine,
-  more can be admitted than the machine serves, and then everyone runs late. While behind, the
-  listener admitted last (within the last minute) is refused every ``SHED_EVERY_MS``, until the
-  instance is on time again: the newest arrival goes first, never someone who has listened for
-  long. A refused listener is not "continuing" until admitted again.
+  more can be admitted than the machine serves, and then everyone runs late. While behind with
+  more than half the capacity active, the listener admitted last (within the last minute) is
+  refused every ``SHED_EVERY_MS``, until the instance is on time again: the newest arrival goes
+  first, never someone who has listened for long. Behind at a lower load is a fault (a restart,
+  the broker away), which shedding would not cure. A refused listener is not "continuing" until
+  admitted again.
 
 Decisions depend on load, so a replay after a crash may decide differently; a refused request
 is like one dropped for its deadline (nothing is generated under its id), so one segment id
@@ -46,6 +50,7 @@ ACTIVE_MS = 15_000  # longer than the longest segment (1 bar at 60 BPM is 4 s): 
 RETRY_MS = 10_000
 BEHIND_MS = 10_000
 SLACK_MIN_MS = 1_500  # healthy slack is >= 2 s (a new session's first request: 4 s start-up - 1.5 s margin)
+DELIVERED_SLACK_MIN_MS = 500  # watermarked and on soundtrack.segments.v1 at least this long before the deadline
 SHED_EVERY_MS = 2_000
 SHED_YOUNGER_THAN_MS = 60_000
 SLOW_START_SHARE = 0.1  # of the capacity admitted per second at most
@@ -105,6 +110,8 @@ class Admission:
         a restart) is refused for ``RETRY_MS``; returned, to be told. Else None."""
         if now_ms >= self.behind_until_ms or now_ms - self._shed_at_ms < SHED_EVERY_MS:
             return None
+        if self.capacity is None or len(self.active) <= self.capacity // 2:
+            return None  # behind at a low load: a fault (a restart, the broker away), not too many listeners
         young = [(t, listener) for listener, t in self.admitted_at.items()
                  if listener in self.active and now_ms - t < SHED_YOUNGER_THAN_MS]
         if not young:
@@ -116,10 +123,11 @@ class Admission:
         SHED.inc()
         return listener
 
-    def finished(self, slack_ms: int, now_ms: int) -> None:
-        """A segment was generated ``slack_ms`` before its deadline."""
-        if slack_ms < SLACK_MIN_MS:
-            self.behind_until_ms = now_ms + BEHIND_MS
+    def finished(self, slack_ms: int, now_ms: int, floor_ms: int = SLACK_MIN_MS) -> None:
+        """A segment was generated (or delivered, with ``DELIVERED_SLACK_MIN_MS``) ``slack_ms``
+        before its deadline."""
+        if slack_ms < floor_ms:
+            self.behind_until_ms = max(self.behind_until_ms, now_ms + BEHIND_MS)
 
     def _room(self, now_ms: int) -> str:
         """"yes", "later" (slow start: room, but not in this second) or "no"."""

@@ -40,10 +40,10 @@ from typing import Any
 
 import structlog
 import torch
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from inference.admission import RETRY_MS, Admission
+from inference.admission import DELIVERED_SLACK_MIN_MS, RETRY_MS, Admission
 from inference.catalog import load_catalog, training_withdrawals
 from inference.engine import Context, Engine, Job, Params
 from inference.registry import ModelRegistry, unpack
@@ -127,6 +127,35 @@ class GenerationConsent:
                 if self.history.work_allowed("ai_generation", w.rights_holders, w.work_id, now_ms)}
 
 
+class DeliveredSlack:
+    """How early watermarked segments reach soundtrack.segments.v1 (the playlist's source) against
+    their deadlines: the end of the music path, which inference's own slack does not see (on a
+    shared machine watermarking can be what runs late). Every partition, from the end; read
+    between batches without waiting. Admission counts a segment delivered with less than
+    ``DELIVERED_SLACK_MIN_MS`` to spare as being behind."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.serde = TopicSerde.for_topic("soundtrack.segments.v1", kafka)
+        self.consumer = Consumer({**kafka.client_config(), "group.id": "inference-delivery-reader",
+                                  "enable.auto.commit": False, "isolation.level": "read_committed"})
+        parts = self.consumer.list_topics(self.serde.topic, timeout=30).topics[self.serde.topic].partitions
+        self.consumer.assign([TopicPartition(self.serde.topic, p, OFFSET_END) for p in parts])
+
+    def slacks(self) -> list[tuple[int, int]]:
+        """(deadline - delivered ms, delivered ms) of the segments delivered since the last call."""
+        out = []
+        for msg in self.consumer.consume(1000, 0):
+            if msg.error() is not None:
+                continue
+            try:
+                value = self.serde.decode_value(msg.value())
+            except DecodeError:
+                continue  # not ours to judge: delivery and royalty read it too
+            if value is not None:
+                out.append((int(value["deadline"]) - msg.timestamp()[1], msg.timestamp()[1]))
+        return out
+
+
 def segment_id_for(request_id: str) -> str:
     return "seg-" + hashlib.sha256(request_id.encode()).hexdigest()[:24]
 
@@ -134,11 +163,12 @@ def segment_id_for(request_id: str) -> str:
 class InferenceService:
     def __init__(self, kafka: KafkaSettings, engine: Engine, store: SegmentStore, producer: Producer,
                  registry: ModelRegistry | None = None, models_dir: Path | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, delivered: DeliveredSlack | None = None) -> None:
         self.kafka, self.engine, self.store, self.producer = kafka, engine, store, producer
         self.out = TopicSerde.for_topic("soundtrack.segments.generated.v1", kafka)
         self.admissions = TopicSerde.for_topic("soundtrack.admissions.v1", kafka)
         self.admission = admission or Admission()
+        self.delivered = delivered
         self._marked: dict[str, str] = {}  # listener -> the session mark written last (one write per session)
         self._sessions: OrderedDict[str, str] = OrderedDict()  # listener -> the session admitted last
         self.consent = GenerationConsent(kafka)
@@ -204,6 +234,9 @@ class InferenceService:
         is logged before it is produced (the first write wins)."""
         now = int(time.time() * 1000)
         self.consent.refresh()
+        if self.delivered is not None:
+            for slack, at in self.delivered.slacks():
+                self.admission.finished(slack, at, floor_ms=DELIVERED_SLACK_MIN_MS)
         reasons: list[str | None] = [None] * len(records)
         pending: list[tuple[int, dict[str, Any], Params]] = []
         for i, record in enumerate(records):
@@ -395,7 +428,8 @@ def main() -> None:
     registry = ModelRegistry(kafka)
     registry.refresh(until_caught_up_s=30)
     admission = Admission(target_load=float(os.environ.get("ENTRAIN_INFERENCE_TARGET_LOAD", "0.75")))
-    service = InferenceService(kafka, Engine(), FileStore(), producer, registry, admission=admission)
+    service = InferenceService(kafka, Engine(), FileStore(), producer, registry, admission=admission,
+                               delivered=DeliveredSlack(kafka))
     service.warm_up()
     service.consent.catch_up()  # every withdrawal on the topic is seen before the first request
     service.refusal(int(time.time() * 1000))  # load the registry's current version before the first request

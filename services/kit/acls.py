@@ -28,7 +28,8 @@ EXTERNAL = ("listener-app", "finance")
 ALIASES = {"royalty statements": "finance"}
 # principal -> consumer-group name prefixes it uses (PREFIXED ACLs)
 GROUPS = {"soundtrack": ("{prefix}soundtrack",), "delivery": ("soundtrack-delivery-",),
-          "inference": ("{prefix}inference", "inference-consent-reader", "inference-model-registry"),
+          "inference": ("{prefix}inference", "inference-consent-reader", "inference-model-registry",
+                        "inference-delivery-reader"),
           "retrainer": ("inference-consent-reader", "inference-model-registry"), "watermark": ("{prefix}watermark",),
           "royalty": ("{prefix}royalty", "royalty-"), "finance": ("finance", "statement-")}
 # Topics a principal reads although no manifest names it a consumer.

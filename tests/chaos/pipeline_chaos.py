@@ -676,35 +676,69 @@ def check_dlqs(kafka: KafkaSettings, injected: Injected) -> dict[str, Any]:
             "dlq_redeliveries": duplicates}
 
 
-def late_segments(kafka: KafkaSettings, listeners: set[str], until_ms: int) -> tuple[int, list[tuple[float, bool]]]:
+def late_segments(kafka: KafkaSettings, listeners: set[str], until_ms: int,
+                  excused: dict[str, int] | None = None) -> tuple[int, list[tuple[float, bool]]]:
     """(positions due, [(deadline in s, never made)] of every position of a session whose segment
     was not on soundtrack.segments.v1 by its deadline in any version), for the cohort's requests
     due by ``until_ms``. A position the scheduler replanned has several requests (versions);
     inference and watermark skip a version superseded while it waited, and a player plays
-    whichever version is there first, so the position is on time if one version is."""
+    whichever version is there first, so the position is on time if one version is.
+
+    Not underruns, counted in ``excused`` instead: positions never made whose request came while
+    inference had told the listener AT_CAPACITY (``refused``: within a refusal's retry period on
+    soundtrack.admissions.v1), and positions of a session before its first made segment
+    (``before_start``: admission's slow start deferred them; the player starts with the first that
+    exists, so nothing is missing from what it plays, it starts later)."""
     produced: dict[str, int] = {}
     for msg, _, value in decode_all(kafka, "soundtrack.segments.v1"):
         if value is not None:
             produced.setdefault(value["segment_id"], msg.timestamp()[1])
+    refusals: dict[str, list[tuple[int, int]]] = {}
+    for _, _, value in decode_all(kafka, "soundtrack.admissions.v1"):
+        if value is not None and value["decision"] == "AT_CAPACITY":
+            refusals.setdefault(value["listener_id"], []).append(
+                (value["decided_at"], value["decided_at"] + value["retry_after_ms"]))
     positions: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for _, _, value in decode_all(kafka, "soundtrack.requests.v1"):
         if value is not None and value["listener_id"] in listeners:
             positions.setdefault((value["listener_id"], value["session_id"], value["sequence"]), []).append(value)
-    due = [versions for versions in positions.values() if min(r["deadline"] for r in versions) <= until_ms]
+    first_made: dict[tuple[str, str], int] = {}
+    for (listener, session, sequence), versions in positions.items():
+        if any(segment_id(r["request_id"]) in produced for r in versions):
+            first_made[(listener, session)] = min(first_made.get((listener, session), sequence), sequence)
+    excused = {"refused": 0, "before_start": 0} if excused is None else excused
+    excused.setdefault("refused", 0)
+    excused.setdefault("before_start", 0)
+    due = 0
     late = []
-    for versions in due:
+    for (listener, session, sequence), versions in positions.items():
+        deadline = min(r["deadline"] for r in versions)
+        if deadline > until_ms:
+            continue
         ready = [(r["deadline"], produced.get(segment_id(r["request_id"]))) for r in versions]
-        if not any(at is not None and at <= deadline for deadline, at in ready):
-            late.append((min(d for d, _ in ready) / 1000, all(at is None for _, at in ready)))
-    return len(due), late
+        made = any(at is not None for _, at in ready)
+        if not made and sequence < first_made.get((listener, session), 2**62):
+            excused["before_start"] += 1
+            continue
+        if not made and any(start <= r["requested_at"] < stop for r in versions
+                            for start, stop in refusals.get(listener, [])):
+            excused["refused"] += 1
+            continue
+        due += 1
+        if not any(at is not None and at <= d for d, at in ready):
+            late.append((deadline / 1000, not made))
+    return due, late
 
 
 def check_underruns(kafka: KafkaSettings, listeners: set[str], faults: list[Fault], began: float,
                     until_ms: int) -> dict[str, Any]:
     """Every request of the cohort whose deadline passed: was its segment on soundtrack.segments.v1
     by then? Late or missing ones are underruns, attributed to the fault they followed."""
-    due, late = late_segments(kafka, listeners, until_ms)
-    out: dict[str, Any] = {"requests_due": due, "underruns_near_broker_restart": 0,
+    excused: dict[str, int] = {}
+    due, late = late_segments(kafka, listeners, until_ms, excused)
+    out: dict[str, Any] = {"requests_due": due, "positions_refused_at_capacity": excused["refused"],
+                           "positions_before_session_start": excused["before_start"],
+                           "underruns_near_broker_restart": 0,
                            "underruns_near_service_kill": 0, "underruns_elsewhere": 0}
     per_10s: Counter[int] = Counter()
     missing = 0

@@ -169,7 +169,8 @@ def run(listeners_n: int, generating: int, seconds: float, broker_down_s: float,
         royalty = check_royalty(kafka, driver.acked, int(began * 1000), timeout_s=300)
         watermarks = check_watermarks(pipe, listeners)
         listener_ids = {driver_listener_id(pipe, lt) for lt in listeners if lt.music}
-        due, late = late_segments(kafka, listener_ids, load_over_ms - 5000)
+        excused: dict[str, int] = {}
+        due, late = late_segments(kafka, listener_ids, load_over_ms - 5000, excused)
         warm = [item for item in late if item[0] < began]
         late = [item for item in late if item[0] >= began]
         per_10s: dict[int, int] = {}
@@ -185,7 +186,9 @@ def run(listeners_n: int, generating: int, seconds: float, broker_down_s: float,
             "plays_unledgered": royalty["plays_unledgered"], "ledger_doubled": royalty["ledger_doubled"],
             "reconciled": royalty["reconciled"],
             "segments_checked": watermarks["segments_checked"], "segments_unverified": watermarks["segments_failed"],
-            "requests_due": due, "underruns_during_warmup": len(warm), "underruns": len(late),
+            "requests_due": due, "positions_refused_at_capacity": excused["refused"],
+            "positions_before_session_start": excused["before_start"],
+            "underruns_during_warmup": len(warm), "underruns": len(late),
             "underruns_never_made": sum(1 for _, m in late if m),
             "underruns_outside_fault_windows": outside_windows(faults, late),
             "underruns_by_10s": dict(sorted(per_10s.items())),

@@ -77,7 +77,7 @@ def test_a_capacity_below_one_cannot_lock_everyone_out() -> None:
 
 
 def test_while_behind_the_newest_listener_is_shed_every_two_seconds_never_an_old_one() -> None:
-    admission = Admission(target_load=1.0, cost=0.01)  # room for 100, 10 new a second
+    admission = Admission(target_load=1.0, cost=0.2)  # room for 5, 1 new a second
     for t in range(0, 61_000, 10_000):  # both keep listening
         admission.admit("old", t, continuing=True)  # served before this instance started
         admission.admit("veteran", t)
@@ -93,3 +93,12 @@ def test_while_behind_the_newest_listener_is_shed_every_two_seconds_never_an_old
     assert admission.shed(68_500) is None  # "veteran" has listened for over a minute, "old" from before
     assert admission.admit("new2", 63_000) == (False, None)
     assert admission.admit("new2", 63_000, continuing=True) == (False, None)  # its mark does not bring it back
+
+
+def test_behind_at_a_low_load_is_a_fault_and_nobody_is_shed() -> None:
+    admission = Admission(target_load=1.0, cost=0.1)  # room for 10
+    for i in range(5):
+        admission.admit(f"l{i}", i * 1000)
+    admission.finished(slack_ms=-3000, now_ms=5000, floor_ms=500)  # e.g. delivered late after a broker restart
+    assert admission.shed(5000) is None
+    assert admission.admit("new", 5500) == (False, "AT_CAPACITY")  # new arrivals wait until it is on time
