@@ -51,7 +51,7 @@ from inference.train import MODEL_DIR
 from inference.wav import wav_bytes
 from kit.consent import ConsentHistory
 from kit.consumer import ConsumerLoop, Record
-from kit.deadlines import soundtrack_deadline, soundtrack_position
+from kit.deadlines import REPLACEMENT_DELAY_MS, soundtrack_deadline, soundtrack_position
 from kit.producer import Producer
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings
@@ -436,7 +436,8 @@ def main() -> None:
     log.info("catalog_published", works=service.publish_catalog())
     loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_INFERENCE_GROUP", kafka.group("inference")),
                         ["soundtrack.requests.v1"], lambda r: None, producer, batch_handler=service.handle,
-                        batch_size=16, deadline_of=soundtrack_deadline, version_of=soundtrack_position)
+                        batch_size=16, deadline_of=soundtrack_deadline, version_of=soundtrack_position,
+                        replacement_delay_ms=REPLACEMENT_DELAY_MS)
     health = HealthServer.for_service(ServiceSettings.from_env("inference", 9103)).start()
     health.add_ready_check("kafka", lambda: producer.reachable(2.0))
     signal.signal(signal.SIGTERM, loop.stop)

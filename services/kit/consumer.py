@@ -102,6 +102,7 @@ class ConsumerLoop:
     deadline_of: Callable[[Record], int] | None = None
     version_of: Callable[[Record], tuple[Hashable, Any] | None] | None = None
     deadline_grace_ms: int = 0  # late only this long after the deadline (kit.deadlines)
+    replacement_delay_ms: int = 0  # a new version of a position served before yields this much (kit.deadlines)
     hold: int = 256
 
     def __post_init__(self) -> None:
@@ -120,7 +121,8 @@ class ConsumerLoop:
             deadline_of, version_of = self.deadline_of, self.version_of
             self._queue = DeadlineQueue(lambda held: deadline_of(held[0]),
                                         None if version_of is None else lambda held: version_of(held[0]),
-                                        grace_ms=self.deadline_grace_ms)
+                                        grace_ms=self.deadline_grace_ms,
+                                        replacement_delay_ms=self.replacement_delay_ms)
         self._marked: dict[tuple[str, int], int] = {}  # with a queue: the last committable offset noted
         self._consumer = Consumer({
             **self.settings.client_config(),

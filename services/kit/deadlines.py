@@ -15,6 +15,10 @@ else. ``DeadlineQueue`` holds decoded records and hands out the earliest deadlin
   (inference: a listener's session and sequence; the version its request time): a newer version
   of a held position takes the older one's place, and the older one is done without being
   served; so is a second copy of the version held (a replay of the same record).
+* **A replacement yields to first versions.** A new version of a position already served is a
+  replacement (the scheduler replanned it): if it is late, the version served before still
+  plays, while a first version that is late leaves a gap. So a replacement is ordered as if its
+  deadline were ``replacement_delay_ms`` later (its lateness is still judged by its own deadline).
 * **Out-of-order completion, in-order commits.** ``committable`` gives, per partition, the lowest
   offset still held (or one past the highest taken): everything below it is done, so a commit
   there never skips a record that was not served; a crash replays the held ones (handlers are
@@ -25,12 +29,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+SERVED_REMEMBERED = 100_000  # positions whose next version counts as a replacement
 Partition = tuple[str, int]
 
 
@@ -53,6 +58,8 @@ class DeadlineQueue(Generic[T]):
     version_of: Callable[[T], tuple[Hashable, Any] | None] | None = None
     grace_ms: int = 0
     late_max_wait_ms: int = 5_000
+    replacement_delay_ms: int = 0
+    _served: OrderedDict[Hashable, None] = field(default_factory=OrderedDict)  # positions served (bounded)
     _heap: list[tuple[int, int, Held[T]]] = field(default_factory=list)
     _late: deque[Held[T]] = field(default_factory=deque)
     _newest: dict[Hashable, Held[T]] = field(default_factory=dict)
@@ -112,8 +119,13 @@ class DeadlineQueue(Generic[T]):
                 out.append(held)
         for held in out:
             self._held -= 1
-            if held.position is not None and self._newest.get(held.position) is held:
-                del self._newest[held.position]
+            if held.position is not None:
+                if self._newest.get(held.position) is held:
+                    del self._newest[held.position]
+                self._served[held.position] = None
+                self._served.move_to_end(held.position)
+                if len(self._served) > SERVED_REMEMBERED:
+                    self._served.popitem(last=False)
         return out
 
     def done(self, held: Held[T]) -> None:
@@ -144,7 +156,8 @@ class DeadlineQueue(Generic[T]):
 
     def _add(self, held: Held[T]) -> None:
         self._outstanding.setdefault((held.topic, held.partition), set()).add(held.offset)
-        heapq.heappush(self._heap, (held.deadline_ms, next(self._count), held))
+        key = held.deadline_ms + (self.replacement_delay_ms if held.position in self._served else 0)
+        heapq.heappush(self._heap, (key, next(self._count), held))
         self._held += 1
 
     def _cancel(self, held: Held[T]) -> None:
@@ -161,6 +174,10 @@ class DeadlineQueue(Generic[T]):
 # A soundtrack segment's deadline is this long before the player starts it (soundtrack.schedule's
 # DEADLINE_MARGIN_MS; delivery's OpenAPI says so): one finished within it is late but still plays.
 PLAYER_MARGIN_MS = 1_500
+# A replanned segment is asked for >= 3.5 s before its start (2 s before its deadline); new positions
+# are due 2.5-5 s ahead. Ordered 2 s later, a replacement goes before a first version only if that
+# one's deadline is over 2 s later than its own.
+REPLACEMENT_DELAY_MS = 2_000
 
 
 def soundtrack_deadline(record: Any) -> int:

@@ -30,7 +30,7 @@ from prometheus_client import Counter, Histogram
 from kit.audio import AudioError, decode_bytes, encode_wav
 from kit.auth import KeyStore, api_keys
 from kit.consumer import ConsumerLoop, InvalidRecord, Record
-from kit.deadlines import PLAYER_MARGIN_MS, soundtrack_deadline, soundtrack_position
+from kit.deadlines import PLAYER_MARGIN_MS, REPLACEMENT_DELAY_MS, soundtrack_deadline, soundtrack_position
 from kit.producer import Producer
 from kit.ratelimit import RateLimiter
 from kit.serde import TopicSerde
@@ -121,7 +121,8 @@ def main() -> None:
     loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_WATERMARK_GROUP", kafka.group("watermark")),
                         ["soundtrack.segments.generated.v1"], service.handle, producer, batch_size=8,
                         deadline_of=soundtrack_deadline, version_of=soundtrack_position,
-                        deadline_grace_ms=PLAYER_MARGIN_MS)
+                        deadline_grace_ms=PLAYER_MARGIN_MS,
+                        replacement_delay_ms=REPLACEMENT_DELAY_MS)
     health = HealthServer.for_service(ServiceSettings.from_env("watermark", 9104)).start()
     health.add_ready_check("kafka", lambda: producer.reachable(2.0))
     health.add_ready_check("provenance-index", lambda: index.healthy)

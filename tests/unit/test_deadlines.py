@@ -122,3 +122,16 @@ def test_dropped_partitions_are_forgotten_and_the_rest_still_served() -> None:
     assert served(q, 5) == [0]
     q.push("t", 1, 0, Item(300, "a", 1))  # the partition comes back: consumed again from its commit
     assert [(h.partition, h.offset) for h in q.take(5, 0)] == [(1, 0)]
+
+
+def test_a_replacement_of_a_served_position_yields_to_first_versions() -> None:
+    q: DeadlineQueue[Item] = DeadlineQueue(lambda i: i.deadline, lambda i: (i.position, i.version),
+                                           replacement_delay_ms=2000)
+    q.push("t", 0, 0, Item(1000, "a", 1))
+    assert served(q, 1) == [0]
+    q.push("t", 0, 1, Item(1000, "a", 2))  # the scheduler replanned "a": a replacement
+    q.push("t", 0, 2, Item(2500, "b", 1))  # a first version due 1.5 s later goes first
+    q.push("t", 0, 3, Item(3500, "c", 1))  # one due 2.5 s later does not
+    assert served(q, 3) == [2, 1, 3]
+    q.push("t", 0, 4, Item(100, "a", 3))
+    assert served(q, 1, now=150) == [4]  # lateness is judged by its own deadline: late, but alone
