@@ -15,8 +15,9 @@ session per listener, so a client that keeps opening sessions holds one place, n
   that share is not refused, only not served this second: their next request asks again). Capacity
   is ``floor(target_load / cost)``, where ``cost`` is the measured compute time per second of
   audio (wall time, so a CPU shared with other services counts; a moving average over
-  generated batches, first measured by a warm-up at start-up): every active listener needs one
-  second of audio per second. *Behind* means a segment was generated with less than
+  generated batches), never below what the densest music (a sprint: 2 bars at 170 BPM, full
+  energy) cost in a warm-up at start-up, so listeners admitted at rest can all start running:
+  every active listener needs one second of audio per second. *Behind* means a segment was generated with less than
   ``SLACK_MIN_MS``, or reached soundtrack.segments.v1 watermarked (the end of the music path,
   whatever runs late on the way) with less than ``DELIVERED_SLACK_MIN_MS``, before its deadline
   within the last ``BEHIND_MS``. With no one active,
@@ -65,6 +66,7 @@ DEFERRED = Counter("entrain_inference_requests_deferred_total",
 class Admission:
     target_load: float = 0.75  # of the instance's core spent generating, leaving room for replans and bursts
     cost: float | None = None  # compute seconds per second of audio (None until measured: everyone admitted)
+    floor_cost: float = 0.0  # the warm-up's cost of the densest music: capacity never counts on cheaper
     behind_until_ms: int = 0
     active: dict[Hashable, int] = field(default_factory=dict)
     refused: dict[Hashable, int] = field(default_factory=dict)
@@ -76,7 +78,7 @@ class Admission:
 
     @property
     def capacity(self) -> int | None:
-        return None if self.cost is None else math.floor(self.target_load / max(self.cost, 1e-6))
+        return None if self.cost is None else math.floor(self.target_load / max(self.cost, self.floor_cost, 1e-6))
 
     def admit(self, listener: Hashable, now_ms: int, continuing: bool = False) -> tuple[bool, str | None]:
         """(whether this request is generated, the decision to announce or None)."""

@@ -321,13 +321,14 @@ class InferenceService:
             "decided_at": now})
 
     def warm_up(self) -> None:
-        """Generate segments as production asks for them (2 bars at 120 BPM) to measure the cost
-        admission starts from; the first, which pays the model's first steps, is not counted."""
+        """Generate what a sprint asks for (2 bars at 170 BPM, full energy: the densest music) to
+        price admission's capacity; the first run, which pays the model's first steps, is not counted."""
         for counted in (False, True):
             started = time.perf_counter()
-            segment = self.engine.generate(Params(120.0, 0.5, "MAJOR", 0, 2), seed=0)
+            segment = self.engine.generate(Params(170.0, 1.0, "MAJOR", 0, 2), seed=0)
             if counted:
                 self.admission.measured(time.perf_counter() - started, segment.duration_ms / 1000)
+                self.admission.floor_cost = self.admission.cost or 0.0
         CAPACITY_SESSIONS.set(self.admission.capacity if self.admission.capacity is not None else -1)
         log.info("warmed_up", cost_per_audio_s=round(self.admission.cost or 0, 4), capacity=self.admission.capacity)
 

@@ -102,3 +102,9 @@ def test_behind_at_a_low_load_is_a_fault_and_nobody_is_shed() -> None:
     admission.finished(slack_ms=-3000, now_ms=5000, floor_ms=500)  # e.g. delivered late after a broker restart
     assert admission.shed(5000) is None
     assert admission.admit("new", 5500) == (False, "AT_CAPACITY")  # new arrivals wait until it is on time
+
+
+def test_capacity_never_counts_on_music_cheaper_than_the_densest() -> None:
+    admission = Admission(target_load=1.0, cost=0.05, floor_cost=0.05)  # the warm-up's sprint
+    admission.measured(compute_s=0.2, audio_s=20.0)  # music at rest is cheaper
+    assert admission.capacity == 20
