@@ -127,6 +127,8 @@ class Player:
     next_start_s: float = 0.0
     underruns: int = 0
     swaps: int = 0
+    told: bool = False  # the playlist said AT_CAPACITY since the last segment was taken
+    refused_gaps: int = 0  # ran dry after being told (admission control): not an underrun
 
     @property
     def played(self) -> list[Played]:
@@ -146,10 +148,15 @@ class Player:
             self.slots = {k: v for k, v in self.slots.items() if k < sequence}
             self.next_start_s = start
         elif self.next_start_s == 0 or self.next_start_s < now:  # the first, or the player ran dry:
-            self.underruns += self.next_start_s != 0  # (the previous segment ended before this one arrived)
+            if self.next_start_s != 0:  # (the previous segment ended before this one arrived)
+                if self.told:
+                    self.refused_gaps += 1
+                else:
+                    self.underruns += 1
             # start where the server's schedule has it, never earlier (else the player's buffer is smaller)
             planned = seg["deadline"] / 1000 + SCHEDULE_AFTER_DEADLINE_S - server_ahead_s
             self.next_start_s = max(now + 0.05, planned)
+        self.told = False
         self.slots[sequence] = (version, Played(int(self.next_start_s * 1000), seg["duration_ms"], audio,
                                                           seg["params"]["tempo_bpm"]))
         self.next_start_s += seg["duration_ms"] / 1000
@@ -173,6 +180,8 @@ def run_players(pipeline: Pipeline, players: list[Player], session: str, stop: t
                                          token))
             except OSError:
                 continue
+            admission = playlist.get("admission")
+            player.told |= admission is not None and admission["decision"] == "AT_CAPACITY"
             for seg in playlist["segments"]:
                 held = player.slots.get(seg["sequence"])
                 if held is not None and held[0] >= (seg["requested_at"], seg["segment_id"]):
@@ -353,6 +362,8 @@ def burst(pipeline: Pipeline, kind: str, listeners: int, before_s: float, after_
             f"refusals_announced_burst_{kind}": int(refusals(pipeline) - refused_before),
             f"listeners_served_burst_{kind}": len(served),
             f"player_underruns_burst_{kind}": sum(p.underruns for p in players),
+            # ran dry after the playlist said AT_CAPACITY (shed or refused): told, not an underrun
+            f"player_gaps_after_refusal_burst_{kind}": sum(p.refused_gaps for p in players),
             f"player_swaps_burst_{kind}": sum(p.swaps for p in players)}
 
 
