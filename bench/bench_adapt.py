@@ -34,8 +34,9 @@ Bursts: --burst-listeners (100) new sessions start in the same second and run fo
 --burst-after-s (``burst_start``); then as many start together at rest and after
 --burst-before-s all start running in the same second (``burst_change``). Beyond capacity,
 inference refuses listeners it is not serving (admission control: they are told so, counted in
-``refusals_announced_*`` and ``listeners_served_*``, not as underruns); ``underruns_burst_*`` are the admitted sessions' late
-segments and dropped requests.
+``refusals_announced_*`` and ``listeners_served_*``, not as underruns); ``underruns_burst_*``
+are the admitted sessions' late segments and dropped requests, and a player that runs dry after
+its playlist said AT_CAPACITY counts in ``player_gaps_after_refusal_*``.
 
 Phase 2 (throughput): inference and watermark are stopped; E telemetry events for 2,000
 listeners are produced to listener.telemetry.v1 as fast as possible; the worker's rate is E
