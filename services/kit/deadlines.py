@@ -9,8 +9,9 @@ else. ``DeadlineQueue`` holds decoded records and hands out the earliest deadlin
   play if they arrive within the player's margin) has passed by the time it would be served
   moves to a late queue (arrival order) that is served while no on-time record is held, so work
   that is already late cannot make on-time work late too (EDF's domino effect under overload);
-  one that has waited there ``late_max_wait_ms`` is served anyway, so it cannot pin the
-  partition's commits for long.
+  one that has waited there ``late_max_wait_ms`` is served anyway (one a second at most, so a
+  backlog of late work cannot starve on-time work), so it cannot pin the partition's commits for
+  ever.
 * **Superseded work is skipped.** With ``version_of`` a record names its position and version
   (inference: a listener's session and sequence; the version its request time): a newer version
   of a held position takes the older one's place, and the older one is done without being
@@ -36,6 +37,7 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 SERVED_REMEMBERED = 100_000  # positions whose next version counts as a replacement
+AGED_EVERY_MS = 1_000  # late work that waited late_max_wait_ms is served at this rate at most
 Partition = tuple[str, int]
 
 
@@ -67,6 +69,7 @@ class DeadlineQueue(Generic[T]):
     _next: dict[Partition, int] = field(default_factory=dict)
     _count: itertools.count[int] = field(default_factory=itertools.count)
     _held: int = 0
+    _aged_at_ms: int = -1_000_000
 
     def __len__(self) -> int:
         return self._held
@@ -102,8 +105,12 @@ class DeadlineQueue(Generic[T]):
         out: list[Held[T]] = []
         while self._late and self._late[0].cancelled:
             self._late.popleft()
-        if self._late and now_ms - self._late[0].late_since_ms >= self.late_max_wait_ms:
-            out.append(self._late.popleft())  # waited long enough: one a turn, whatever else is held
+        if self._late and now_ms - self._late[0].late_since_ms >= self.late_max_wait_ms \
+                and now_ms - self._aged_at_ms >= AGED_EVERY_MS:
+            # waited long enough: served whatever else is held, but one a second at most, so a
+            # backlog of late work (after a broker restart) cannot starve the on-time work
+            out.append(self._late.popleft())
+            self._aged_at_ms = now_ms
         while self._heap and len(out) < n:
             _, _, held = heapq.heappop(self._heap)
             if held.cancelled:

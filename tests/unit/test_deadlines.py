@@ -51,6 +51,19 @@ def test_late_work_is_served_after_waiting_long_enough_and_grace_keeps_playable_
     assert served(q, 1, now=6500) == [4]
 
 
+def test_a_backlog_of_late_work_cannot_starve_on_time_work() -> None:
+    """After a broker restart: many records late at once, on-time ones arriving behind them."""
+    q: DeadlineQueue[Item] = DeadlineQueue(lambda i: i.deadline, late_max_wait_ms=5000)
+    for offset in range(20):
+        q.push("t", 0, offset, Item(100))
+    for offset in range(20, 30):
+        q.push("t", 0, offset, Item(100_000))
+    assert served(q, 1, now=1000) == [20]  # the late ones wait
+    order = [served(q, 1, now=6000 + 100 * i)[0] for i in range(11)]
+    assert [o for o in order if o < 20] == [0, 1]  # one aged late record a second (6.0 s, 7.0 s)...
+    assert len(order) == 11  # ...and on-time work between them
+
+
 def test_late_work_waits_until_no_on_time_work_is_held() -> None:
     q = queue()
     q.push("t", 0, 0, Item(100))  # late at now=150
