@@ -28,10 +28,11 @@ session per listener, so a client that keeps opening sessions holds one place, n
   keep its fallback playing.
 * **Shedding.** Capacity is measured on inference alone; when the services share a machine,
   more can be admitted than the machine serves, and then everyone runs late. While behind with
-  more than half the capacity active, the listener admitted last (within the last minute) is
+  at least 80% of the capacity active, the listener admitted last (within the last minute) is
   refused every ``SHED_EVERY_MS``, until the instance is on time again: the newest arrival goes
   first, never someone who has listened for long. Behind at a lower load is a fault (a restart,
-  the broker away), which shedding would not cure. A refused listener is not "continuing" until
+  the broker away: a full `make chaos` shed listeners after its broker restart with the threshold
+  at half), which shedding would not cure. A refused listener is not "continuing" until
   admitted again.
 
 Decisions depend on load, so a replay after a crash may decide differently; a refused request
@@ -53,6 +54,7 @@ BEHIND_MS = 10_000
 SLACK_MIN_MS = 1_500  # healthy slack is >= 2 s (a new session's first request: 4 s start-up - 1.5 s margin)
 DELIVERED_SLACK_MIN_MS = 500  # watermarked and on soundtrack.segments.v1 at least this long before the deadline
 SHED_EVERY_MS = 2_000
+SHED_ABOVE_SHARE = 0.8  # of the capacity active: only then is being behind taken for too many listeners
 SHED_YOUNGER_THAN_MS = 60_000
 SLOW_START_SHARE = 0.1  # of the capacity admitted per second at most
 SMOOTHING = 0.2
@@ -112,8 +114,8 @@ class Admission:
         a restart) is refused for ``RETRY_MS``; returned, to be told. Else None."""
         if now_ms >= self.behind_until_ms or now_ms - self._shed_at_ms < SHED_EVERY_MS:
             return None
-        if self.capacity is None or len(self.active) <= self.capacity // 2:
-            return None  # behind at a low load: a fault (a restart, the broker away), not too many listeners
+        if self.capacity is None or len(self.active) < SHED_ABOVE_SHARE * self.capacity:
+            return None  # behind below capacity: a fault (a restart, the broker away), not too many listeners
         young = [(t, listener) for listener, t in self.admitted_at.items()
                  if listener in self.active and now_ms - t < SHED_YOUNGER_THAN_MS]
         if not young:

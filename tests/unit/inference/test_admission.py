@@ -89,6 +89,10 @@ def test_while_behind_the_newest_listener_is_shed_every_two_seconds_never_an_old
     assert admission.shed(62_500) == "new2"
     assert admission.shed(63_000) is None  # one every SHED_EVERY_MS
     assert admission.shed(64_500) == "new1"
+    assert admission.shed(66_500) is None  # 3 of 5 active: below 80% of the capacity, no longer shed
+    admission.cost = 0.25  # a slower machine: room for 4, so 3 active is 75%...
+    assert admission.shed(66_500) is None
+    admission.cost = 1 / 3.5  # ...room for 3: full again
     assert admission.shed(66_500) == "new0"
     assert admission.shed(68_500) is None  # "veteran" has listened for over a minute, "old" from before
     assert admission.admit("new2", 63_000) == (False, None)
