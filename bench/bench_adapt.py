@@ -69,6 +69,7 @@ from tests.pipeline import Pipeline
 from inference.analysis import estimate_tempo
 from kit.audio import decode_bytes
 from kit.auth import Pseudonymizer
+from kit.deadlines import PLAYER_MARGIN_MS
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import REPO_ROOT, KafkaSettings
@@ -105,8 +106,8 @@ class Follower(threading.Thread):
         self.consumer.close()
 
 
-SCHEDULE_AFTER_DEADLINE_S = 1.5  # as the listener page: the server's schedule plays a segment this long after
-# its deadline (soundtrack.schedule.DEADLINE_MARGIN_MS; delivery's OpenAPI says so)
+SCHEDULE_AFTER_DEADLINE_S = PLAYER_MARGIN_MS / 1000  # as the listener page: the server's schedule plays a
+# segment this long after its deadline (kit.deadlines; delivery's OpenAPI says so)
 
 
 @dataclass
