@@ -15,6 +15,11 @@ poll -> decode -> handle -> (periodically) flush the producer, then commit.
   large, not authorised) stops the loop with DeliveryFailed and commits nothing more:
   the records are consumed again after a restart (or the fix), never skipped.
 * SIGTERM/SIGINT stop the loop after the current record; it commits and closes.
+* A consumer that librdkafka declares fatally failed (a static member fenced by "another
+  consumer with the same group.instance.id", which after a broker restart is usually its own
+  earlier session: librdkafka #3437) is closed and replaced by a new one that joins again; its
+  uncommitted records are consumed again (idempotent handlers). Fenced again and again (two
+  processes really share an ``ENTRAIN_INSTANCE_ID``), the loop raises instead.
 * With ``deadline_of`` the loop holds up to ``hold`` decoded records across polls and serves
   them earliest deadline first (``kit.deadlines``: late work last, superseded versions skipped
   with ``version_of``), committing per partition only below the lowest offset still held.
@@ -34,6 +39,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from kit.deadlines import DeadlineQueue
 from kit.observability import (
     CONSUMER_LAG,
+    CONSUMER_REJOINS,
     PROCESSING_SECONDS,
     RECORDS_CONSUMED,
     RECORDS_DEAD_LETTERED,
@@ -45,6 +51,7 @@ from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings, group_membership
 
 log = structlog.get_logger()
+REJOINS_ALLOWED, REJOIN_WINDOW_S = 3, 300.0  # more fatal errors than this in the window: raise
 
 
 class InvalidRecord(ValueError):
@@ -124,7 +131,12 @@ class ConsumerLoop:
                                         grace_ms=self.deadline_grace_ms,
                                         replacement_delay_ms=self.replacement_delay_ms)
         self._marked: dict[tuple[str, int], int] = {}  # with a queue: the last committable offset noted
-        self._consumer = Consumer({
+        self._fatal: KafkaError | None = None  # the consumer failed for good: replace it (``_rejoin``)
+        self._rejoins: list[float] = []
+        self._consumer = self._new_consumer()
+
+    def _new_consumer(self) -> Consumer:
+        return Consumer({
             **self.settings.client_config(),
             "group.id": self.group_id,
             "enable.auto.commit": False,
@@ -147,11 +159,12 @@ class ConsumerLoop:
 
     def run(self, max_records: int | None = None, idle_timeout_s: float | None = None) -> LoopStats:
         """Consume until stopped (or ``max_records`` handled, or idle for ``idle_timeout_s``)."""
-        self._consumer.subscribe(list(self._serdes), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_revoke)
+        self._subscribe()
         last_commit = last_lag = last_record = time.monotonic()
         try:
             while not self._stopping:
+                if self._fatal is not None:
+                    self._rejoin()
                 if self._queue is not None:
                     batch = self._consumer.consume(max(1, self.hold - len(self._queue)), 0 if self._queue else 0.2)
                     now = time.monotonic()
@@ -188,6 +201,33 @@ class ConsumerLoop:
             self._consumer.close()
         return self.stats
 
+    def _subscribe(self) -> None:
+        self._consumer.subscribe(list(self._serdes), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_revoke)
+
+    def _rejoin(self) -> None:
+        """Replace a consumer librdkafka failed for good (its instance cannot be used again) by a
+        new one: what it held or had not committed is consumed again by whoever owns it next."""
+        error, self._fatal = self._fatal, None
+        now = time.monotonic()
+        self._rejoins = [t for t in self._rejoins if now - t < REJOIN_WINDOW_S] + [now]
+        if len(self._rejoins) > REJOINS_ALLOWED:
+            raise KafkaException(error)  # fenced again and again: a second process with this instance id?
+        log.warning("consumer_rejoining", error=str(error), rejoins=len(self._rejoins))
+        CONSUMER_REJOINS.labels(self.service).inc()
+        self._owned.clear()
+        self._pending.clear()
+        self._marked.clear()
+        self._assigned = []
+        if self._queue is not None:
+            self._queue.drop(list(self._queue.committable()))  # every partition it took from
+        try:
+            self._consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.info("consumer_close_failed", error=str(exc))
+        self._consumer = self._new_consumer()
+        self._subscribe()
+
     # -- one record ---------------------------------------------------------------
 
     def _consume_one(self, msg: Message) -> None:
@@ -201,12 +241,13 @@ class ConsumerLoop:
 
     def _usable(self, msg: Message) -> bool:
         """False for a consumer event that is not a record (partition EOF, a transient error);
-        a fatal error raises."""
+        a fatal one (the consumer cannot be used again) is noted for ``_rejoin``."""
         err = msg.error()
         if err is None:
             return True
-        if err.fatal():
-            raise KafkaException(err)
+        if is_fatal(err):
+            self._fatal = err
+            return False
         if err.code() != KafkaError._PARTITION_EOF:
             log.warning("consumer_error", error=str(err))
         return False
@@ -347,6 +388,8 @@ class ConsumerLoop:
             # are then consumed again there, which handlers tolerate (idempotent effects).
             # Offsets still ours are tried again at the next commit unless newer ones were noted.
             log.warning("commit_failed", error=str(exc))
+            if is_fatal(exc.args[0]):
+                self._fatal = exc.args[0]
             for tp in offsets:
                 self._pending.setdefault((tp.topic, tp.partition), tp.offset)
 
@@ -397,6 +440,13 @@ def dlq_headers(topic: str, partition: int, offset: int, service: str, reason_cl
 def source_of(msg: Message) -> tuple[str, int, int]:
     """(topic, partition, offset) of a consumed record (set on every record a consumer returns)."""
     return cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
+
+
+def is_fatal(err: KafkaError) -> bool:
+    """The client instance failed for good. A consumer's fatal error (a static member fenced)
+    arrives as an event whose code is ``_FATAL`` (a failed commit: ``FENCED_INSTANCE_ID``) and
+    whose ``fatal()`` flag is not set."""
+    return bool(err.fatal()) or err.code() in (KafkaError._FATAL, KafkaError.FENCED_INSTANCE_ID)
 
 
 def is_partition_eof(msg: Message) -> bool:

@@ -36,6 +36,8 @@ RECORDS_SUPERSEDED = Counter(
     "entrain_records_superseded_total",
     "Held records not served because a newer version of the same position arrived (kit.deadlines).",
     ["service", "topic"])
+CONSUMER_REJOINS = Counter("entrain_consumer_rejoins_total",
+                           "Consumers replaced after librdkafka failed them for good (fenced).", ["service"])
 RECORDS_HELD = Gauge("entrain_records_held", "Records held to be served earliest deadline first.", ["service"])
 PROCESSING_SECONDS = Histogram(
     "entrain_processing_seconds", "Time to handle one consumed record.", ["service", "topic"],

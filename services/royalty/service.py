@@ -38,7 +38,7 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from kit.consumer import dlq_headers, source_of
+from kit.consumer import dlq_headers, is_fatal, source_of
 from kit.observability import RECORDS_CONSUMED, RECORDS_DEAD_LETTERED
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings, group_membership
@@ -249,8 +249,8 @@ class RoyaltyProcessor:
         err = msg.error()
         if err is None:
             return True
-        if err.fatal():
-            raise KafkaException(err)
+        if is_fatal(err):
+            raise KafkaException(err)  # fenced: a new instance (restarted) aborts what this one left open
         if err.code() != KafkaError._PARTITION_EOF:
             log.warning("consumer_error", error=str(err))
         return False

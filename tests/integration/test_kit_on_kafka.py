@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kit.consumer import ConsumerLoop, InvalidRecord, Record
@@ -238,6 +239,46 @@ def test_held_records_are_served_earliest_deadline_first_and_commits_stop_below_
     superseded = REGISTRY.get_sample_value("entrain_records_superseded_total",
                                            {"service": "test", "topic": serde.topic})
     assert superseded == superseded_before + 2  # once in each run
+
+
+def test_a_fenced_static_member_joins_again_and_keeps_consuming(isolated: KafkaSettings) -> None:
+    """Another consumer joins with the loop's group.instance.id (what librdkafka #3437 does to a
+    static member after a broker restart): the broker fences the loop's consumer for good, and the
+    loop replaces it with a new one that joins again and consumes what follows."""
+    producer = Producer(isolated, "test")
+    serde = TopicSerde.for_topic(TELEMETRY, isolated)
+    key = {"listener_id": "fenced"}
+    group, instance = f"fence-{uuid.uuid4().hex}", f"test-{uuid.uuid4().hex[:8]}"
+    membership = {"group.instance.id": instance, "session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+    for n in range(3):
+        producer.produce(serde, key, telemetry_value(n, heart_rate=60 + n))
+    assert producer.flush(30) == 0
+    seen: set[int] = set()
+    rejoins_before = REGISTRY.get_sample_value("entrain_consumer_rejoins_total", {"service": "test"}) or 0.0
+
+    def handle(record: Record) -> None:
+        assert record.value is not None
+        seen.add(record.value["heart_rate_bpm"])
+        if {60, 61, 62, 100, 101, 102} <= seen:
+            loop.stop()
+        if record.value["heart_rate_bpm"] != 60 or 100 in seen:
+            return
+        intruder = Consumer({**isolated.client_config(), "group.id": group,
+                             "partition.assignment.strategy": "cooperative-sticky", **membership})
+        intruder.subscribe([serde.topic])
+        deadline = time.monotonic() + 30
+        while not intruder.assignment() and time.monotonic() < deadline:
+            intruder.poll(0.2)
+        assert intruder.assignment(), "the intruder never joined"
+        intruder.close()
+        for n in range(3):  # after the fence: only a consumer that joined again sees these
+            producer.produce(serde, key, telemetry_value(n, heart_rate=100 + n))
+        assert producer.flush(30) == 0
+
+    loop = ConsumerLoop(isolated, "test", group, [TELEMETRY], handle, producer, consumer_config=membership)
+    loop.run(idle_timeout_s=20)  # stops when idle, or when the handler saw everything (below)
+    assert {60, 61, 62, 100, 101, 102} <= seen
+    assert REGISTRY.get_sample_value("entrain_consumer_rejoins_total", {"service": "test"}) == rejoins_before + 1
 
 
 CONSUMER_PROCESS = """
