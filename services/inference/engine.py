@@ -34,10 +34,13 @@ class Params:
     mode: str
     key_tonic: int
     bars: int
+    tempo_from_bpm: float | None = None  # the beats glide from this tempo to tempo_bpm (kit.tempo)
 
     def __post_init__(self) -> None:
         if not 40 <= self.tempo_bpm <= 240:
             raise ValueError(f"tempo_bpm {self.tempo_bpm} outside 40-240")
+        if self.tempo_from_bpm is not None and not 40 <= self.tempo_from_bpm <= 240:
+            raise ValueError(f"tempo_from_bpm {self.tempo_from_bpm} outside 40-240")
         if not 0 <= self.energy <= 1:
             raise ValueError(f"energy {self.energy} outside 0-1")
         if self.mode not in ("MAJOR", "MINOR"):
@@ -126,7 +129,7 @@ class Engine:
             degrees = harmonize(notes, params.mode, params.bars, context.degree if context else 0)
             events = arrange(notes, degrees, params.mode, params.key_tonic, params.energy, params.bars,
                              np.random.default_rng(job.seed))
-            raw, length = synthesize(events, params.tempo_bpm, params.bars, params.energy)
+            raw, length = synthesize(events, params.tempo_bpm, params.bars, params.energy, params.tempo_from_bpm)
             rendered = finish(raw, length, context.tail if context is not None else None)
             segments.append(Segment(rendered, tokens, influences(notes, self.profiles, allowed), degrees))
         return segments

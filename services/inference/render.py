@@ -1,8 +1,9 @@
 """Render a segment to audio with a General MIDI SoundFont (TimGM6mb, shipped in pretty-midi).
 
 Tempo is exact: every event's sample position is computed from its position in
-sixteenths as round(step * sample_rate * 15 / bpm), so there is no drift. The
-segment is exactly ``bars`` bars long. Sound still ringing at the end (releases,
+sixteenths on the segment's beat grid (``kit.tempo``: a constant tempo, or a glide from the
+previous segment's tempo that moves every beat), rounded from the exact running sum, so there
+is no drift. The segment is exactly ``bars`` bars long. Sound still ringing at the end (releases,
 reverb) is returned as a ``tail`` that the next segment of the same session mixes
 into its start, so joins are continuous. Loudness is normalised to TARGET_LUFS
 (ITU-R BS.1770 via pyloudnorm) and the peak kept below PEAK_CEILING_DBFS.
@@ -20,6 +21,7 @@ import pyloudnorm
 import tinysoundfont
 
 from inference.music import Note, scale, triad
+from kit.tempo import beat_edges, step_sample
 
 SAMPLE_RATE = 44_100
 TARGET_LUFS = -16.0
@@ -123,21 +125,23 @@ def reset_synthesizer() -> None:
     _synths.__dict__.clear()
 
 
-def synthesize(events: list[Event], bpm: float, bars: int, energy: float) -> tuple[np.ndarray, int]:
-    """Stereo float32 of the segment plus TAIL_SECONDS, and the segment's length in samples."""
+def synthesize(events: list[Event], bpm: float, bars: int, energy: float,
+               tempo_from: float | None = None) -> tuple[np.ndarray, int]:
+    """Stereo float32 of the segment plus TAIL_SECONDS, and the segment's length in samples; with
+    ``tempo_from`` the beats glide from that tempo to ``bpm`` (``kit.tempo``)."""
     synth, sfid = _synth()
     melody, harmony, bass = PROGRAMS["low" if energy < 0.34 else "mid" if energy < 0.67 else "high"]
     for channel, program in ((0, melody), (1, harmony), (2, bass)):
         synth.program_select(channel, sfid, 0, program)
     synth.program_select(DRUMS, sfid, 128, 0, True)
-    samples_per_step = SAMPLE_RATE * 15.0 / bpm
-    length = round(bars * 16 * samples_per_step)
+    edges = beat_edges(bpm, bars, tempo_from, SAMPLE_RATE)
+    length = round(edges[-1])
     total = length + int(TAIL_SECONDS * SAMPLE_RATE)
     out = np.zeros(total * 2, dtype=np.float32)
     cursor = 0
     # Note-offs before note-ons at the same instant, so a repeated key re-attacks.
     for event in sorted(events, key=lambda e: (e.step, e.velocity > 0)):
-        at = min(total, round(event.step * samples_per_step))
+        at = min(total, step_sample(edges, event.step))
         if at > cursor:
             chunk = synth.generate(at - cursor)
             out[cursor * 2: at * 2] = np.frombuffer(chunk, dtype=np.float32)

@@ -246,8 +246,9 @@ class InferenceService:
                 continue
             try:
                 p = request["params"]
+                glide = p.get("tempo_from_bpm")
                 params = Params(float(p["tempo_bpm"]), float(p["energy"]), p["mode"], int(p["key_tonic"]),
-                                int(p["bars"]))
+                                int(p["bars"]), None if glide is None else float(glide))
             except ValueError as exc:
                 reasons[i] = f"invalid params: {exc}"
                 continue

@@ -38,8 +38,13 @@ Numbers and why:
   a DJ cuts to a new track on a phrase boundary rather than pitching one up. We generate the
   music, so each step is a new bar written at its tempo, not a stretched one. The earlier
   5%/s (12% a bar) took ~25 s from rest to a run, measured from the played audio.
-  Tempo still changes only at segment boundaries (1-2 bars): a glide inside the segment
-  (issue #16) would make these steps continuous.
+- Glides: a segment continuing another glides beat by beat from the tempo that one ended at
+  to its own (``kit.tempo``; the scheduler asks for it), so each bar's allowance is spread
+  over its four beats: the fast ramp (~14% a bar near 170 BPM) moves ~3.5% a beat, the gentle
+  one 0.75%. Each beat's change stays near or below what is heard as a jump (~3-4%, Van Dyck
+  et al. 2015) while the change as a whole is heard within seconds, as an accelerando: what
+  adaptive players get by time-stretching continuously (D-Jogger, RockMyRun), written at the
+  tempo instead of stretched.
 - Match mode: moving with cadence >= 100 spm -> tempo = cadence (one beat per step),
   halved above 180 (half-time), clamped to 60-200 BPM. Exercising without cadence ->
   tempo from heart-rate reserve, 95 + 45 x HRR, topping out at 140: preferred music tempo

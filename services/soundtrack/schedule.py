@@ -3,8 +3,9 @@
 A listener's state folds telemetry (``observe``) and, when asked (``due_requests``),
 emits the segment requests that keep them SEGMENTS_AHEAD segments ahead of playback.
 Playback is assumed continuous from the session's first request; a segment lasts
-SEGMENT_BARS bars at its tempo, one bar up to SHORT_SEGMENT_MAX_BPM (so a change reaches the
-ear sooner at slow tempos; a bar there is >= 2.2 s, more than the watermark's 1.9 s block).
+SEGMENT_BARS bars, one bar up to SHORT_SEGMENT_MAX_BPM (so a change reaches the ear sooner at
+slow tempos; a bar there is >= 2.2 s, more than the watermark's 1.9 s block), and glides beat
+by beat from the tempo the segment before it ended at to its own (``kit.tempo``).
 Every request carries the policy's parameters for that point in time, so a change reaches
 the next request. Request ids derive from (listener, session, sequence), and for a replanned one
 also the revision and the request it continues: a replay after a crash emits the same ids for the
@@ -29,9 +30,10 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from kit.deadlines import PLAYER_MARGIN_MS
+from kit.tempo import duration_ms
 from soundtrack.policy import Body, Music, Playing, advance, body_update, target
 
-SEGMENT_BARS = 2  # short segments: the tempo may change (at most 3% per bar) at every segment boundary
+SEGMENT_BARS = 2  # short segments: a change of the body reaches the plan at the next boundary
 SHORT_SEGMENT_MAX_BPM = 110.0
 SEGMENTS_AHEAD = 2
 NEVER_MS = 2**62
@@ -162,8 +164,9 @@ def bars_for(tempo_bpm: float) -> int:
     return 1 if tempo_bpm <= SHORT_SEGMENT_MAX_BPM else SEGMENT_BARS
 
 
-def segment_ms(tempo_bpm: float, bars: int | None = None) -> int:
-    return round((bars or bars_for(tempo_bpm)) * 4 * 60_000 / tempo_bpm)
+def segment_ms(tempo_bpm: float, bars: int | None = None, tempo_from: float | None = None) -> int:
+    """How long a segment plays (gliding from ``tempo_from``: ``kit.tempo``, as the renderer does)."""
+    return duration_ms(tempo_bpm, bars or bars_for(tempo_bpm), tempo_from)
 
 
 def step(playing: Playing, wish: Music, policy_ms: int) -> tuple[Playing, int]:
@@ -215,17 +218,21 @@ def due_requests(state: ListenerState, now_ms: int) -> tuple[ListenerState, list
         before = playing
         playing, bars = step(playing, wish, policy_ms)  # the ramp allowance and the segment agree
         music = playing.music
+        tempo = round(music.tempo_bpm, 3)
+        # A segment continuing another glides from where that one ended, so the tempo moves every beat.
+        glide = round(before.music.tempo_bpm, 3) if previous is not None else None
+        glide = None if glide == tempo else glide
         sequence = state.next_sequence + len(requests)
         rid = request_id(state.listener_id, state.session_id, sequence, state.revision, previous)
         requests.append({
             "request_id": rid, "listener_id": state.listener_id, "session_id": state.session_id,
             "sequence": sequence, "previous_segment_id": segment_id(previous) if previous else None,
-            "params": {"tempo_bpm": round(music.tempo_bpm, 3), "energy": music.energy, "mode": music.mode,
-                       "key_tonic": state.key_tonic, "bars": bars},
+            "params": {"tempo_bpm": tempo, "energy": music.energy, "mode": music.mode,
+                       "key_tonic": state.key_tonic, "bars": bars, "tempo_from_bpm": glide},
             "seed": seed_of(rid), "requested_at": now_ms,
             "deadline": max(scheduled - DEADLINE_MARGIN_MS, now_ms + 500), "policy_reason": music.reason,
         })
-        length = segment_ms(music.tempo_bpm, bars)
+        length = segment_ms(tempo, bars, glide)
         ahead.append(Ahead(sequence, scheduled, scheduled + length, music.tempo_bpm, rid, previous, before))
         previous = rid
         scheduled += length

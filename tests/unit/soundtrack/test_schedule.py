@@ -257,5 +257,29 @@ def test_no_segment_is_shorter_than_the_watermark_needs_whatever_the_ramp(cadenc
             body = start if n < 20 else cadence
             state, requests = due_requests(observe(state, sample(T0 + n * 1000, cadence=body or None), now), now)
             for r in requests:
-                assert segment_ms(r["params"]["tempo_bpm"], r["params"]["bars"]) >= 2_000, r["params"]
+                p = r["params"]
+                assert segment_ms(p["tempo_bpm"], p["bars"], p["tempo_from_bpm"]) >= 2_000, p
             now += 1000
+
+
+def test_each_segment_glides_from_the_tempo_the_one_it_continues_ended_at() -> None:
+    """Walking, then running: every request continuing another starts its glide at that one's tempo
+    (a steady one glides from nowhere), so the tempo moves every beat; a session's first segment
+    and every segment of a steady stretch hold one tempo."""
+    state, now = ListenerState("l1"), T0
+    requests: dict[str, dict[str, Any]] = {}
+    for n in range(60):
+        state = observe(state, sample(T0 + n * 1000, cadence=110 if n < 20 else 170), now)
+        state, due = due_requests(state, now)
+        requests |= {segment_id(r["request_id"]): r for r in due}
+        now += 1000
+    glides = 0
+    for r in requests.values():
+        before = requests.get(r["previous_segment_id"]) if r["previous_segment_id"] else None
+        expected = None if before is None or before["params"]["tempo_bpm"] == r["params"]["tempo_bpm"] \
+            else before["params"]["tempo_bpm"]
+        assert r["params"]["tempo_from_bpm"] == expected, r
+        glides += expected is not None
+    assert glides >= 3
+    first = min(requests.values(), key=lambda r: r["sequence"])
+    assert first["params"]["tempo_from_bpm"] is None
