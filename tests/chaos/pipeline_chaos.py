@@ -752,7 +752,22 @@ def check_underruns(kafka: KafkaSettings, listeners: set[str], faults: list[Faul
             out["underruns_near_service_kill"] += 1
         else:
             out["underruns_elsewhere"] += 1
-    return out | {"underruns_never_made": missing, "underruns_by_10s": dict(sorted(per_10s.items()))}
+    return out | {"underruns_never_made": missing, "underruns_by_10s": dict(sorted(per_10s.items())),
+                  "playback_recovery": playback_recovery(late, faults, began)}
+
+
+def playback_recovery(late: list[tuple[float, bool]], faults: list[Fault], began: float) -> list[dict[str, Any]]:
+    """Per fault: how long after the faulted part was ready again the last late segment was due
+    (before the next fault), and how many were late from the fault on: issue #16 wants playback on
+    time again within two segments of the part being ready."""
+    out = []
+    ordered = sorted(faults, key=lambda f: f.started)
+    for f, after in zip(ordered, [*ordered[1:], None], strict=True):
+        until = after.started - 1 if after is not None else float("inf")
+        due = [at for at, _ in late if f.started - 1 <= at < until]
+        out.append({"what": f.what, "at_s": round(f.started - began, 1), "late": len(due),
+                    "playback_recovered_s": round(max(0.0, max(due) - f.over), 1) if due else 0.0})
+    return out
 
 
 def check_erasure(kafka: KafkaSettings, pipe: Pipeline, listener: Listener) -> dict[str, int]:
@@ -911,6 +926,9 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.listeners, args.generating, args.seconds, args.seed, not args.no_broker_restart,
                  args.keep_topics)
+    for f in result.get("playback_recovery", []):
+        print(f"  playback after {f['what']:10s} at {f['at_s']:5.1f}s: {f['late']:3d} late, "
+              f"on time again {f['playback_recovered_s']:5.1f}s after it was ready")
     print(f"violations: {result['violations']}")
     print("RESULT " + json.dumps(result))
     sys.exit(1 if result["violations"] else 0)
