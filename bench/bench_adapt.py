@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -64,15 +65,17 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
-from tests.pipeline import Pipeline
+from tests.pipeline import Pipeline, cpu_seconds
 
-from inference.analysis import estimate_tempo
+from inference.analysis import fit_glide
+from inference.render import SAMPLE_RATE
 from kit.audio import decode_bytes
 from kit.auth import Pseudonymizer
 from kit.deadlines import PLAYER_MARGIN_MS
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import REPO_ROOT, KafkaSettings
+from kit.tempo import beat_edges, beat_tempi
 from kit.topics import delete_prefixed_topics, ensure_topics
 from soundtrack.policy import HOLD_MS
 from soundtrack.schedule import ListenerState, due_requests, observe
@@ -115,8 +118,8 @@ class Played:
     start_ms: int
     duration_ms: int
     audio: bytes
-    requested_tempo: float  # the segment's metadata: only to report how often the measurement disagrees
-    tempo: float = 0.0  # measured from the audio after the run
+    params: dict[str, Any]  # the segment's metadata: only to report how often the measurement disagrees
+    beats: list[tuple[float, float]] = field(default_factory=list)  # (played at, ms; tempo to the next beat)
 
 
 @dataclass
@@ -131,6 +134,7 @@ class Player:
     swaps: int = 0
     told: bool = False  # the playlist said AT_CAPACITY since the last segment was taken
     refused_gaps: int = 0  # ran dry after being told (admission control): not an underrun
+    keep_audio: bool = True  # False: schedule only (the steady window measures no tempo)
 
     @property
     def played(self) -> list[Played]:
@@ -159,8 +163,8 @@ class Player:
             planned = seg["deadline"] / 1000 + SCHEDULE_AFTER_DEADLINE_S - server_ahead_s
             self.next_start_s = max(now + 0.05, planned)
         self.told = False
-        self.slots[sequence] = (version, Played(int(self.next_start_s * 1000), seg["duration_ms"], audio,
-                                                          seg["params"]["tempo_bpm"]))
+        self.slots[sequence] = (version, Played(int(self.next_start_s * 1000), seg["duration_ms"],
+                                                audio if self.keep_audio else b"", seg["params"]))
         self.next_start_s += seg["duration_ms"] / 1000
 
 
@@ -197,24 +201,42 @@ def run_players(pipeline: Pipeline, players: list[Player], session: str, stop: t
 
 
 def audible(player: Player, change_ms: int, until_ms: int, target: float) -> tuple[float | None, float | None]:
-    """(audible_first, audible_converged) in seconds after ``change_ms`` for played segments starting
-    before ``until_ms`` (the next change); None when never reached in that window."""
-    window = [p for p in player.played if p.start_ms < until_ms]
-    before = [p for p in window if p.start_ms <= change_ms]
-    after = [p for p in window if p.start_ms > change_ms]
+    """(audible_first, audible_converged) in seconds after ``change_ms``, beat by beat, for beats
+    played before ``until_ms`` (the next change); None when never reached in that window."""
+    beats = [b for p in player.played for b in p.beats if b[0] < until_ms]
+    before = [t for at, t in beats if at <= change_ms][-4:]
+    after = [(at, t) for at, t in beats if at > change_ms]
     if not before or not after:
         return None, None
-    playing = before[-1].tempo
+    playing = statistics.median(before)
     direction = 1 if target > playing else -1
 
     def first_from(ok: Any) -> float | None:
-        for i, segment in enumerate(after):
-            if all(ok(p.tempo) for p in after[i:]):
-                return (segment.start_ms - change_ms) / 1000
+        for i, (at, _) in enumerate(after):
+            if all(ok(t) for _, t in after[i:]):
+                return (at - change_ms) / 1000
         return None
 
     return (first_from(lambda t: direction * (t - playing) >= 0.03 * playing),
             first_from(lambda t: abs(t / target - 1) <= 0.03))
+
+
+def track_beats(player: Player) -> int:
+    """Every played segment's beats, measured from its audio: the glide (or constant tempo) whose
+    beat grid best explains its onsets (``inference.analysis.fit_glide``), placed where the segment
+    played. Returns the segments whose measured grid disagrees with their metadata by more than 3%
+    at either end (a misread)."""
+    misreads = 0
+    for played in player.played:
+        audio, _ = decode_bytes(played.audio)
+        start, end, bars = fit_glide(audio)
+        edges = beat_edges(end, bars, start, SAMPLE_RATE)
+        played.beats = [(played.start_ms + at * 1000 / SAMPLE_RATE, tempo)
+                        for at, tempo in zip(edges, beat_tempi(end, bars, start), strict=False)]
+        p = played.params
+        asked_from = p.get("tempo_from_bpm") or p["tempo_bpm"]
+        misreads += abs(start / asked_from - 1) > 0.03 or abs(end / p["tempo_bpm"] - 1) > 0.03
+    return misreads
 
 
 def p95(values: list[float | None]) -> float | None:
@@ -369,13 +391,57 @@ def burst(pipeline: Pipeline, kind: str, listeners: int, before_s: float, after_
             f"player_swaps_burst_{kind}": sum(p.swaps for p in players)}
 
 
+def steady(pipeline: Pipeline, listeners: int, window_s: float, warmup_s: float = 30.0) -> dict[str, Any]:
+    """``listeners`` sessions start one every half second and run at a steady cadence (165 spm, +-2
+    per sample, as a steady runner varies); after ``warmup_s`` more, over ``window_s``: underruns
+    (late segments and dropped requests), player underruns, and the CPU of every pipeline process
+    and the broker (one process each). ``listeners_per_core`` is the listeners served over the cores
+    used, reported only when the window had no underrun of either kind (issue #16 point 7)."""
+    users = [f"steady-{i:03d}-{uuid.uuid4().hex[:4]}" for i in range(listeners)]
+    session = f"steady-{uuid.uuid4().hex[:6]}"
+    players, stop = [Player(u, keep_audio=False) for u in users], threading.Event()
+    thread = threading.Thread(target=run_players, args=(pipeline, players, session, stop), daemon=True)
+    thread.start()
+    refused_before = refusals(pipeline)
+    started, window_at, before = time.time(), 0.0, {}
+    rng = random.Random(7)
+    while not window_at or time.time() - window_at < window_s:
+        elapsed = time.time() - started
+        if not window_at and elapsed >= listeners / 2 + warmup_s:
+            window_at = time.time()
+            before = {"underruns": underruns(pipeline), "players": sum(p.underruns for p in players),
+                      "cpu": {name: cpu_seconds([pid]) for name, pid in pipeline.pids().items()}}
+        for u in users[: min(listeners, int(elapsed * 2) + 1)]:
+            post_samples(pipeline, [u], {"session_id": session, "event_time": int(time.time() * 1000),
+                                         "heart_rate_bpm": 150, "cadence_spm": 165 + rng.randint(-2, 2),
+                                         "activity": "RUNNING"})
+        time.sleep(max(0.0, 0.5 - (time.time() - started) % 0.5) if elapsed < listeners / 2
+                   else max(0.0, 1.0 - (time.time() - started) % 1.0))
+    used = {name: cpu_seconds([pid]) - before["cpu"].get(name, 0.0) for name, pid in pipeline.pids().items()}
+    seconds = time.time() - window_at
+    late, missed = underruns(pipeline)
+    late, missed = int(late - before["underruns"][0]), int(missed - before["underruns"][1])
+    player_underruns = sum(p.underruns for p in players) - before["players"]
+    post_samples(pipeline, users, {"session_id": session, "event_time": int(time.time() * 1000),
+                                   "heart_rate_bpm": 150, "cadence_spm": 165, "activity": "RUNNING", "music": False})
+    stop.set()
+    thread.join(30)
+    cores = sum(used.values()) / seconds
+    served = sum(1 for p in players if p.slots)
+    clean = late + missed + player_underruns == 0
+    return {"steady_listeners": listeners, "steady_listeners_served": served, "steady_window_s": round(seconds, 1),
+            "steady_late_segments": late, "steady_dropped_requests": missed,
+            "steady_player_underruns": player_underruns,
+            "steady_refusals_announced": int(refusals(pipeline) - refused_before),
+            "steady_cores": round(cores, 3),
+            "steady_cores_by_process": {name: round(c / seconds, 3) for name, c in sorted(used.items())},
+            "listeners_per_core": round(served / cores, 1) if clean and cores > 0 else None}
+
+
 def hearing(players: list[Player], up_ms: int, down_ms: int, end_ms: int) -> dict[str, Any]:
     """What the players played: tempo measured from each played segment's audio, then the audible
     response to the step up (to 170 BPM) and the step down (to 105 BPM)."""
-    for player in players:
-        for played in player.played:
-            audio, _ = decode_bytes(played.audio)
-            played.tempo = estimate_tempo(audio)
+    misreads = sum(track_beats(player) for player in players)
     up = [audible(p, up_ms, down_ms, 170.0) for p in players]
     down = [audible(p, down_ms, end_ms, 105.0) for p in players]
     figures = {
@@ -386,8 +452,8 @@ def hearing(players: list[Player], up_ms: int, down_ms: int, end_ms: int) -> dic
         "audible_first_up_p50_s": median([f for f, _ in up]), "audible_first_down_p50_s": median([f for f, _ in down]),
         "player_underruns": sum(p.underruns for p in players),
         "player_swaps": sum(p.swaps for p in players),  # replanned segments swapped in before they started
-        # how often the tempo measured from the audio is more than 3% off the segment's requested tempo
-        "tempo_misreads": int(sum(abs(x.tempo / x.requested_tempo - 1) > 0.03 for p in players for x in p.played)),
+        # segments whose beats, measured from the audio, are more than 3% off their requested tempi
+        "tempo_misreads": misreads,
         "segments_played": sum(len(p.played) for p in players),
     }
     both = [figures[f"audible_{kind}_{step}_p95_s"] for kind in ("first", "converged") for step in ("up", "down")]
@@ -516,6 +582,8 @@ def main() -> None:
     parser.add_argument("--burst-listeners", type=int, default=100)
     parser.add_argument("--burst-before-s", type=float, default=30, help="steady state before the change burst")
     parser.add_argument("--burst-after-s", type=float, default=30)
+    parser.add_argument("--steady-listeners", type=int, default=30, help="generating listeners in the steady window")
+    parser.add_argument("--steady-s", type=float, default=300, help="the steady window (listeners_per_core)")
     args = parser.parse_args()
     kafka = replace(KafkaSettings.from_env(), topic_prefix=f"bench-adapt-{uuid.uuid4().hex[:6]}.")
     ensure_topics(kafka)
@@ -535,12 +603,15 @@ def main() -> None:
                 print(f"burst {kind}, {args.burst_listeners} listeners: "
                       f"{json.dumps({k: v for k, v in bursts.items() if k.endswith(kind)})}")
                 time.sleep(15)
+            steadily = steady(pipeline, args.steady_listeners, args.steady_s)
+            print(f"steady, {args.steady_listeners} listeners: {json.dumps(steadily)}")
+            time.sleep(15)
             rate = throughput(pipeline, args.events)
             print(f"one soundtrack worker: {json.dumps(rate)}")
         finally:
             pipeline.stop()
             delete_prefixed_topics(kafka)
-    result = {"hold_ms_by_design": HOLD_MS, **step, **bursts, **rate}
+    result = {"hold_ms_by_design": HOLD_MS, **step, **bursts, **steadily, **rate}
     print("RESULT " + json.dumps(result))
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.auth import hash_key
-from kit.settings import REPO_ROOT, KafkaSettings
+from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
 from kit.tokens import generate_key_set
 
 
@@ -188,6 +188,12 @@ class Pipeline:
                                                 env=self.env(name),
                                                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
 
+    def pids(self) -> dict[str, int]:
+        """Every running service's process, and the local broker's if it runs here."""
+        broker = STATE_DIR / "kafka" / "kafka.pid"
+        return {name: p.pid for name, p in self.procs.items()} | (
+            {"broker": int(broker.read_text())} if broker.exists() else {})
+
     def ready(self, name: str) -> bool:
         return _ready(f"http://127.0.0.1:{self.ports[name]}/readyz")
 
@@ -266,3 +272,15 @@ def _ready(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the processes used so far, from /proc."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it exited; its share is lost, which only makes the estimate conservative
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")

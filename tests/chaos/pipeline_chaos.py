@@ -53,7 +53,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from http.client import HTTPConnection
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -72,7 +71,7 @@ from royalty.tables import CONSENT, ERASURES, SEGMENTS, WORKS, ReferenceTables
 from soundtrack.schedule import segment_id
 from tests.chaos.royalty_crash import QUIET, restart_broker
 from tests.kafka_helpers import read_to_end
-from tests.pipeline import Pipeline
+from tests.pipeline import Pipeline, cpu_seconds
 
 SERVICES = ("ingest", "soundtrack", "delivery", "inference", "watermark", "royalty")
 RECOVERY_S = 20.0  # after a fault is over (service ready again, broker answering), lateness still counts as its
@@ -102,18 +101,6 @@ def http(method: str, url: str, key: str | None = None, body: Any = None, raw: b
 
 # --- capacity ----------------------------------------------------------------------------
 
-def cpu_seconds(pids: list[int]) -> float:
-    """CPU time (user + system) the processes used so far, from /proc."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # it exited; its share is lost, which only makes the estimate conservative
-        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 class CpuMeter:
     """Whole-pipeline CPU rate: every service, the broker and this driver (all on this machine)."""
 
@@ -121,8 +108,7 @@ class CpuMeter:
         self.pipe = pipe
 
     def pids(self) -> list[int]:
-        broker = STATE_DIR / "kafka" / "kafka.pid"
-        return [p.pid for p in self.pipe.procs.values()] + ([int(broker.read_text())] if broker.exists() else [])
+        return list(self.pipe.pids().values())
 
     def rate(self, driver: Driver, seconds: float, began: float) -> float:
         """Cores busy while the driver runs its normal ticks for ``seconds``."""
