@@ -11,6 +11,7 @@ from soundtrack.policy import (
     DEAD_BAND,
     HOLD_MS,
     LARGE_CHANGE,
+    MAX_BIG_STEP,
     MAX_RAMP,
     MOOD_DWELL_MS,
     Body,
@@ -162,4 +163,4 @@ def test_heart_rate_wishes_keep_the_hold_once_a_confirmed_stop_is_old() -> None:
 
 
 def test_one_big_step_is_capped_however_long_the_bar() -> None:
-    assert big_step(60.0) == 0.25 and 0.14 < big_step(170.0) < 0.15
+    assert big_step(60.0) == MAX_BIG_STEP == 0.35 and 0.21 < big_step(170.0) < 0.23

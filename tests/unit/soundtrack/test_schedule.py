@@ -263,13 +263,13 @@ def test_no_segment_is_shorter_than_the_watermark_needs_whatever_the_ramp(cadenc
 
 
 def test_each_segment_glides_from_the_tempo_the_one_it_continues_ended_at() -> None:
-    """Walking, then running: every request continuing another starts its glide at that one's tempo
+    """Walking, running, walking: every request continuing another starts its glide at that one's tempo
     (a steady one glides from nowhere), so the tempo moves every beat; a session's first segment
     and every segment of a steady stretch hold one tempo."""
     state, now = ListenerState("l1"), T0
     requests: dict[str, dict[str, Any]] = {}
     for n in range(60):
-        state = observe(state, sample(T0 + n * 1000, cadence=110 if n < 20 else 170), now)
+        state = observe(state, sample(T0 + n * 1000, cadence=170 if 20 <= n < 40 else 110), now)
         state, due = due_requests(state, now)
         requests |= {segment_id(r["request_id"]): r for r in due}
         now += 1000
