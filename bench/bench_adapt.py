@@ -449,6 +449,9 @@ def hearing(players: list[Player], up_ms: int, down_ms: int, end_ms: int) -> dic
         "audible_first_down_p95_s": p95([f for f, _ in down]),
         "audible_converged_down_p95_s": p95([c for _, c in down]),
         "audible_never_converged": sum(c is None for _, c in up + down),
+        # every listener's (first, converged), slowest first: what a p95 over 20 listeners stands on
+        "audible_up_by_listener_s": sorted(up, key=lambda fc: -max(v if v is not None else 1e9 for v in fc)),
+        "audible_down_by_listener_s": sorted(down, key=lambda fc: -max(v if v is not None else 1e9 for v in fc)),
         "audible_first_up_p50_s": median([f for f, _ in up]), "audible_first_down_p50_s": median([f for f, _ in down]),
         "player_underruns": sum(p.underruns for p in players),
         "player_swaps": sum(p.swaps for p in players),  # replanned segments swapped in before they started

@@ -38,8 +38,8 @@ Numbers and why:
   a DJ cuts to a new track on a phrase boundary rather than pitching one up. We generate the
   music, so each step is new music written at its tempo, not a stretched one. The earlier
   5%/s (12% a bar) took ~25 s from rest to a run, measured from the played audio; 10%/s and
-  25% a bar, with glides heard beat by beat (below), 16.5-17.3 s by design and 16.7 s at p95
-  in ``make bench-adapt``, so the rate went up to 15%/s and 35% a bar (12.3-13.0 s by design).
+  25% a bar, with glides heard beat by beat (below), 16.7 s at p95 in ``make bench-adapt``
+  (docs/soundtrack.md), so the rate went up to 15%/s and 35% a bar.
 - Glides: a segment continuing another glides beat by beat from the tempo that one ended at
   to its own (``kit.tempo``; the scheduler asks for it), so each bar's allowance is spread
   over its four beats: the fast ramp moves ~5% a beat near 170 BPM and up to ~8% at the
