@@ -229,7 +229,11 @@ def track_beats(player: Player) -> int:
     misreads = 0
     for played in player.played:
         audio, _ = decode_bytes(played.audio)
-        start, end, bars = fit_glide(audio)
+        try:
+            start, end, bars = fit_glide(audio)
+        except ValueError:  # no whole-bar grid lasts as long: no beats heard from it, a misread
+            misreads += 1
+            continue
         edges = beat_edges(end, bars, start, SAMPLE_RATE)
         played.beats = [(played.start_ms + at * 1000 / SAMPLE_RATE, tempo)
                         for at, tempo in zip(edges, beat_tempi(end, bars, start), strict=False)]
@@ -396,7 +400,8 @@ def steady(pipeline: Pipeline, listeners: int, window_s: float, warmup_s: float 
     per sample, as a steady runner varies); after ``warmup_s`` more, over ``window_s``: underruns
     (late segments and dropped requests), player underruns, and the CPU of every pipeline process
     and the broker (one process each). ``listeners_per_core`` is the listeners served over the cores
-    used, reported only when the window had no underrun of either kind (issue #16 point 7)."""
+    used, reported only when the window had no underrun of either kind and no refusal, with the
+    broker measured (a local one; issue #16 point 7)."""
     users = [f"steady-{i:03d}-{uuid.uuid4().hex[:4]}" for i in range(listeners)]
     session = f"steady-{uuid.uuid4().hex[:6]}"
     players, stop = [Player(u, keep_audio=False) for u in users], threading.Event()
@@ -410,6 +415,7 @@ def steady(pipeline: Pipeline, listeners: int, window_s: float, warmup_s: float 
         if not window_at and elapsed >= listeners / 2 + warmup_s:
             window_at = time.time()
             before = {"underruns": underruns(pipeline), "players": sum(p.underruns for p in players),
+                      "gaps": sum(p.refused_gaps for p in players), "refusals": refusals(pipeline),
                       "cpu": {name: cpu_seconds([pid]) for name, pid in pipeline.pids().items()}}
         for u in users[: min(listeners, int(elapsed * 2) + 1)]:
             post_samples(pipeline, [u], {"session_id": session, "event_time": int(time.time() * 1000),
@@ -418,21 +424,27 @@ def steady(pipeline: Pipeline, listeners: int, window_s: float, warmup_s: float 
         time.sleep(max(0.0, 0.5 - (time.time() - started) % 0.5) if elapsed < listeners / 2
                    else max(0.0, 1.0 - (time.time() - started) % 1.0))
     used = {name: cpu_seconds([pid]) - before["cpu"].get(name, 0.0) for name, pid in pipeline.pids().items()}
-    seconds = time.time() - window_at
+    window_end = time.time()
+    seconds = window_end - window_at
     late, missed = underruns(pipeline)
     late, missed = int(late - before["underruns"][0]), int(missed - before["underruns"][1])
-    player_underruns = sum(p.underruns for p in players) - before["players"]
+    # a player that ran dry and got nothing since only shows as an underrun at its next segment
+    dry = sum(1 for p in players if p.next_start_s and p.next_start_s < window_end - 0.5)
+    player_underruns = sum(p.underruns for p in players) - before["players"] + dry
+    refused = int(refusals(pipeline) - before["refusals"]) + sum(p.refused_gaps for p in players) - before["gaps"]
     post_samples(pipeline, users, {"session_id": session, "event_time": int(time.time() * 1000),
                                    "heart_rate_bpm": 150, "cadence_spm": 165, "activity": "RUNNING", "music": False})
     stop.set()
     thread.join(30)
     cores = sum(used.values()) / seconds
-    served = sum(1 for p in players if p.slots)
-    clean = late + missed + player_underruns == 0
+    served = sum(1 for p in players  # a segment of theirs played in the window
+                 if any(window_at * 1000 <= x.start_ms <= window_end * 1000 for x in p.played))
+    clean = late + missed + player_underruns + refused == 0 and served == listeners and "broker" in used
     return {"steady_listeners": listeners, "steady_listeners_served": served, "steady_window_s": round(seconds, 1),
             "steady_late_segments": late, "steady_dropped_requests": missed,
             "steady_player_underruns": player_underruns,
             "steady_refusals_announced": int(refusals(pipeline) - refused_before),
+            "steady_refusals_in_window": refused,
             "steady_cores": round(cores, 3),
             "steady_cores_by_process": {name: round(c / seconds, 3) for name, c in sorted(used.items())},
             "listeners_per_core": round(served / cores, 1) if clean and cores > 0 else None}

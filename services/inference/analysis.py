@@ -69,7 +69,7 @@ def fit_glide(audio: np.ndarray, low_bpm: float = 55.0, high_bpm: float = 210.0,
     the end tempo is the one whose grid is exactly the clip's length; the grid scores the mean
     onset strength on its beats minus that half way between them (so neither half nor double the
     tempo fits: those put a beat on an off-beat or between beats). Beat 0 has no onset before it
-    to see and is not scored."""
+    to see and is not scored. ValueError when no such grid lasts as long as the clip."""
     env = onset_envelope(audio)
     length = len(audio)
     starts = np.arange(low_bpm, high_bpm + step_bpm / 2, step_bpm)
@@ -92,6 +92,8 @@ def fit_glide(audio: np.ndarray, low_bpm: float = 55.0, high_bpm: float = 210.0,
         i = int(np.argmax(score))
         if score[i] > best[0]:
             best = (float(score[i]), float(starts[i]), float(ends[i]), bars)
+    if best[3] == 0:
+        raise ValueError(f"no grid of 1, 2 or 4 bars at {low_bpm}-{high_bpm} BPM lasts {length} samples")
     return best[1], best[2], best[3]
 
 

@@ -181,6 +181,8 @@ class ConsumerLoop:
                     self._consume_batch(batch)
                     batch = []
                 for msg in batch:
+                    if self._fatal is not None:
+                        break  # the rest goes to whoever owns the partitions next (``_rejoin``)
                     self._consume_one(msg)
                     if self._stopping or (max_records is not None and self.stats.handled >= max_records):
                         self._stopping = True
@@ -292,6 +294,8 @@ class ConsumerLoop:
             else:
                 records.append(record)
                 messages.append(msg)
+        if self._fatal is not None:
+            return  # fenced: nothing of this poll is handled here (``_rejoin``)
         self._handle_batch(records, messages)
         # Only once the whole batch is handled, and never backwards: an exception above (a bug, the
         # registry away) leaves every offset of the batch uncommitted.
@@ -334,6 +338,8 @@ class ConsumerLoop:
                 self.stats.handled += 1
                 RECORDS_SUPERSEDED.labels(self.service, superseded[0].topic).inc()
                 self._metrics[superseded[0].topic][0].inc()
+        if self._fatal is not None:
+            return  # fenced: serve nothing more here (``_rejoin`` drops what is held)
         served = queue.take(self.batch_size if self.batch_handler is not None else 1, int(time.time() * 1000))
         if served:
             if self.batch_handler is not None:

@@ -41,6 +41,11 @@ def test_a_glide_moves_every_beat_measured_from_the_audio(start: float, end: flo
     assert abs(fitted_from / start - 1) < 0.01 and abs(fitted_to / end - 1) < 0.01, (fitted_from, fitted_to)
 
 
+def test_a_clip_no_whole_bar_grid_fits_is_refused() -> None:
+    with pytest.raises(ValueError, match="no grid"):
+        fit_glide(np.zeros((SAMPLE_RATE // 2, 2), dtype=np.float32))  # half a second: shorter than any bar
+
+
 @pytest.mark.parametrize("bpm", [60, 123, 200])
 def test_segments_are_cut_on_bar_lines(bpm: int) -> None:
     segment = ENGINE.generate(Params(bpm, 0.5, "MAJOR", 0, 4), seed=1)
