@@ -36,7 +36,8 @@ Bursts: --burst-listeners (100) new sessions start in the same second and run fo
 inference refuses listeners it is not serving (admission control: they are told so, counted in
 ``refusals_announced_*`` and ``listeners_served_*``, not as underruns); ``underruns_burst_*``
 are the admitted sessions' late segments and dropped requests, and a player that runs dry after
-its playlist said AT_CAPACITY counts in ``player_gaps_after_refusal_*``.
+its playlist said AT_CAPACITY counts in ``player_gaps_after_refusal_*``. ``startup_delay_s_*``: the
+worker's start-up delay for a new session (soundtrack.startup) at the burst's start, and its range.
 
 Phase 2 (throughput): inference and watermark are stopped; E telemetry events for 2,000
 listeners are produced to listener.telemetry.v1 as fast as possible; the worker's rate is E
@@ -366,6 +367,7 @@ def burst(pipeline: Pipeline, kind: str, listeners: int, before_s: float, after_
     thread.start()
     started = time.time()
     changed_ms = 0
+    delays = [startup_delay_s(pipeline)]
     while time.time() - started < before_s + after_s:
         running = time.time() - started >= before_s
         if running and not changed_ms:
@@ -375,6 +377,7 @@ def burst(pipeline: Pipeline, kind: str, listeners: int, before_s: float, after_
         post_samples(pipeline, users, {
             "session_id": session, "event_time": int(time.time() * 1000), "heart_rate_bpm": 160 if running else 70,
             "cadence_spm": 170 if running else None, "activity": "RUNNING" if running else "RESTING"})
+        delays.append(startup_delay_s(pipeline))
         time.sleep(max(0.0, 1.0 - (time.time() - started) % 1.0))
     post_samples(pipeline, users, {"session_id": session, "event_time": int(time.time() * 1000),
                                    "heart_rate_bpm": 160, "cadence_spm": 170, "activity": "RUNNING", "music": False})
@@ -392,7 +395,9 @@ def burst(pipeline: Pipeline, kind: str, listeners: int, before_s: float, after_
             f"player_underruns_burst_{kind}": sum(p.underruns for p in players),
             # ran dry after the playlist said AT_CAPACITY (shed or refused): told, not an underrun
             f"player_gaps_after_refusal_burst_{kind}": sum(p.refused_gaps for p in players),
-            f"player_swaps_burst_{kind}": sum(p.swaps for p in players)}
+            f"player_swaps_burst_{kind}": sum(p.swaps for p in players),
+            # what a new session waited for its first sound: at the burst's start, and its range
+            f"startup_delay_s_burst_{kind}": [delays[0], min(delays), max(delays)]}
 
 
 def steady(pipeline: Pipeline, listeners: int, window_s: float, warmup_s: float = 30.0) -> dict[str, Any]:
@@ -493,6 +498,12 @@ def underruns(pipeline: Pipeline) -> tuple[float, float]:
     missed = metric(f"http://127.0.0.1:{pipeline.ports['inference']}/metrics",
                     "entrain_inference_deadline_misses_total")
     return late, missed
+
+
+def startup_delay_s(pipeline: Pipeline) -> float:
+    """The worker's start-up delay for a new session now (measured from recent first segments)."""
+    return metric(f"http://127.0.0.1:{pipeline.ports['soundtrack']}/metrics",
+                  "entrain_soundtrack_startup_delay_seconds")
 
 
 def refusals(pipeline: Pipeline) -> float:

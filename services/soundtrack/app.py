@@ -23,6 +23,8 @@
   table's compacted changelog.
 * Faust connects with the kit's settings (soundtrack.broker: SASL_SSL with SCRAM, mutual TLS),
   and its changelog topic gets the cluster's replication factor and min ISR.
+* A new session starts playing after a delay measured from recent sessions' first segments
+  (``soundtrack.startup``; ``on_segment`` reads soundtrack.segments.v1 for it).
 * With ENTRAIN_INSTANCE_ID set the worker is a static group member: restarted, it takes its
   partitions back without waiting for its old session to expire.
 """
@@ -48,10 +50,12 @@ from kit.topics import cluster_replication
 from soundtrack.broker import app_settings, topic_config
 from soundtrack.held import Listeners
 from soundtrack.schedule import ListenerState, due_requests, observe
+from soundtrack.startup import StartupDelay
 
 log = structlog.get_logger()
 SERVICE = "soundtrack"
 TELEMETRY, REQUESTS, ERASURES = "listener.telemetry.v1", "soundtrack.requests.v1", "listener.erasures.v1"
+SEGMENTS = "soundtrack.segments.v1"
 
 REQUESTS_EMITTED = Counter("entrain_soundtrack_requests_total", "Segment requests emitted.", ["reason"])
 ERASED = Counter("entrain_soundtrack_erasures_total", "Listener erasure requests applied.")
@@ -63,6 +67,11 @@ REQUEST_DELAY = Histogram("entrain_soundtrack_request_delay_seconds",
                           "From a telemetry record's broker timestamp to the requests its processing emitted "
                           "(the system part of the adaptation delay).",
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+STARTUP_DELAY = Gauge("entrain_soundtrack_startup_delay_seconds",
+                      "How long a new session waits for its first sound (from measured first segments).")
+FIRST_SEGMENT = Histogram("entrain_soundtrack_first_segment_seconds",
+                          "From a session's first request to its verified segment on soundtrack.segments.v1.",
+                          buckets=(0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 20))
 
 kafka = KafkaSettings.from_env()
 DATADIR = Path(os.environ.get("ENTRAIN_SOUNDTRACK_DATADIR", STATE_DIR / "soundtrack" / "faust"))
@@ -70,6 +79,7 @@ DATADIR.mkdir(parents=True, exist_ok=True)
 telemetry_serde = TopicSerde.for_topic(TELEMETRY, kafka)
 requests_serde = TopicSerde.for_topic(REQUESTS, kafka)
 erasures_serde = TopicSerde.for_topic(ERASURES, kafka)
+segments_serde = TopicSerde.for_topic(SEGMENTS, kafka)
 
 # The cluster's defaults for new topics, unless the settings pin both.
 CLUSTER = (0, 0) if kafka.replication_factor and kafka.min_insync_replicas else cluster_replication(kafka)
@@ -91,12 +101,17 @@ requests_topic = app.topic(requests_serde.topic, key_type=bytes, value_type=byte
                            key_serializer="raw", value_serializer="raw")
 erasures_topic = app.topic(erasures_serde.topic, key_type=bytes, value_type=bytes,
                            key_serializer="raw", value_serializer="raw")
+segments_topic = app.topic(segments_serde.topic, key_type=bytes, value_type=bytes,
+                           key_serializer="raw", value_serializer="raw")
 listeners = app.Table("listeners", default=None, partitions=telemetry_serde.contract.partitions,
                       schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
                       extra_topic_configs=FAUST_TOPIC_CONFIG)
 _dlq_producer: Producer | None = None
 EVICT_AFTER_MS = int(float(os.environ.get("ENTRAIN_SOUNDTRACK_EVICT_AFTER_S", "3600")) * 1000)  # then the state goes
 held = Listeners(listeners, EVICT_AFTER_MS)
+startup = StartupDelay()
+STARTUP_SAMPLE_MAX_AGE_MS = 300_000
+STARTUP_DELAY.set(startup.delay_ms() / 1000)
 
 
 class _WriteStatesBeforeCommit(faust.Sensor):
@@ -191,7 +206,8 @@ async def on_telemetry(stream: Any) -> None:
             continue
         known = held.get(listener)
         now = now_ms()
-        state, requests = due_requests(observe(known.state if known else ListenerState(listener), sample, now), now)
+        state, requests = due_requests(observe(known.state if known else ListenerState(listener), sample, now), now,
+                                       startup.delay_ms())
         held.put(listener, state, event.message.partition)
         await _send(requests)
         if requests and event.message.timestamp:
@@ -211,6 +227,28 @@ async def on_erasure(stream: Any) -> None:
         log.info("listener_erased", listener_id=listener, had_state=had_state)
 
 
+@app.agent(segments_topic)
+async def on_segment(stream: Any) -> None:
+    """Times every session's first segment (request to verified record) for ``startup``; records
+    older than STARTUP_SAMPLE_MAX_AGE_MS (a new group reading history) are not today's pipeline.
+    Delivery is the consumer that answers for a bad record (it logs and skips it); here a record
+    that cannot be read is one measurement fewer."""
+    async for event in stream.events():
+        RECORDS_CONSUMED.labels(SERVICE, SEGMENTS).inc()
+        if not event.message.timestamp or now_ms() - event.message.timestamp * 1000 > STARTUP_SAMPLE_MAX_AGE_MS:
+            continue
+        try:
+            segment = segments_serde.decode_value(event.value)
+        except (DecodeError, RegistryUnavailable):
+            continue
+        if segment is None or segment["sequence"] != 0 or not segment.get("requested_at"):
+            continue
+        requested_ms, ready_ms = int(segment["requested_at"]), int(event.message.timestamp * 1000)
+        startup.observe(requested_ms, ready_ms)
+        FIRST_SEGMENT.observe(max(0, ready_ms - requested_ms) / 1000)
+        STARTUP_DELAY.set(startup.delay_ms() / 1000)
+
+
 _active_counted_at = 0
 
 
@@ -227,7 +265,7 @@ async def schedule() -> None:
             held.drop(listener)
             EVICTED.inc()
             continue
-        state, requests = due_requests(known.state, now)
+        state, requests = due_requests(known.state, now, startup.delay_ms())
         if not requests:
             held.rewake(listener, now + 100)
             continue

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from kit.deadlines import PLAYER_MARGIN_MS
 from kit.tempo import duration_ms
 from soundtrack.policy import Body, Music, Playing, advance, body_update, target
+from soundtrack.startup import DEFAULT_MS as DEFAULT_STARTUP_MS
 
 SEGMENT_BARS = 2  # short segments: a change of the body reaches the plan at the next boundary
 SHORT_SEGMENT_MAX_BPM = 110.0
@@ -47,8 +48,6 @@ REVISE_LEAD_MS = DEADLINE_MARGIN_MS + 2_000  # a replacement is asked for only t
 REVISE_MIN_CHANGE = 0.03  # within 3% (the dead band) a planned segment stays
 REVISE_EVERY_MS = 5_000  # at most one revision this often: a body (or a client) flipping between states
 # cannot make inference render the buffer again on every sample (at most ~3 extra segments per 5 s)
-STARTUP_MS = 4_000  # a new (or resumed) session starts playing this long after its first request
-# (generation plus watermarking of the first two segments must fit, also when many sessions start at once)
 
 
 @dataclass(frozen=True)
@@ -197,10 +196,12 @@ def revise(state: ListenerState, wish: Music, policy_ms: int, now_ms: int) -> Li
     return state if len(ahead) == len(state.ahead) else replace(state, ahead=ahead)
 
 
-def due_requests(state: ListenerState, now_ms: int) -> tuple[ListenerState, list[dict[str, Any]]]:
+def due_requests(state: ListenerState, now_ms: int,
+                 startup_ms: int = DEFAULT_STARTUP_MS) -> tuple[ListenerState, list[dict[str, Any]]]:
     """Requests needed now to stay SEGMENTS_AHEAD segments ahead (after revising the plan, see
     ``revise``); none for an idle listener or one whose player wants no music (a later ``music``
-    sample restarts playback)."""
+    sample restarts playback). A new (or resumed) session starts playing ``startup_ms`` after its
+    first request (``soundtrack.startup``: measured from recent first segments)."""
     if not state.session_id or not state.music or now_ms - state.last_seen_ms > IDLE_MS:
         return state, []
     # Policy time is event time: the newest sample's time, moved on by the wall time since it
@@ -212,7 +213,7 @@ def due_requests(state: ListenerState, now_ms: int) -> tuple[ListenerState, list
     ahead = list(state.ahead)
     scheduled, playback = state.scheduled_until_ms, now_ms
     if scheduled < now_ms:  # a new session, or playback ran dry: (re)start shortly, two segments ready
-        scheduled = playback = now_ms + STARTUP_MS
+        scheduled = playback = now_ms + startup_ms
     playing, previous = state.playing, state.last_request_id
     while scheduled < playback + SEGMENTS_AHEAD * segment_ms(playing.music.tempo_bpm):
         before = playing
