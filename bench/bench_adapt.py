@@ -66,17 +66,14 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from tests.hearing import Played, audible, track_beats
 from tests.pipeline import Pipeline, cpu_seconds
 
-from inference.analysis import fit_glide
-from inference.render import SAMPLE_RATE
-from kit.audio import decode_bytes
 from kit.auth import Pseudonymizer
 from kit.deadlines import PLAYER_MARGIN_MS
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import REPO_ROOT, KafkaSettings
-from kit.tempo import beat_edges, beat_tempi
 from kit.topics import delete_prefixed_topics, ensure_topics
 from soundtrack.policy import HOLD_MS
 from soundtrack.schedule import ListenerState, due_requests, observe
@@ -112,15 +109,6 @@ class Follower(threading.Thread):
 
 SCHEDULE_AFTER_DEADLINE_S = PLAYER_MARGIN_MS / 1000  # as the listener page: the server's schedule plays a
 # segment this long after its deadline (kit.deadlines; delivery's OpenAPI says so)
-
-
-@dataclass
-class Played:
-    start_ms: int
-    duration_ms: int
-    audio: bytes
-    params: dict[str, Any]  # the segment's metadata: only to report how often the measurement disagrees
-    beats: list[tuple[float, float]] = field(default_factory=list)  # (played at, ms; tempo to the next beat)
 
 
 @dataclass
@@ -199,49 +187,6 @@ def run_players(pipeline: Pipeline, players: list[Player], session: str, stop: t
                     break  # try again at the next poll, in order
                 player.take(seg, audio, time.time(), playlist["server_time"] / 1000 - asked)
         stop.wait(max(0.0, 1.0 - (time.time() - turn)))
-
-
-def audible(player: Player, change_ms: int, until_ms: int, target: float) -> tuple[float | None, float | None]:
-    """(audible_first, audible_converged) in seconds after ``change_ms``, beat by beat, for beats
-    played before ``until_ms`` (the next change); None when never reached in that window."""
-    beats = [b for p in player.played for b in p.beats if b[0] < until_ms]
-    before = [t for at, t in beats if at <= change_ms][-4:]
-    after = [(at, t) for at, t in beats if at > change_ms]
-    if not before or not after:
-        return None, None
-    playing = statistics.median(before)
-    direction = 1 if target > playing else -1
-
-    def first_from(ok: Any) -> float | None:
-        for i, (at, _) in enumerate(after):
-            if all(ok(t) for _, t in after[i:]):
-                return (at - change_ms) / 1000
-        return None
-
-    return (first_from(lambda t: direction * (t - playing) >= 0.03 * playing),
-            first_from(lambda t: abs(t / target - 1) <= 0.03))
-
-
-def track_beats(player: Player) -> int:
-    """Every played segment's beats, measured from its audio: the glide (or constant tempo) whose
-    beat grid best explains its onsets (``inference.analysis.fit_glide``), placed where the segment
-    played. Returns the segments whose measured grid disagrees with their metadata by more than 3%
-    at either end (a misread)."""
-    misreads = 0
-    for played in player.played:
-        audio, _ = decode_bytes(played.audio)
-        try:
-            start, end, bars = fit_glide(audio)
-        except ValueError:  # no whole-bar grid lasts as long: no beats heard from it, a misread
-            misreads += 1
-            continue
-        edges = beat_edges(end, bars, start, SAMPLE_RATE)
-        played.beats = [(played.start_ms + at * 1000 / SAMPLE_RATE, tempo)
-                        for at, tempo in zip(edges, beat_tempi(end, bars, start), strict=False)]
-        p = played.params
-        asked_from = p.get("tempo_from_bpm") or p["tempo_bpm"]
-        misreads += abs(start / asked_from - 1) > 0.03 or abs(end / p["tempo_bpm"] - 1) > 0.03
-    return misreads
 
 
 def p95(values: list[float | None]) -> float | None:
@@ -458,9 +403,9 @@ def steady(pipeline: Pipeline, listeners: int, window_s: float, warmup_s: float 
 def hearing(players: list[Player], up_ms: int, down_ms: int, end_ms: int) -> dict[str, Any]:
     """What the players played: tempo measured from each played segment's audio, then the audible
     response to the step up (to 170 BPM) and the step down (to 105 BPM)."""
-    misreads = sum(track_beats(player) for player in players)
-    up = [audible(p, up_ms, down_ms, 170.0) for p in players]
-    down = [audible(p, down_ms, end_ms, 105.0) for p in players]
+    misreads = sum(track_beats(player.played) for player in players)
+    up = [audible(p.played, up_ms, down_ms, 170.0) for p in players]
+    down = [audible(p.played, down_ms, end_ms, 105.0) for p in players]
     figures = {
         "audible_first_up_p95_s": p95([f for f, _ in up]), "audible_converged_up_p95_s": p95([c for _, c in up]),
         "audible_first_down_p95_s": p95([f for f, _ in down]),

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from _pytest.terminal import TerminalReporter
 
 from kit.settings import KafkaSettings
 
@@ -13,6 +15,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+    """Figures a test measured (``record_property("figures", {...})``), printed at the end of the
+    run, `pytest -q` included: the listener page's audible response, for one."""
+    for report in terminalreporter.getreports("passed") + terminalreporter.getreports("failed"):
+        for name, value in getattr(report, "user_properties", []):
+            if name == "figures" and report.when == "call":
+                terminalreporter.write_line(f"FIGURES {report.nodeid.split('::')[-1]} {json.dumps(value)}")
 
 
 @pytest.fixture(scope="session")

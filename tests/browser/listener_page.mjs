@@ -1,14 +1,17 @@
-// Drives the listener page in headless Chromium: rest, then a heart-rate/cadence change, and
-// checks that segments at the new tempo were fetched and played.
+// Drives the listener page in headless Chromium: rest, then a step up to a run, then down to a walk;
+// after each step it waits until the page has played three segments in a row within 3% of the
+// step's target tempo (by their metadata: the test measures the tempo heard from the audio).
 // Usage: node listener_page.mjs <page url with #token=...&ingest=...> [timeout_s]
-// Prints one JSON line with what happened; exit 0 when the new tempo was played, 1 otherwise.
+// Prints one JSON line: every played segment (wall-clock start, duration, signed URL, params) and
+// for each step the event time of the first sample sent in the new state and the target tempo;
+// exit 0 when both steps were played, 1 otherwise.
 import { chromium } from "playwright-core";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 const [url, timeoutArg] = process.argv.slice(2);
-const timeoutMs = Number(timeoutArg || 150) * 1000;
+const timeoutMs = Number(timeoutArg || 200) * 1000;
 const userDataDir = mkdtempSync(join(tmpdir(), "entrain-chromium-"));
 const context = await chromium.launchPersistentContext(userDataDir, {
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -36,23 +39,15 @@ try {
     s = await state();
   }
   const restTempo = s.played[s.played.length - 1].tempo;
-  const changedAt = Date.now();
-  // Start running: cadence 170, heart rate 160.
-  await page.$eval("#hr", (el) => { el.value = "160"; el.dispatchEvent(new Event("input")); });
-  await page.$eval("#cadence", (el) => { el.value = "170"; el.dispatchEvent(new Event("input")); });
-  await page.selectOption("#activity", "RUNNING");
-  const faster = (x) => x.at >= changedAt && x.tempo >= restTempo * 1.05;
-  while (!(s.fetched.some(faster) && s.played.some(faster))) {
-    if (Date.now() - started > timeoutMs) throw new Error("no faster segment played after the change");
-    await page.waitForTimeout(500);
-    s = await state();
-  }
-  const firstPlayed = s.played.find(faster);
+  // Step up: cadence 170, heart rate 160, running; then down to a walk: cadence 105, heart rate 120.
+  const up = await step(page, { hr: 160, cadence: 170, activity: "RUNNING" }, started);
+  const down = await step(page, { hr: 120, cadence: 105, activity: "WALKING" }, started);
+  // what the page shows as playing, read in the same turn as what it played
+  const [last, shown] = await page.evaluate(() => [window.entrain, document.getElementById("showPlaying").textContent]);
   Object.assign(result, {
-    ok: true, rest_tempo: restTempo, new_tempo: firstPlayed.tempo,
-    seconds_to_faster_playback: (firstPlayed.at - changedAt) / 1000,
-    played: s.played.length, underruns: s.underruns,
-    shown_tempo: await page.textContent("#showPlaying"),
+    ok: true, rest_tempo: restTempo, up, down,
+    played: last.played, underruns: last.underruns, swaps: last.swaps,
+    shown_tempo: shown, last_played_tempo: last.played[last.played.length - 1].tempo,
   });
 } catch (e) {
   result.error = String(e);
@@ -60,4 +55,26 @@ try {
   await context.close();
 }
 console.log(JSON.stringify(result));
+
+// Move the sliders to a new state; resolves once three played segments in a row after it are
+// within 3% of the target tempo, with the first sample sent in the new state and that target.
+async function step(page, to, started) {
+  const since = Date.now();
+  await page.$eval("#hr", (el, v) => { el.value = String(v); el.dispatchEvent(new Event("input")); }, to.hr);
+  await page.$eval("#cadence", (el, v) => { el.value = String(v); el.dispatchEvent(new Event("input")); },
+                   to.cadence);
+  await page.selectOption("#activity", to.activity);
+  for (;;) {
+    if (Date.now() - started > timeoutMs) throw new Error(`the page did not settle at ${to.activity} in time`);
+    await page.waitForTimeout(500);
+    const s = await page.evaluate(() => window.entrain);
+    const changed = s.sent.find((x) => x.event_time >= since && x.cadence_spm === to.cadence);
+    if (!changed) continue;
+    const target = to.cadence;  // match mode: one beat per step (soundtrack.policy)
+    const tail = s.played.filter((x) => x.start_ms > changed.event_time).slice(-3);
+    if (tail.length === 3 && tail.every((x) => Math.abs(x.tempo / target - 1) <= 0.03)) {
+      return { changed_at_ms: changed.event_time, target_tempo: target, playlist_target_tempo: s.targetTempo };
+    }
+  }
+}
 process.exit(result.ok ? 0 : 1);
