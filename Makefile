@@ -94,6 +94,9 @@ bench-watermark: venv ## watermark SNR, bit accuracy and detection under the 18 
 bench-adapt: topics dev-secrets ## adaptation delay (step change, N listeners) and one soundtrack worker's events/s
 	$(PY) bench/bench_adapt.py
 
+profile-worker: topics dev-secrets ## one soundtrack worker's events/s sampled by py-spy: where its CPU goes (about 3 minutes)
+	$(PY) bench/bench_adapt.py --only-throughput --profile
+
 bench-inference: venv ## music engine real-time factor, latency and listeners per core (one core)
 	$(PY) bench/bench_inference.py
 

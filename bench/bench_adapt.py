@@ -44,7 +44,10 @@ listeners are produced to listener.telemetry.v1 as fast as possible; the worker'
 over the time until its committed offsets cover them all. Baselines in the same run: a raw
 confluent-kafka consumer decoding the same events, and the least a Faust worker can do with
 them (bench/faust_ceiling.py: iterate and decode, no state, no output), timed the same way
-over everything on the topic: the ceiling Faust puts on the soundtrack worker.
+over everything on the topic: the ceiling Faust puts on the soundtrack worker. With --profile
+(``make profile-worker`` runs phase 2 alone with it) py-spy samples the worker while it works
+through the events: ``worker_profile`` gives the share of its on-CPU samples by the package of the
+innermost frame, and the shares under the telemetry agent, aiokafka's producer and Faust's commit.
 Last line: RESULT {json}.
 """
 
@@ -53,6 +56,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -457,10 +461,16 @@ def refusals(pipeline: Pipeline) -> float:
                   'entrain_inference_admission_decisions_total{decision="AT_CAPACITY"}')
 
 
-def throughput(pipeline: Pipeline, events: int) -> dict[str, Any]:
+def throughput(pipeline: Pipeline, events: int, profile: bool = False) -> dict[str, Any]:
     kafka = pipeline.kafka
     for name in ("inference", "watermark"):
         pipeline.procs[name].terminate()
+    spy = None
+    if profile:  # py-spy samples the worker from outside (--nonblocking: it never pauses it)
+        spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+                                str(pipeline.procs["soundtrack"].pid), "--format", "raw", "--rate", "100",
+                                "--nonblocking", "--output", str(pipeline.workdir / "worker.prof")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     serde = TopicSerde.for_topic("listener.telemetry.v1", kafka)
     consumer = Consumer({**kafka.client_config(), "group.id": f"{kafka.topic_prefix}soundtrack"})
     parts = [TopicPartition(serde.topic, p) for p in range(serde.contract.partitions)]
@@ -486,6 +496,11 @@ def throughput(pipeline: Pipeline, events: int) -> dict[str, Any]:
         time.sleep(0.25)
     worker_s = time.perf_counter() - started
     consumer.close()
+    shares = {}
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
+        spy.wait(60)
+        shares = {"worker_profile": worker_profile(pipeline.workdir / "worker.prof")}
 
     raw = Consumer({**kafka.client_config(), "group.id": f"raw-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
                     "enable.auto.commit": False})
@@ -505,7 +520,37 @@ def throughput(pipeline: Pipeline, events: int) -> dict[str, Any]:
             "raw_decode_events_s": round(total_on_topic / raw_s),
             "worker_vs_raw_decode": round((events / worker_s) / (total_on_topic / raw_s), 3),
             "faust_decode_only_events_s": round(faust_rate),
-            "worker_vs_faust_decode_only": round((events / worker_s) / faust_rate, 3)}
+            "worker_vs_faust_decode_only": round((events / worker_s) / faust_rate, 3), **shares}
+
+
+# Where a sample's innermost frame is, by the file it is in: whose code the worker's CPU runs.
+PROFILE_PARTS = (("faust", "/faust/"), ("mode (faust's services)", "/mode/"), ("aiokafka", "/aiokafka/"),
+                 ("avro decode/encode", "fastavro"), ("kit", "/kit/"), ("soundtrack (ours)", "/soundtrack/"),
+                 ("asyncio", "/asyncio/"))
+
+
+def worker_profile(path: Path) -> dict[str, Any]:
+    """py-spy's raw (collapsed) stacks of the worker: the share of on-CPU samples whose innermost
+    frame is in each package (self time), and the share spent anywhere under the telemetry agent,
+    in aiokafka's producer (requests and changelog writes) and in Faust's offset commit (inclusive)."""
+    stacks: list[tuple[list[str], int]] = []
+    for line in path.read_text().splitlines():
+        frames, _, count = line.rpartition(" ")
+        if frames and count.isdigit():
+            stacks.append((frames.split(";"), int(count)))
+    total = sum(n for _, n in stacks) or 1
+    self_share: dict[str, float] = {}
+    for frames, n in stacks:
+        part = next((name for name, marker in PROFILE_PARTS if marker in frames[-1]), "other (stdlib, C)")
+        self_share[part] = self_share.get(part, 0) + n / total
+
+    def under(test: Any) -> float:
+        return round(sum(n for frames, n in stacks if any(test(f) for f in frames)) / total, 3)
+
+    return {"samples": total, "self": {k: round(v, 3) for k, v in sorted(self_share.items(), key=lambda kv: -kv[1])},
+            "under_on_telemetry": under(lambda f: f.startswith("on_telemetry ")),
+            "under_aiokafka_producer": under(lambda f: "/aiokafka/producer/" in f),
+            "under_faust_commit": under(lambda f: f.startswith("commit ") and "/faust/" in f)}
 
 
 def faust_ceiling(pipeline: Pipeline, total: int) -> float:
@@ -555,12 +600,18 @@ def main() -> None:
     parser.add_argument("--burst-after-s", type=float, default=30)
     parser.add_argument("--steady-listeners", type=int, default=30, help="generating listeners in the steady window")
     parser.add_argument("--steady-s", type=float, default=300, help="the steady window (listeners_per_core)")
+    parser.add_argument("--only-throughput", action="store_true", help="phase 2 only (make profile-worker)")
+    parser.add_argument("--profile", action="store_true", help="sample the worker with py-spy in phase 2")
     args = parser.parse_args()
     kafka = replace(KafkaSettings.from_env(), topic_prefix=f"bench-adapt-{uuid.uuid4().hex[:6]}.")
     ensure_topics(kafka)
     with tempfile.TemporaryDirectory() as tmp:
         pipeline = Pipeline(kafka, Path(tmp)).start()
         try:
+            if args.only_throughput:
+                rate = throughput(pipeline, args.events, args.profile)
+                print("RESULT " + json.dumps(rate))
+                return
             late_before, missed_before = underruns(pipeline)
             step = step_change(pipeline, args.listeners, args.rest_s, args.run_s, args.walk_s)
             late, missed = underruns(pipeline)
@@ -577,7 +628,7 @@ def main() -> None:
             steadily = steady(pipeline, args.steady_listeners, args.steady_s)
             print(f"steady, {args.steady_listeners} listeners: {json.dumps(steadily)}")
             time.sleep(15)
-            rate = throughput(pipeline, args.events)
+            rate = throughput(pipeline, args.events, args.profile)
             print(f"one soundtrack worker: {json.dumps(rate)}")
         finally:
             pipeline.stop()
