@@ -47,7 +47,7 @@ them (bench/faust_ceiling.py: iterate and decode, no state, no output), timed th
 over everything on the topic: the ceiling Faust puts on the soundtrack worker. With --profile
 (``make profile-worker`` runs phase 2 alone with it) py-spy samples the worker while it works
 through the events: ``worker_profile`` gives the share of its on-CPU samples by the package of the
-innermost frame, and the shares under the telemetry agent, aiokafka's producer and Faust's commit.
+innermost frame, and the shares under the telemetry agent, aiokafka's producer and Faust's transport.
 Last line: RESULT {json}.
 """
 
@@ -469,7 +469,8 @@ def throughput(pipeline: Pipeline, events: int, profile: bool = False) -> dict[s
     if profile:  # py-spy samples the worker from outside (--nonblocking: it never pauses it)
         spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
                                 str(pipeline.procs["soundtrack"].pid), "--format", "raw", "--rate", "100",
-                                "--nonblocking", "--output", str(pipeline.workdir / "worker.prof")],
+                                "--nonblocking", "--full-filenames", "--output",
+                                str(pipeline.workdir / "worker.prof")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     serde = TopicSerde.for_topic("listener.telemetry.v1", kafka)
     consumer = Consumer({**kafka.client_config(), "group.id": f"{kafka.topic_prefix}soundtrack"})
@@ -532,7 +533,8 @@ PROFILE_PARTS = (("faust", "/faust/"), ("mode (faust's services)", "/mode/"), ("
 def worker_profile(path: Path) -> dict[str, Any]:
     """py-spy's raw (collapsed) stacks of the worker: the share of on-CPU samples whose innermost
     frame is in each package (self time), and the share spent anywhere under the telemetry agent,
-    in aiokafka's producer (requests and changelog writes) and in Faust's offset commit (inclusive)."""
+    in aiokafka's producer (requests and changelog writes) and in Faust's transport (its consumer,
+    fetcher, producer and commits around aiokafka) (inclusive)."""
     stacks: list[tuple[list[str], int]] = []
     for line in path.read_text().splitlines():
         frames, _, count = line.rpartition(" ")
@@ -550,7 +552,7 @@ def worker_profile(path: Path) -> dict[str, Any]:
     return {"samples": total, "self": {k: round(v, 3) for k, v in sorted(self_share.items(), key=lambda kv: -kv[1])},
             "under_on_telemetry": under(lambda f: f.startswith("on_telemetry ")),
             "under_aiokafka_producer": under(lambda f: "/aiokafka/producer/" in f),
-            "under_faust_commit": under(lambda f: f.startswith("commit ") and "/faust/" in f)}
+            "under_faust_transport": under(lambda f: "/faust/transport/" in f)}
 
 
 def faust_ceiling(pipeline: Pipeline, total: int) -> float:
