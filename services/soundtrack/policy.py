@@ -51,7 +51,9 @@ Numbers and why:
   halved above 180 (half-time), clamped to 60-200 BPM. Exercising without cadence ->
   tempo from heart-rate reserve, 95 + 45 x HRR, topping out at 140: preferred music tempo
   during exercise plateaus around 123-140 BPM (Karageorghis et al.). At rest -> calm
-  (70 BPM, low energy).
+  (70 BPM, low energy); a device saying RESTING or SLEEPING is at rest whatever the heart
+  rate, so a runner who stops hears the music calm down, not follow a heart rate still high
+  from the run up toward 140.
 - Guide mode: the target zone's tempo (warm-up 110, steady 128, cool-down 80, sleep
   60); the ramp takes the listener there gently, never faster than 3% per bar.
 - Mood (mode) changes need the new mood to be wanted for MOOD_AGREE_MS (8 s) and at
@@ -207,7 +209,7 @@ def target(body: Body, now_ms: int) -> Music:
     hr_fresh = body.heart_rate is not None and now_ms - body.last_hr_ms <= HOLD_MISSING_MS
     if hr_fresh and body.heart_rate is not None:
         reserve = heart_rate_reserve(body.heart_rate)
-        if body.activity in EXERCISE or reserve >= 0.3:
+        if body.activity not in STILL and (body.activity in EXERCISE or reserve >= 0.3):
             energy = 0.3 + 0.65 * reserve
             return Music(clamp_tempo(95 + 45 * reserve), energy, "MINOR" if energy >= 0.85 else "MAJOR",
                          "match:heart_rate_reserve", just_changed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -110,6 +111,18 @@ def test_a_device_at_rest_without_cadence_is_a_stop() -> None:
     still = body_update(still, T0 + 6000, 116, None, "RESTING", "MATCH", "NONE")
     assert still.cadence == 0 and still.cadence_confirmed
     assert target(still, T0 + 6000).confident and target(still, T0 + 6000).reason != "match:cadence"
+
+
+def test_a_stop_calms_the_music_while_the_heart_rate_is_still_high() -> None:
+    """A runner who slows to a walk and then stands still: the walk follows the cadence, the stop is
+    rest (70 BPM), never a heart-rate tempo above the walk's (heart rate 130 would give 119 BPM)."""
+    walking = body_update(body(130, 105, "WALKING", at=T0), T0 + 2000, 130, 104, "WALKING", "MATCH", "NONE")
+    assert target(walking, T0 + 2000).tempo_bpm == pytest.approx(104.5, abs=0.5)
+    still = body_update(walking, T0 + 4000, 130, None, "RESTING", "MATCH", "NONE")
+    still = body_update(still, T0 + 6000, 128, None, "RESTING", "MATCH", "NONE")
+    assert target(still, T0 + 6000) == Music(70.0, 0.2, "MAJOR", "match:rest", True)
+    unknown = body_update(still, T0 + 8000, 128, None, "UNKNOWN", "MATCH", "NONE")  # no word of a stop
+    assert target(unknown, T0 + 8000).reason == "match:heart_rate_reserve"
 
 
 def test_guide_zones_and_the_neutral_drift_stay_gentle() -> None:
