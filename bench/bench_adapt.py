@@ -419,6 +419,9 @@ def hearing(players: list[Player], up_ms: int, down_ms: int, end_ms: int) -> dic
         "audible_up_by_listener_s": sorted(up, key=lambda fc: -max(v if v is not None else 1e9 for v in fc)),
         "audible_down_by_listener_s": sorted(down, key=lambda fc: -max(v if v is not None else 1e9 for v in fc)),
         "audible_first_up_p50_s": median([f for f, _ in up]), "audible_first_down_p50_s": median([f for f, _ in down]),
+        # what the slowest listener of the step up played around it, to find why: (start after the
+        # change, s; duration, s; requested tempo from -> to; measured first -> last beat tempo)
+        "slowest_up_trace": trace(max(zip(up, players, strict=True), key=lambda fp: fp[0][1] or 1e9)[1], up_ms),
         "player_underruns": sum(p.underruns for p in players),
         "player_swaps": sum(p.swaps for p in players),  # replanned segments swapped in before they started
         # segments whose beats, measured from the audio, are more than 3% off their requested tempi
@@ -430,6 +433,13 @@ def hearing(players: list[Player], up_ms: int, down_ms: int, end_ms: int) -> dic
     figures["audible_first_p95_s"] = None if None in firsts else max(firsts)  # type: ignore[type-var]
     figures["audible_converged_p95_s"] = None if None in converged else max(converged)  # type: ignore[type-var]
     return figures
+
+
+def trace(player: Player, change_ms: int) -> list[list[Any]]:
+    return [[round((p.start_ms - change_ms) / 1000, 2), round(p.duration_ms / 1000, 2),
+             round(p.params.get("tempo_from_bpm") or p.params["tempo_bpm"], 1), round(p.params["tempo_bpm"], 1),
+             round(p.beats[0][1], 1) if p.beats else None, round(p.beats[-1][1], 1) if p.beats else None]
+            for p in player.played if -8000 <= p.start_ms - change_ms <= 25000]
 
 
 def metric(url: str, prefix: str) -> float:

@@ -2,8 +2,9 @@
 players and the listener-page browser test.
 
 Every played segment's beats come from its audio (the glide or constant tempo whose whole-bar
-beat grid best explains its onsets, ``inference.analysis.fit_glide``), placed at the wall time it
-played. From a change instant (event time of the first telemetry sample in the new state):
+beat grid best explains its onsets, ``inference.analysis.fit_glide``, among the glides the
+renderer can make: at most the policy's 35% a bar), placed at the wall time it played. From a
+change instant (event time of the first telemetry sample in the new state):
   audible_first      the first beat after which the played tempo stays at least 3% away from the
                      tempo playing at the change, toward the target
   audible_converged  the first beat after which the played tempo stays within 3% of the target
@@ -20,6 +21,7 @@ from inference.analysis import fit_glide
 from inference.render import SAMPLE_RATE
 from kit.audio import decode_bytes
 from kit.tempo import beat_edges, beat_tempi
+from soundtrack.policy import MAX_BIG_STEP
 
 
 @dataclass
@@ -38,8 +40,8 @@ def track_beats(played: Sequence[Played]) -> int:
     misreads = 0
     for segment in played:
         audio, _ = decode_bytes(segment.audio)
-        try:
-            start, end, bars = fit_glide(audio)
+        try:  # among the glides the renderer can make (soundtrack.policy: at most 35% a bar)
+            start, end, bars = fit_glide(audio, max_bar_change=MAX_BIG_STEP)
         except ValueError:
             misreads += 1
             continue

@@ -62,14 +62,16 @@ ONSET_LAG = 1_700  # samples from a frame's start to the note whose rise it show
 
 
 def fit_glide(audio: np.ndarray, low_bpm: float = 55.0, high_bpm: float = 210.0,
-              step_bpm: float = 0.25) -> tuple[float, float, int]:
+              step_bpm: float = 0.25, max_bar_change: float | None = None) -> tuple[float, float, int]:
     """(tempo_from, tempo_to, bars) of the beat grid that best explains the clip's onsets, for a
     clip of whole 4/4 bars whose tempo is constant or glides (``kit.tempo``: beat k of N at
     ``from + (to - from)(k + 1)/N``). Measured from the audio: for every start tempo and bar count,
     the end tempo is the one whose grid is exactly the clip's length; the grid scores the mean
     onset strength on its beats minus that half way between them (so neither half nor double the
     tempo fits: those put a beat on an off-beat or between beats). Beat 0 has no onset before it
-    to see and is not scored. ValueError when no such grid lasts as long as the clip."""
+    to see and is not scored. ``max_bar_change``: only glides a renderer can make, moving at most
+    this fraction a bar (3% slack), so a grid that explains the onsets by an impossible glide is not
+    the answer. ValueError when no such grid lasts as long as the clip."""
     env = onset_envelope(audio)
     length = len(audio)
     starts = np.arange(low_bpm, high_bpm + step_bpm / 2, step_bpm)
@@ -88,7 +90,11 @@ def fit_glide(audio: np.ndarray, low_bpm: float = 55.0, high_bpm: float = 210.0,
         edges = np.concatenate([np.zeros((len(starts), 1)), np.cumsum(beats, axis=1)], axis=1)
         on = _strength(env, edges[:, 1:-1])
         off = _strength(env, (edges[:, :-1] + edges[:, 1:]) / 2)
-        score = np.where((ends >= low_bpm) & (ends <= high_bpm), on - off, -np.inf)
+        possible = (ends >= low_bpm) & (ends <= high_bpm)
+        if max_bar_change is not None:
+            ratio, most, least = ends / starts, (1 + max_bar_change) ** bars, (1 - max_bar_change) ** bars
+            possible &= (ratio <= most * 1.03) & (ratio >= least / 1.03)
+        score = np.where(possible, on - off, -np.inf)
         i = int(np.argmax(score))
         if score[i] > best[0]:
             best = (float(score[i]), float(starts[i]), float(ends[i]), bars)
