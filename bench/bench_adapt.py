@@ -10,8 +10,9 @@ new segment's signed audio URL, schedule it right after the previous one; the fi
 the one after running dry (a segment that arrives after its slot: a player underrun), where the
 server's schedule has it, its deadline plus 1.5 s; a replacement of a position that has not
 started yet takes its slot, and what was scheduled after it is scheduled again after the
-replacement). The tempo of every played segment is measured from its audio (onset
-autocorrelation, ``inference.analysis.estimate_tempo``), not from metadata. From the change
+replacement). The tempo of every played segment is measured from its audio, beat by beat
+(``tests.hearing``: the glide whose beat grid best explains its onsets), not from metadata;
+``slowest_up_trace`` lists what the slowest listener of the step up played. From the change
 instant (event time of the first sample in the new state), per listener:
   audible_first      the start of the first played segment after which the played tempo stays
                      at least 3% away from the tempo playing at the change, toward the target
