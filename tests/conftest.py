@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from _pytest.terminal import TerminalReporter
 
 from kit.settings import KafkaSettings
 
@@ -17,7 +16,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Figures a test measured (``record_property("figures", {...})``), printed at the end of the
     run, `pytest -q` included: the listener page's audible response, for one."""
     for report in terminalreporter.getreports("passed") + terminalreporter.getreports("failed"):
