@@ -12,7 +12,7 @@ export PATH := $(PATH):$(HOME)/.cargo/bin
 NATIVE := native/entrain_avro
 
 .DEFAULT_GOAL := help
-.PHONY: test-cluster cluster-up cluster-down registry-up registry-down bench-ledger replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
+.PHONY: s3-up s3-down bench-media test-cluster cluster-up cluster-down registry-up registry-down bench-ledger replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -50,6 +50,12 @@ registry-up: venv ## start the local schema registry (Apicurio 3.3.3, in memory)
 registry-down: venv ## stop the local schema registry (it forgets every schema; `make topics` registers them again)
 	$(PY) deploy/local/registry.py down
 
+s3-up: venv ## start the local S3-compatible segment store (s3proxy 4.0.0 on .state/s3) unless AWS_ENDPOINT_URL is set
+	$(PY) deploy/local/s3.py up
+
+s3-down: venv ## stop the local S3-compatible server (objects are kept in .state/s3/data)
+	$(PY) deploy/local/s3.py down
+
 topics: kafka-up registry-up ## create every topic and DLQ from schemas/ and register their schemas (idempotent)
 	$(PY) -m kit.topics
 
@@ -61,6 +67,7 @@ up: topics dev-secrets ## start Kafka, create topics, start the services (ingest
 
 down: venv ## stop the services and the local Kafka
 	$(PY) deploy/local/services.py down
+	$(PY) deploy/local/s3.py down
 	$(PY) deploy/local/registry.py down
 	$(PY) deploy/local/kafka.py down
 
@@ -68,7 +75,7 @@ BROWSER_DEPS := tests/browser/node_modules/.package-lock.json
 $(BROWSER_DEPS): tests/browser/package.json tests/browser/package-lock.json
 	cd tests/browser && npm ci --no-audit --no-fund  # playwright-core only: it drives Debian's chromium
 
-test: topics dev-secrets $(BROWSER_DEPS) ## install what is missing, start Kafka, run unit, contract and integration tests
+test: topics dev-secrets s3-up $(BROWSER_DEPS) ## install what is missing, start Kafka, the registry and the S3 server, run unit, contract and integration tests
 	$(PY) -m pytest -q
 
 test-unit: venv ## tests that need no broker

@@ -9,6 +9,9 @@ data dir are its own, and every port is picked free.
 service's name, the others are ``<service>-2``, ``<service>-3``, ... each with its own ports,
 static group member id, data dir and (royalty) transactional id; ``ingest_url`` and
 ``delivery_url`` take turns among a service's instances, as a load balancer would.
+
+``s3=True`` keeps the segments in the S3-compatible server (``s3_env``: the one ``make s3-up``
+starts, or the one ``AWS_ENDPOINT_URL`` names) under a prefix of its own, not on the filesystem.
 """
 
 from __future__ import annotations
@@ -32,6 +35,20 @@ from kit.settings import REPO_ROOT, STATE_DIR, KafkaSettings
 from kit.tokens import generate_key_set
 
 
+def s3_env(prefix: str) -> dict[str, str]:
+    """The environment of a segment store in the test S3 server under ``prefix``: the server
+    ``AWS_ENDPOINT_URL`` names (bucket ENTRAIN_TEST_S3_BUCKET), else the local s3proxy."""
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        bucket = os.environ.get("ENTRAIN_TEST_S3_BUCKET", "entrain-segments")
+        return {"ENTRAIN_SEGMENT_STORE": f"s3://{bucket}/{prefix}"}
+    sys.path.insert(0, str(REPO_ROOT / "deploy" / "local"))
+    import s3  # deploy/local/s3.py
+
+    if not s3.ready():
+        raise RuntimeError("no S3-compatible server on 127.0.0.1: run `make s3-up` (`make test` does)")
+    return s3.local_env(prefix=prefix)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,6 +63,7 @@ class Pipeline:
     admin_key: str = field(default_factory=lambda: "test-admin-" + secrets.token_hex(16))
     royalty: bool = False
     replicas: dict[str, int] = field(default_factory=dict)  # service -> instances (default 1)
+    s3: bool = False  # the segment store: the S3 server (True) or a directory in workdir
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     exits: dict[str, int] = field(default_factory=dict)  # exits nobody asked for, per service
@@ -97,7 +115,8 @@ class Pipeline:
             "ENTRAIN_API_KEYS_FILE": str(keys), "ENTRAIN_PSEUDONYM_SECRET_FILE": str(secret),
             "ENTRAIN_TOKEN_SIGNING_KEYS_FILE": str(signing), "ENTRAIN_TOKEN_PUBLIC_KEYS_FILE": str(public),
             "ENTRAIN_WATERMARK_KEYS_FILE": str(wm_keys),
-            "ENTRAIN_SEGMENT_STORE": str(self.workdir / "segments"),
+            **(s3_env(self.kafka.topic_prefix.strip(".") or "pipeline") if self.s3
+               else {"ENTRAIN_SEGMENT_STORE": str(self.workdir / "segments")}),
             "ENTRAIN_SOUNDTRACK_DATADIR": str(self.workdir / "faust"),
             "ENTRAIN_INGEST_PORT": str(self.ports["ingest"]), "ENTRAIN_DELIVERY_PORT": str(self.ports["delivery"]),
             "ENTRAIN_INGEST_CORS_ORIGINS": ",".join(f"http://127.0.0.1:{self.ports[n]}"

@@ -222,13 +222,13 @@ def write_artifacts(listeners: list[Listener], segments: list[dict[str, Any]], o
     import matplotlib.pyplot as plt
 
     from kit.audio import decode_bytes, encode_wav, ffmpeg
-    from kit.store import FileStore
+    from kit.store import store_from_env
     from watermark.detector import report
     from watermark.keys import KeyRing
     from watermark.registry import RegistryIndex
 
     out.mkdir(parents=True, exist_ok=True)
-    store, keys, registry = FileStore(), KeyRing.from_env(), RegistryIndex(KafkaSettings.from_env()).start()
+    store, keys, registry = store_from_env(), KeyRing.from_env(), RegistryIndex(KafkaSettings.from_env()).start()
     registry.wait(60)
     first = listeners[0]
     own = sorted((s for s in segments if s["session_id"] == first.session_id), key=lambda s: s["sequence"])

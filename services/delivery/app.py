@@ -10,8 +10,9 @@ and expire, so an HLS player or a CDN can fetch them without a token.
 
   GET  /                                  the listener page (static; it holds no secret)
   GET  /v1/playlist[?session_id=S]        JSON: the newest (or named) session's segments, target tempo
-  GET  /v1/playlist.m3u8[?session_id=S]   HLS EVENT media playlist of the same segments
-  GET  /v1/audio/{sha256}.wav?l&exp&sig   watermarked audio (signed URL handed out in the playlist)
+  GET  /v1/playlist.m3u8[?session_id=S]   HLS (v7, fMP4) EVENT media playlist: the AAC renditions
+  GET  /v1/audio/{sha256}.wav?l&exp&sig   watermarked master (signed URL handed out in the playlist)
+  GET  /v1/audio/{sha256}.m4s|.mp4?...    the AAC fragment / initialisation segment (signed likewise)
   POST /v1/underruns                      the player reports it ran dry {"segment_id"}
   GET  /v1/me/export                      JSON: everything Entrain holds about the listener (delivery.export)
   GET  /healthz /readyz /metrics
@@ -45,10 +46,11 @@ from delivery.playlists import Entry, Playlists, hls_media_playlist, requested_a
 from kit.auth import AuthError, Pseudonymizer, pseudonymizer_from_env
 from kit.consumer import is_partition_eof
 from kit.http import error_handlers
+from kit.media import MIME_CODEC
 from kit.ratelimit import RateLimiter
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings
-from kit.store import FileStore, StoreError
+from kit.store import SegmentStore, StoreError, store_from_env
 from kit.tokens import Listener, TokenVerifier, bearer_credential
 
 log = structlog.get_logger()
@@ -240,26 +242,29 @@ class UrlSigner:
     def __init__(self, secret: bytes) -> None:
         self._key = hmac.new(secret, b"entrain-delivery-audio-urls-v2", hashlib.sha256).digest()
 
-    def _sig(self, sha256: str, listener: str, expires: int) -> str:
-        return hmac.new(self._key, f"{sha256}:{listener}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+    def _sig(self, name: str, listener: str, expires: int) -> str:
+        return hmac.new(self._key, f"{name}:{listener}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
 
-    def sign(self, sha256: str, listener: str, now_s: float) -> str:
-        expires = int(now_s) + URL_TTL_S
-        return f"/v1/audio/{sha256}.wav?l={listener}&exp={expires}&sig={self._sig(sha256, listener, expires)}"
+    def sign(self, sha256: str, listener: str, now_s: float, extension: str = "wav") -> str:
+        name, expires = f"{sha256}.{extension}", int(now_s) + URL_TTL_S
+        return f"/v1/audio/{name}?l={listener}&exp={expires}&sig={self._sig(name, listener, expires)}"
 
-    def check(self, sha256: str, listener: str, expires: str, sig: str, now_s: float) -> None:
-        """Raises HttpError: 400 for a malformed URL, 403 for a wrong or expired signature."""
+    def check(self, name: str, listener: str, expires: str, sig: str, now_s: float) -> None:
+        """Raises HttpError: 400 for a malformed URL, 403 for a wrong or expired signature (``name``
+        is the audio's file name: digest and extension)."""
         if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
             raise HttpError(400, "exp must be epoch seconds (ASCII digits)")
         if not (listener.isascii() and len(listener) == 64 and all(c in HEX for c in listener)):
             raise HttpError(400, "l must be the listener id the playlist handed out")
-        if not (sig.isascii() and hmac.compare_digest(self._sig(sha256, listener, int(expires)), sig)):
+        if not (sig.isascii() and hmac.compare_digest(self._sig(name, listener, int(expires)), sig)):
             raise HttpError(403, "audio URL is unsigned or tampered with; fetch the playlist again")
         if int(expires) < now_s:
             raise HttpError(403, "audio URL expired; fetch the playlist again")
 
 
 HEX = frozenset("0123456789abcdef")
+# What /v1/audio serves: the WAV master (the page), the AAC fragments and their init segment (HLS).
+AUDIO_TYPES = {"wav": "audio/wav", "m4s": "audio/mp4", "mp4": "audio/mp4"}
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -275,7 +280,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: SegmentFeed, store: FileStore,
+def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: SegmentFeed, store: SegmentStore,
                clock: Callable[[], float] = time.time,
                limiter: RateLimiter | None = None, exporter: Exporter | None = None,
                export_limiter: RateLimiter | None = None) -> Starlette:
@@ -332,29 +337,39 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
                 "generated_at": seg["generated_at"], "requested_at": requested_at(seg), "deadline": seg["deadline"],
                 "late": e.late if seg is e.segment else e.first_late,
                 "replaces": e.replaces if swaps else None,
+                "rendition": rendition_urls(seg, listener.listener_id, now),
             })
         tempo = segments[-1]["params"]["tempo_bpm"] if segments else None
         return JSONResponse({"segments": segments, "target_tempo_bpm": tempo, "server_time": int(now * 1000),
                              "admission": admission})
 
+    def rendition_urls(segment: dict[str, Any], listener: str, now: float) -> dict[str, Any] | None:
+        rendition = segment.get("rendition")
+        if not rendition:
+            return None
+        return {"url": signer.sign(rendition["sha256"], listener, now, "m4s"),
+                "init_url": signer.sign(rendition["init_sha256"], listener, now, "mp4"),
+                "codecs": MIME_CODEC, "decode_time": rendition["decode_time"], "frames": rendition["frames"],
+                "sample_rate_hz": rendition["sample_rate_hz"], "discontinuity": rendition["discontinuity"]}
+
     async def playlist_m3u8(request: Request) -> Response:
         listener, entries = session_entries(request)
         now = clock()
-        body = hls_media_playlist(entries, lambda e: signer.sign(e.listed["audio"]["sha256"], listener.listener_id,
-                                                                 now))
-        return Response(body, media_type="application/vnd.apple.mpegurl")
+        body = hls_media_playlist(entries, lambda sha, ext: signer.sign(sha, listener.listener_id, now, ext))
+        return Response(body, media_type="application/vnd.apple.mpegurl", headers={"Cache-Control": "no-store"})
 
     async def audio(request: Request) -> Response:
-        sha = request.path_params["sha256"]
-        if len(sha) != 64 or any(c not in HEX for c in sha):
+        sha, extension = request.path_params["sha256"], request.path_params["extension"]
+        if len(sha) != 64 or any(c not in HEX for c in sha) or extension not in AUDIO_TYPES:
             raise HttpError(404, "no such audio")
         query = request.query_params
-        signer.check(sha, query.get("l", ""), query.get("exp", ""), query.get("sig", ""), clock())
+        signer.check(f"{sha}.{extension}", query.get("l", ""), query.get("exp", ""), query.get("sig", ""), clock())
         try:
-            data = store.get((store.root / sha[:2] / f"{sha}.wav").as_uri())
+            data = await run_in_threadpool(store.get_content, sha, extension)
         except StoreError:
             raise HttpError(404, "no such audio") from None
-        return Response(data, media_type="audio/wav", headers={"Cache-Control": "private, max-age=3600"})
+        # Content-addressed: the bytes behind a URL never change, so players and CDNs may keep them.
+        return Response(data, media_type=AUDIO_TYPES[extension], headers={"Cache-Control": "private, max-age=3600"})
 
     async def underruns(request: Request) -> Response:
         listener = listener_of(request)
@@ -431,7 +446,7 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
         route("/", page, "page"),
         route("/v1/playlist", playlist, "playlist"),
         route("/v1/playlist.m3u8", playlist_m3u8, "playlist_m3u8"),
-        route("/v1/audio/{sha256}.wav", audio, "audio"),
+        route("/v1/audio/{sha256}.{extension}", audio, "audio"),
         route("/v1/underruns", underruns, "underruns", ["POST"]),
         route("/v1/me/export", export, "export"),
         route("/healthz", healthz, "healthz"),
@@ -457,7 +472,7 @@ def main() -> None:
     kafka = KafkaSettings.from_env()
     feed = SegmentFeed(kafka, Playlists(), float(os.environ.get("ENTRAIN_DELIVERY_LOOKBACK_S", "3600"))).start()
     changelog = f"{os.environ.get('ENTRAIN_SOUNDTRACK_APP_ID', kafka.topic('soundtrack'))}-listeners-changelog"
-    app = create_app(verifier, pseudonymizer, feed, FileStore(), exporter=Exporter(kafka, changelog))
+    app = create_app(verifier, pseudonymizer, feed, store_from_env(), exporter=Exporter(kafka, changelog))
     uvicorn.run(app, host=os.environ.get("ENTRAIN_DELIVERY_HOST", "127.0.0.1"),
                 port=int(os.environ.get("ENTRAIN_DELIVERY_PORT", "8085")), log_level="warning")
     feed.stop()

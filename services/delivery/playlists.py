@@ -8,14 +8,19 @@ the newest request replaces the one held, and a player swaps it in if it has not
 old one. A replacement that comes late is no underrun (the old one was there to play). Older
 versions arriving after a newer one are dropped. HLS cannot carry that: a live media playlist
 must not change a segment it listed (RFC 8216, 6.2.1), so it keeps the first version of each
-position (``Entry.listed``), and an HLS player hears the plan as first made.
+position (``Entry.listed``), and an HLS player hears the plan as first made (with a discontinuity
+where a fragment was encoded to follow the replacement, see ``hls_media_playlist``).
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import m3u8
 
 KEEP_PER_LISTENER = 64
 MAX_LISTENERS = 100_000
@@ -116,20 +121,32 @@ def _order(entry: Entry) -> tuple[str, int]:
     return entry.segment["session_id"], int(entry.segment["sequence"])
 
 
-def hls_media_playlist(entries: list[Entry], url_of: Any, ended: bool = False) -> str:
-    """An HLS EVENT media playlist (RFC 8216) of the session's segments; ``url_of(entry)`` names each."""
-    target = max((e.listed["audio"]["duration_ms"] for e in entries), default=4000)
-    first = int(entries[0].segment["sequence"]) if entries else 0
-    lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{-(-target // 1000)}",
-             f"#EXT-X-MEDIA-SEQUENCE:{first}", "#EXT-X-PLAYLIST-TYPE:EVENT"]
-    previous = None
-    for entry in entries:
-        sequence = int(entry.segment["sequence"])
-        if previous is not None and sequence != previous + 1:
-            lines.append("#EXT-X-DISCONTINUITY")
-        lines.append(f"#EXTINF:{entry.listed['audio']['duration_ms'] / 1000:.3f},")
-        lines.append(url_of(entry))
-        previous = sequence
-    if ended:
-        lines.append("#EXT-X-ENDLIST")
-    return "\n".join(lines) + "\n"
+def hls_media_playlist(entries: list[Entry], url_of: Callable[[str, str], str], ended: bool = False) -> str:
+    """An HLS EVENT media playlist (RFC 8216, version 7: fMP4) of the session's AAC renditions;
+    ``url_of(sha256, extension)`` names a fragment (``m4s``) or the initialisation segment (``mp4``).
+
+    Segments are listed as first made (``Entry.listed``). A segment with no rendition (written
+    before renditions) is left out. ``EXT-X-DISCONTINUITY`` marks exactly where the stream breaks:
+    a fragment that starts a new timeline, or one that continues another segment than the one
+    listed before it (its predecessor was replanned: the first version is listed, the fragment
+    was encoded after the replacement)."""
+    listed = [e.listed for e in entries if e.listed.get("rendition")]
+    playlist = m3u8.M3U8()
+    playlist.version, playlist.playlist_type = 7, "event"
+    playlist.media_sequence = int(listed[0]["sequence"]) if listed else 0
+    longest = 0.0
+    before: dict[str, Any] | None = None
+    for segment in listed:
+        rendition = segment["rendition"]
+        duration = rendition["frames"] * 1024 / rendition["sample_rate_hz"]
+        longest = max(longest, duration)
+        breaks = before is not None and (rendition["discontinuity"]
+                                           or segment.get("previous_segment_id") != before["segment_id"])
+        playlist.segments.append(m3u8.Segment(
+            uri=url_of(rendition["sha256"], "m4s"), duration=round(duration, 5), discontinuity=breaks,
+            init_section={"uri": url_of(rendition["init_sha256"], "mp4")}))
+        before = segment
+    playlist.target_duration = max(1, math.ceil(longest))
+    playlist.is_endlist = ended
+    return str(playlist.dumps())
+

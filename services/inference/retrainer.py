@@ -44,7 +44,7 @@ from inference.train import MODEL_DIR, train, version_for
 from kit.producer import Producer
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings
-from kit.store import FileStore, SegmentStore
+from kit.store import SegmentStore, store_from_env
 
 log = structlog.get_logger()
 SERVICE = "retrainer"
@@ -168,7 +168,7 @@ def main() -> None:
     configure_logging(SERVICE)
     kafka = KafkaSettings.from_env()
     limit = os.environ.get("ENTRAIN_RETRAINER_LIMIT")
-    retrainer = Retrainer(kafka, FileStore(), Producer(kafka, SERVICE),
+    retrainer = Retrainer(kafka, store_from_env(), Producer(kafka, SERVICE),
                           epochs=int(os.environ.get("ENTRAIN_RETRAINER_EPOCHS", "18")),
                           limit=int(limit) if limit else None)
     health = HealthServer.for_service(ServiceSettings.from_env("retrainer", 9106)).start()

@@ -55,7 +55,7 @@ from kit.deadlines import REPLACEMENT_DELAY_MS, soundtrack_deadline, soundtrack_
 from kit.producer import Producer
 from kit.serde import DecodeError, TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings
-from kit.store import FileStore, SegmentStore
+from kit.store import SegmentStore, store_from_env
 
 log = structlog.get_logger()
 SERVICE = "inference"
@@ -364,7 +364,7 @@ class InferenceService:
                            "training_manifest_sha256": self.engine.manifest_sha256, "seed": request["seed"],
                            "influences": [{"work_id": w, "weight_ppm": p} for w, p in segment.influences]},
             "generated_at": int(time.time() * 1000), "deadline": request["deadline"],
-            "requested_at": request["requested_at"],
+            "requested_at": request["requested_at"], "previous_segment_id": request["previous_segment_id"],
         }
 
 
@@ -430,7 +430,7 @@ def main() -> None:
     registry = ModelRegistry(kafka)
     registry.refresh(until_caught_up_s=30)
     admission = Admission(target_load=float(os.environ.get("ENTRAIN_INFERENCE_TARGET_LOAD", "0.75")))
-    service = InferenceService(kafka, Engine(), FileStore(), producer, registry, admission=admission,
+    service = InferenceService(kafka, Engine(), store_from_env(), producer, registry, admission=admission,
                                delivered=DeliveredSlack(kafka))
     service.warm_up()
     service.consent.catch_up()  # every withdrawal on the topic is seen before the first request

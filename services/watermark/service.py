@@ -3,10 +3,11 @@
 For every generated segment: fetch its audio from the segment store, embed the active
 key's mark with payload = the first 32 bits of SHA-256(segment id), decode the result
 with the detector, and only if the decoded payload and key match store the marked
-audio, register the generation record on watermark.registry.v1 (the provenance registry every
-instance and detection API materialises), and produce the
-watermarked segment. A segment that cannot be marked or does not verify goes to the
-DLQ with the reason and never downstream. Idempotent: the same segment produces the
+audio, encode its delivery rendition (an AAC fMP4 fragment of the session's gapless stream,
+``watermark.rendition``), register the generation record on watermark.registry.v1 (the provenance
+registry every instance and detection API materialises), and produce the watermarked segment.
+A segment that cannot be marked or does not verify goes to the DLQ with the reason and never
+downstream. Idempotent: the same segment produces the
 same bytes, the same store URI and the same record.
 
 Segments are held across polls and marked earliest deadline first (``kit.deadlines``): one
@@ -23,7 +24,6 @@ import signal
 import time
 from typing import Any
 
-import numpy as np
 import structlog
 from prometheus_client import Counter, Histogram
 
@@ -31,13 +31,15 @@ from kit.audio import AudioError, decode_bytes, encode_wav
 from kit.auth import KeyStore, api_keys
 from kit.consumer import ConsumerLoop, InvalidRecord, Record
 from kit.deadlines import PLAYER_MARGIN_MS, REPLACEMENT_DELAY_MS, soundtrack_deadline, soundtrack_position
+from kit.media import MediaError
 from kit.producer import Producer
 from kit.ratelimit import RateLimiter
 from kit.serde import TopicSerde
 from kit.settings import KafkaSettings, ServiceSettings
-from kit.store import FileStore, SegmentStore, StoreError
+from kit.store import SegmentStore, StoreError, store_from_env
 from watermark.keys import KeyRing
 from watermark.registry import RegistryIndex, RegistryWriter
+from watermark.rendition import Renditions
 from watermark.scheme import SAMPLE_RATE, embed, verify
 
 log = structlog.get_logger()
@@ -60,6 +62,7 @@ class WatermarkService:
     def __init__(self, kafka: KafkaSettings, keys: KeyRing, store: SegmentStore, registry: RegistryWriter,
                  producer: Producer) -> None:
         self.keys, self.store, self.registry, self.producer = keys, store, registry, producer
+        self.renditions = Renditions(store)
         self.out = TopicSerde.for_topic("soundtrack.segments.v1", kafka)
 
     def handle(self, record: Record) -> None:
@@ -91,18 +94,24 @@ class WatermarkService:
             log.error("verification_failed", segment_id=segment["segment_id"], score=found.score)
             raise InvalidRecord(f"verification failed: decoded payload {found.payload} with score "
                                 f"{found.score:.2f}, expected {payload:08x} under key {key.key_id}")
-        uri, digest = self.store.put(encode_wav(marked, SAMPLE_RATE, "PCM_16"), "wav")
-        value = self._record(segment, marked, uri, digest, key.key_id, f"{payload:08x}", found.score)
+        wav = encode_wav(marked, SAMPLE_RATE, "PCM_16")
+        uri, digest = self.store.put(wav, "wav")
+        try:
+            rendition = self.renditions.make(segment, decode_bytes(wav)[0], digest)
+        except MediaError as exc:
+            raise InvalidRecord(f"cannot make the delivery rendition: {exc}") from exc
+        value = self._record(segment, uri, digest, key.key_id, f"{payload:08x}", found.score, rendition)
         # No listener or session id in the registry: detections answer anyone with an API key.
         self.registry.publish(key.key_id, f"{payload:08x}", value)
         self.producer.produce(self.out, {"listener_id": segment["listener_id"]}, value)
         SEGMENTS.inc()
 
     @staticmethod
-    def _record(segment: dict[str, Any], marked: np.ndarray, uri: str, digest: str, key_id: str,
-                payload_hex: str, score: float) -> dict[str, Any]:
+    def _record(segment: dict[str, Any], uri: str, digest: str, key_id: str, payload_hex: str, score: float,
+                rendition: dict[str, Any]) -> dict[str, Any]:
         audio = dict(segment["audio"], uri=uri, sha256=digest, format="WAV")
-        return {**segment, "audio": audio, "source_sha256": segment["audio"]["sha256"],
+        return {**segment, "audio": audio, "source_sha256": segment["audio"]["sha256"], "rendition": rendition,
+                "previous_segment_id": segment.get("previous_segment_id"),
                 "watermark": {"key_id": key_id, "payload_hex": payload_hex, "verification_score": float(score),
                               "verified_at": int(time.time() * 1000)}}
 
@@ -116,7 +125,7 @@ def main() -> None:
     producer = Producer(kafka, SERVICE)
     keys = KeyRing.from_env()
     log.info("keys_loaded", active=keys.active.key_id, keys=[k.key_id for k in keys.keys])
-    service = WatermarkService(kafka, keys, FileStore(), RegistryWriter(kafka, producer), producer)
+    service = WatermarkService(kafka, keys, store_from_env(), RegistryWriter(kafka, producer), producer)
     index = RegistryIndex(kafka).start()  # what the detection API looks payloads up in
     loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_WATERMARK_GROUP", kafka.group("watermark")),
                         ["soundtrack.segments.generated.v1"], service.handle, producer, batch_size=8,

@@ -59,7 +59,7 @@ def test_no_generated_request_breaks_delivery_s_contract(isolated: KafkaSettings
         app = create_delivery(VERIFIER, pseudonymizer, feed, FileStore(tmp_path), limiter=RateLimiter(1e6, 1e6),
                               exporter=exporter, export_limiter=RateLimiter(1e6, 1e6))
         fuzz_all(app, {}, bearer(token_for(pseudonymizer, "fuzzer")),
-                 {"GET /v1/playlist", "GET /v1/playlist.m3u8", "GET /v1/audio/{sha256}.wav", "POST /v1/underruns",
-                  "GET /v1/me/export"})
+                 {"GET /v1/playlist", "GET /v1/playlist.m3u8", "GET /v1/audio/{sha256}.{extension}",
+                  "POST /v1/underruns", "GET /v1/me/export"})
     finally:
         feed.stop()

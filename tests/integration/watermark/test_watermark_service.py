@@ -4,6 +4,7 @@ verified with their provenance registered; bad ones go to the DLQ; the detector 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 import uuid
@@ -13,9 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
+from tests.gapless import measure
 from tests.kafka_helpers import read_all
 
 from inference.engine import Engine, Params
+from kit import media
 from kit.audio import AudioError, decode_bytes, encode_wav
 from kit.auth import KeyStore, hash_key
 from kit.consumer import ConsumerLoop
@@ -27,6 +30,7 @@ from kit.store import FileStore
 from watermark.detector import http_app, report
 from watermark.keys import KeyRing
 from watermark.registry import RegistryIndex, RegistryWriter
+from watermark.rendition import Renditions
 from watermark.scheme import SAMPLE_RATE
 from watermark.service import WatermarkService, payload_for
 
@@ -65,6 +69,7 @@ def test_segments_are_marked_verified_registered_and_detectable_across_a_key_rot
     source = TopicSerde.for_topic("soundtrack.segments.generated.v1", isolated)
     producer = Producer(isolated, "test")
     before = [generated(store, 0), generated(store, 1)]
+    before[1]["previous_segment_id"] = before[0]["segment_id"]
     tampered = {**generated(store, 2), "audio": {**before[0]["audio"], "sha256": "0" * 64}}
     for record in [*before, tampered]:
         producer.produce(source, {"listener_id": record["listener_id"]}, record)
@@ -73,6 +78,7 @@ def test_segments_are_marked_verified_registered_and_detectable_across_a_key_rot
     run(isolated, KeyRing.from_mapping(OLD, None), store)
 
     after = generated(store, 3)  # rotation: a new active key for new segments, the old one still detected
+    after["previous_segment_id"] = before[1]["segment_id"]  # its predecessor's rendition is read back from the store
     producer.produce(source, {"listener_id": after["listener_id"]}, after)
     assert producer.flush(30) == 0
     rotated = KeyRing.from_mapping(NEW, "wk-new")
@@ -108,11 +114,30 @@ def test_segments_are_marked_verified_registered_and_detectable_across_a_key_rot
         original = store.get(record["audio"]["uri"])
         assert not report(original, rotated, registry)["detected"]
     elsewhere.stop()
+    check_renditions(store, [published[r["segment_id"]] for r in [*before, after]])
     resumed = RegistryIndex(isolated, tmp_path / "index.sqlite").start()  # from its stored offsets
     assert resumed.wait(30) and resumed.count() == 3
     dead = [dict(m.headers())["dlq.reason"].decode() for m in read_all(
         isolated, isolated.topic("soundtrack.segments.generated.v1.dlq"), 2)]
     assert any("sha256" in d for d in dead) and any("not in Confluent wire format" in d for d in dead)
+
+
+def check_renditions(store: FileStore, chain: list[dict[str, Any]]) -> None:
+    """The segments' AAC fragments continue each other (the third was made after a restart, from
+    the second's stored rendition record) and decode to their marked masters joined gaplessly; a
+    segment made again gets the same rendition."""
+    renditions = [segment["rendition"] for segment in chain]
+    assert [r["discontinuity"] for r in renditions] == [True, False, False]
+    for earlier, later in itertools.pairwise(renditions):
+        assert later["decode_time"] == earlier["decode_time"] + earlier["frames"] * media.FRAME
+    assert len({r["init_sha256"] for r in renditions}) == 1
+    init = store.get(renditions[0]["init_uri"])
+    audio, first = media.decode(init, [store.get(r["uri"]) for r in renditions])
+    masters = [decode_bytes(store.get(segment["audio"]["uri"]))[0] for segment in chain]
+    joins = measure(audio, media.PRIMING - first, masters, [r["frames"] for r in renditions])
+    assert joins["max_join_gap_ms"] <= 1 and joins["join_error_ratio"] < 2, joins
+    again = Renditions(store).make(chain[1], masters[1], chain[1]["audio"]["sha256"])
+    assert again == renditions[1]
 
 
 def test_detection_api_answers_for_audio_files_and_rejects_bad_ones(tmp_path: Path) -> None:
