@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import m3u8
+import pytest
 from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 from tests.auth_helpers import VERIFIER, bearer, token_for
@@ -37,7 +39,11 @@ def segment(listener: str, n: int, uri: str, sha: str, tempo: float, late: bool)
                            "influences": [{"work_id": "w-1", "weight_ppm": 1_000_000}]},
             "generated_at": now, "deadline": now - 1000 if late else now + 60_000, "source_sha256": "1" * 64,
             "watermark": {"key_id": "wk", "payload_hex": "00000001", "verification_score": 2.0,
-                          "verified_at": now}}
+                          "verified_at": now},
+            "previous_segment_id": f"seg-{listener[:6]}-{n - 1}" if n else None,
+            "rendition": {"format": "AAC_LC_FMP4", "uri": uri, "sha256": sha, "init_uri": uri, "init_sha256": sha,
+                          "bitrate_bps": 128_000, "sample_rate_hz": 44_100, "decode_time": n * 129 * 1024,
+                          "frames": 129, "discontinuity": n == 0}}
 
 
 def underruns(source: str) -> float:
@@ -47,6 +53,7 @@ def underruns(source: str) -> float:
 def test_playlists_audio_auth_and_underruns(isolated: KafkaSettings, tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     uri, sha = store.put(b"RIFF-not-really-a-wav", "wav")
+    store.put(b"RIFF-not-really-a-wav", "m4s"), store.put(b"RIFF-not-really-a-wav", "mp4")  # its "rendition"
     alice, bob = PSEUDO.listener_id("alice"), PSEUDO.listener_id("bob")
     serde = TopicSerde.for_topic("soundtrack.segments.v1", isolated)
     producer = Producer(isolated, "test")
@@ -74,7 +81,14 @@ def test_playlists_audio_auth_and_underruns(isolated: KafkaSettings, tmp_path: P
 
         hls = client.get("/v1/playlist.m3u8", headers=ALICE)
         assert hls.status_code == 200 and hls.text.startswith("#EXTM3U")
-        assert hls.text.count("#EXTINF:3.000,") == 2 and "#EXT-X-MEDIA-SEQUENCE:0" in hls.text
+        listed = m3u8.loads(hls.text)
+        assert listed.version == 7 and listed.media_sequence == 0 and len(listed.segments) == 2
+        assert [s.discontinuity for s in listed.segments] == [False, False]
+        assert listed.segments[0].duration == pytest.approx(129 * 1024 / 44_100, abs=1e-5)
+        fragment = client.get(listed.segments[0].uri)
+        assert fragment.status_code == 200 and fragment.headers["content-type"] == "audio/mp4"
+        assert client.get(listed.segments[0].init_section.uri).status_code == 200
+        assert client.get(listed.segments[0].uri.replace(".m4s?", ".wav?")).status_code == 403  # extension signed
 
         url = body["segments"][0]["url"]
         audio = client.get(url)
@@ -128,6 +142,7 @@ def test_an_erasure_empties_the_playlist_and_keeps_out_segments_requested_before
                                                                                      tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     uri, sha = store.put(b"RIFF-not-really-a-wav", "wav")
+    store.put(b"RIFF-not-really-a-wav", "m4s"), store.put(b"RIFF-not-really-a-wav", "mp4")  # its "rendition"
     alice = PSEUDO.listener_id("alice")
     segments, erasures = (TopicSerde.for_topic(t, isolated) for t in ("soundtrack.segments.v1",
                                                                       "listener.erasures.v1"))
