@@ -122,7 +122,7 @@ def encode_fragment(audio: np.ndarray, placement: Placement, before: np.ndarray 
         frame.sample_rate, frame.pts = SAMPLE_RATE, 0
         kept = 0
         for packet in [*stream.encode(frame), *stream.encode(None)]:
-            when = first + int(packet.pts)  # the packet's time on the session timeline
+            when = first + int(packet.pts or 0)  # the packet's time on the session timeline
             if when < placement.start or kept == placement.frames:
                 continue
             packet.pts = packet.dts = when - placement.start
@@ -175,7 +175,7 @@ def _after_init(data: bytes) -> bytes:
     return data[first_media:]
 
 
-def _child(data: bytes, start: int, end: int, kind: str) -> tuple[int, int]:
+def _child(data: bytes | bytearray, start: int, end: int, kind: str) -> tuple[int, int]:
     offset = start
     while offset + 8 <= end:
         size, found = struct.unpack_from(">I4s", data, offset)
