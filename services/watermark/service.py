@@ -97,6 +97,7 @@ class WatermarkService:
         wav = encode_wav(marked, SAMPLE_RATE, "PCM_16")
         uri, digest = self.store.put(wav, "wav")
         try:
+            # from the stored 16-bit master, as a successor's pre-roll read back after a restart is
             rendition = self.renditions.make(segment, decode_bytes(wav)[0], digest)
         except MediaError as exc:
             raise InvalidRecord(f"cannot make the delivery rendition: {exc}") from exc
