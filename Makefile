@@ -104,6 +104,9 @@ bench-adapt: topics dev-secrets ## adaptation delay (step change, N listeners) a
 profile-worker: topics dev-secrets ## one soundtrack worker's events/s sampled by py-spy: where its CPU goes (about 3 minutes)
 	$(PY) bench/bench_adapt.py --only-throughput --profile
 
+bench-media: venv s3-up ## the delivered AAC stream of a real session: bandwidth, encode speed, gaplessness decoded by ffmpeg, S3 vs filesystem latency
+	$(PY) bench/bench_media.py $(ARGS)
+
 bench-inference: venv ## music engine real-time factor, latency and listeners per core (one core)
 	$(PY) bench/bench_inference.py
 

@@ -27,6 +27,9 @@ def measure(decoded: np.ndarray, priming: int, masters: list[np.ndarray], fragme
             frame: int = 1024) -> dict[str, float]:
     """``decoded``: the stream decoded from its first sample; ``priming``: where the first master
     sample is in it; ``fragment_frames``: each fragment's AAC frames, in order."""
+    expected = sum(fragment_frames) * frame
+    if abs(len(decoded) - expected) > frame:
+        raise ValueError(f"the decoded stream has {len(decoded)} samples; its fragments hold {expected}")
     ref = np.concatenate(masters)[:, 0]
     out = decoded[priming:, 0]
     n = min(len(ref), len(out))

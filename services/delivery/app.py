@@ -10,7 +10,7 @@ and expire, so an HLS player or a CDN can fetch them without a token.
 
   GET  /                                  the listener page (static; it holds no secret)
   GET  /v1/playlist[?session_id=S]        JSON: the newest (or named) session's segments, target tempo
-  GET  /v1/playlist.m3u8[?session_id=S]   HLS (v7, fMP4) EVENT media playlist: the AAC renditions
+  GET  /v1/playlist.m3u8[?session_id=S]   HLS (v7, fMP4) live media playlist: the AAC renditions
   GET  /v1/audio/{sha256}.wav?l&exp&sig   watermarked master (signed URL handed out in the playlist)
   GET  /v1/audio/{sha256}.m4s|.mp4?...    the AAC fragment / initialisation segment (signed likewise)
   POST /v1/underruns                      the player reports it ran dry {"segment_id"}

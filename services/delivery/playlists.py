@@ -23,6 +23,9 @@ from typing import Any
 import m3u8
 
 KEEP_PER_LISTENER = 64
+# Segments an HLS playlist lists (the newest): 30-60 s of 2-4 s segments, more than the three target
+# durations RFC 8216 6.2.2 asks for; a longer window only makes every reload bigger.
+HLS_WINDOW = 16
 MAX_LISTENERS = 100_000
 
 
@@ -121,18 +124,21 @@ def _order(entry: Entry) -> tuple[str, int]:
     return entry.segment["session_id"], int(entry.segment["sequence"])
 
 
-def hls_media_playlist(entries: list[Entry], url_of: Callable[[str, str], str], ended: bool = False) -> str:
-    """An HLS EVENT media playlist (RFC 8216, version 7: fMP4) of the session's AAC renditions;
+def hls_media_playlist(entries: list[Entry], url_of: Callable[[str, str], str], ended: bool = False,
+                       window: int = HLS_WINDOW) -> str:
+    """An HLS live media playlist (RFC 8216, version 7: fMP4) of the session's AAC renditions;
     ``url_of(sha256, extension)`` names a fragment (``m4s``) or the initialisation segment (``mp4``).
 
-    Segments are listed as first made (``Entry.listed``). A segment with no rendition (written
-    before renditions) is left out. ``EXT-X-DISCONTINUITY`` marks exactly where the stream breaks:
+    The newest ``window`` segments are listed, each as first made (``Entry.listed``). A segment
+    with no rendition (written before renditions) is left out. ``EXT-X-DISCONTINUITY`` marks exactly where the stream breaks:
     a fragment that starts a new timeline, or one that continues another segment than the one
     listed before it (its predecessor was replanned: the first version is listed, the fragment
     was encoded after the replacement)."""
-    listed = [e.listed for e in entries if e.listed.get("rendition")]
+    listed = [e.listed for e in entries if e.listed.get("rendition")][-window:]
     playlist = m3u8.M3U8()
-    playlist.version, playlist.playlist_type = 7, "event"
+    # No PLAYLIST-TYPE: delivery keeps a sliding window (KEEP_PER_LISTENER), which an EVENT
+    # playlist may not do (it only ever grows, RFC 8216 4.3.3.5).
+    playlist.version = 7
     playlist.media_sequence = int(listed[0]["sequence"]) if listed else 0
     longest = 0.0
     before: dict[str, Any] | None = None

@@ -85,7 +85,7 @@ def test_the_hls_playlist_is_valid_fmp4_and_breaks_only_where_the_stream_does() 
     playlists.add({**segment("a", 5), "audio": {"duration_ms": 2000, "sha256": "old"}}, 950)  # no rendition
     text = hls_media_playlist(playlists.session("a"), lambda sha, ext: f"https://cdn.example/{sha}.{ext}?sig=x")
     parsed = m3u8.loads(text)
-    assert parsed.version == 7 and parsed.media_sequence == 0 and parsed.playlist_type == "event"
+    assert parsed.version == 7 and parsed.media_sequence == 0 and parsed.playlist_type is None
     assert [s.uri.split("/")[-1] for s in parsed.segments] == [f"{n}-aac.m4s?sig=x" for n in ("0", "1", "2", "3", "4")]
     assert [s.discontinuity for s in parsed.segments] == [False, False, True, False, True]
     assert {s.init_section.uri for s in parsed.segments} == {"https://cdn.example/init.mp4?sig=x"}
@@ -93,6 +93,18 @@ def test_the_hls_playlist_is_valid_fmp4_and_breaks_only_where_the_stream_does() 
     durations = [s.duration for s in parsed.segments]
     assert durations[0] == pytest.approx(96 * 1024 / 44_100, abs=1e-5)
     assert all(round(d) <= parsed.target_duration for d in durations)  # RFC 8216, 4.3.3.1
+
+
+def test_the_hls_playlist_slides_a_window_of_the_newest_segments() -> None:
+    from delivery.playlists import HLS_WINDOW, hls_media_playlist
+
+    playlists = Playlists()
+    for n in range(HLS_WINDOW + 5):
+        playlists.add(version(n, 10, str(n), f"seg-{n - 1}" if n else None), 500 + n)
+    parsed = m3u8.loads(hls_media_playlist(playlists.session("a"), lambda sha, ext: f"{sha}.{ext}"))
+    assert parsed.media_sequence == 5 and len(parsed.segments) == HLS_WINDOW
+    assert parsed.segments[0].uri == "5-aac.m4s" and not any(s.discontinuity for s in parsed.segments)
+    assert sum(s.duration for s in parsed.segments) >= 3 * parsed.target_duration  # RFC 8216, 6.2.2
 
 
 def test_an_erasure_also_forgets_the_first_version_a_kept_replacement_stands_for() -> None:
