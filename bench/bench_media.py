@@ -187,6 +187,7 @@ def main() -> None:
     print(f"S3 store (s3proxy on 127.0.0.1): {s3}")
     print(f"filesystem store: {fs}")
 
+    frame_ms = 1000 * media.FRAME / media.SAMPLE_RATE
     print("RESULT " + json.dumps({
         "segments": len(masters), "audio_s": round(audio_s, 1),
         "kbit_s_per_listener": round(kbit, 1), "wav_kbit_s": round(wav_kbit, 1),
@@ -194,7 +195,7 @@ def main() -> None:
         "encode_x_realtime": round(encode_x, 1), "encode_ms_per_segment": round(1000 * cpu / len(masters), 1),
         "max_join_gap_ms": report["max_join_gap_ms"], "join_error_ratio": report["join_error_ratio"],
         "duration_error_ms_max": report["duration_error_ms_max"],
-        "duration_error_frames_max": round(report["duration_error_ms_max"] / (1000 * media.FRAME / media.SAMPLE_RATE), 3),
+        "duration_error_frames_max": round(report["duration_error_ms_max"] / frame_ms, 3),
         "s3_put_p99_ms": s3["put_p99_ms"], "s3_get_p99_ms": s3["get_p99_ms"],
         "s3_put_p50_ms": s3["put_p50_ms"], "s3_get_p50_ms": s3["get_p50_ms"],
         "fs_put_p99_ms": fs["put_p99_ms"], "fs_get_p99_ms": fs["get_p99_ms"],

@@ -130,9 +130,9 @@ def hls_media_playlist(entries: list[Entry], url_of: Callable[[str, str], str], 
     ``url_of(sha256, extension)`` names a fragment (``m4s``) or the initialisation segment (``mp4``).
 
     The newest ``window`` segments are listed, each as first made (``Entry.listed``). A segment
-    with no rendition (written before renditions) is left out. ``EXT-X-DISCONTINUITY`` marks exactly where the stream breaks:
-    a fragment that starts a new timeline, or one that continues another segment than the one
-    listed before it (its predecessor was replanned: the first version is listed, the fragment
+    with no rendition (written before renditions) is left out. ``EXT-X-DISCONTINUITY`` marks exactly
+    where the stream breaks: a fragment that starts a new timeline, or one that continues another
+    segment than the one listed before it (its predecessor was replanned: the first version is listed, the fragment
     was encoded after the replacement)."""
     listed = [e.listed for e in entries if e.listed.get("rendition")][-window:]
     playlist = m3u8.M3U8()
