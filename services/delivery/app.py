@@ -331,6 +331,7 @@ def create_app(verifier: TokenVerifier, pseudonymizer: Pseudonymizer, feed: Segm
             seg = e.segment if swaps else e.listed
             segments.append({
                 "segment_id": seg["segment_id"], "session_id": seg["session_id"], "sequence": seg["sequence"],
+                "previous_segment_id": seg.get("previous_segment_id"),
                 "url": signer.sign(seg["audio"]["sha256"], listener.listener_id, now),
                 "duration_ms": seg["audio"]["duration_ms"], "params": seg["params"],
                 "provenance": seg["provenance"], "watermark": seg["watermark"],

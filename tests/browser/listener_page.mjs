@@ -1,14 +1,20 @@
 // Drives the listener page in headless Chromium: rest, then a step up to a run, then down to a walk;
 // after each step it waits until the page has played three segments in a row within 3% of the
 // step's target tempo (by their metadata: the test measures the tempo heard from the audio).
+// Meanwhile a second tab plays the same live session as a standard HLS player does: hls.js (npm)
+// on an <audio> element, from the HLS playlist (the token in the playlist request only; the
+// fragments' URLs are signed).
 // Usage: node listener_page.mjs <page url with #token=...&ingest=...> [timeout_s]
-// Prints one JSON line: every played segment (wall-clock start, duration, signed URL, params) and
-// for each step the event time of the first sample sent in the new state and the target tempo;
-// exit 0 when both steps were played, 1 otherwise.
+// Prints one JSON line: every played segment (wall-clock start, duration, signed URL, params,
+// format), for each step the event time of the first sample sent in the new state and the target
+// tempo, and what hls.js played (`hls`); exit 0 when both steps were played, 1 otherwise.
 import { chromium } from "playwright-core";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const HLS_JS = join(dirname(fileURLToPath(import.meta.url)), "node_modules", "hls.js", "dist", "hls.min.js");
 
 const [url, timeoutArg] = process.argv.slice(2);
 const timeoutMs = Number(timeoutArg || 200) * 1000;
@@ -39,11 +45,19 @@ try {
     s = await state();
   }
   const restTempo = s.played[s.played.length - 1].tempo;
+  const hlsPage = await playHls(context, url);
   // Step up: cadence 170, heart rate 160, running; then down to a walk: cadence 105, heart rate 120.
   const up = await step(page, { hr: 160, cadence: 170, activity: "RUNNING" }, started);
   const down = await step(page, { hr: 120, cadence: 105, activity: "WALKING" }, started);
+  // the HLS tab plays on (the session still running) until it has played 25 s, for at most 40 s more
+  for (const until = Date.now() + 40_000; Date.now() < until;) {
+    if (await hlsPage.evaluate(() => window.hlsAudio.currentTime) >= 25) break;
+    await page.waitForTimeout(500);
+  }
   // what the page shows as playing, read in the same turn as what it played
   const [last, shown] = await page.evaluate(() => [window.entrain, document.getElementById("showPlaying").textContent]);
+  result.hls = await hlsPage.evaluate(() => ({ ...window.hlsResult, played_s: window.hlsAudio.currentTime,
+                                               paused: window.hlsAudio.paused }));
   Object.assign(result, {
     ok: true, rest_tempo: restTempo, up, down,
     played: last.played, underruns: last.underruns, swaps: last.swaps,
@@ -55,6 +69,35 @@ try {
   await context.close();
 }
 console.log(JSON.stringify(result));
+
+// A tab at the page's origin (so the playlist request may carry the token) playing the live HLS
+// playlist with hls.js: the fragments it buffered, its errors, how far it played.
+async function playHls(context, pageUrl) {
+  const token = new URLSearchParams(new URL(pageUrl).hash.slice(1)).get("token");
+  const tab = await context.newPage();
+  tab.on("pageerror", (e) => console.error("hls tab error:", e.message));
+  await tab.goto(new URL("/", pageUrl).href);
+  await tab.addScriptTag({ path: HLS_JS });
+  await tab.evaluate((token) => {
+    window.hlsResult = { fragments: 0, errors: [], codecs: null, supported: Hls.isSupported() };
+    const audio = document.createElement("audio");
+    audio.muted = true;  // autoplay allowed; the element still decodes and advances
+    document.body.append(audio);
+    window.hlsAudio = audio;
+    const hls = new Hls({ xhrSetup: (xhr, u) => {
+      if (u.includes("/v1/playlist")) xhr.setRequestHeader("Authorization", "Bearer " + token);
+    } });
+    hls.on(Hls.Events.ERROR, (_, d) => window.hlsResult.errors.push({ type: d.type, details: d.details, fatal: d.fatal }));
+    hls.on(Hls.Events.FRAG_BUFFERED, () => { window.hlsResult.fragments++; });
+    hls.on(Hls.Events.MANIFEST_PARSED, (_, d) => {
+      window.hlsResult.codecs = d.levels.map((l) => l.audioCodec || l.codecSet || null);
+      audio.play();
+    });
+    hls.loadSource("/v1/playlist.m3u8");
+    hls.attachMedia(audio);
+  }, token);
+  return tab;
+}
 
 // Move the sliders to a new state; resolves once three played segments in a row after it are
 // within 3% of the target tempo, with the first sample sent in the new state and that target.

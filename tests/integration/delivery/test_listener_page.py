@@ -3,19 +3,26 @@ broker: the page posts telemetry through ingest, plays the watermarked segments 
 delivery, follows a step up from rest to a run (cadence 170) and down to a walk (105), and the
 test measures from the audio the page played when the change was heard (tests.hearing): the
 figures bench-adapt reports for its simulated players, here for the real page, printed at the
-end of the run (FIGURES ...)."""
+end of the run (FIGURES ...).
+
+This is the pipeline's run on the S3 segment store (the local s3proxy), and the media path's
+real-player check: the page plays the AAC renditions through its Web Audio scheduler, a second
+tab plays the live HLS playlist with hls.js, and meanwhile ``ffmpeg -i <playlist URL>`` (the
+listener's token in its request headers) decodes 20 s of the running session."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from tests.hearing import Played, audible, track_beats
 from tests.pipeline import Pipeline
@@ -29,24 +36,69 @@ def test_the_page_follows_a_run_and_a_walk(isolated: KafkaSettings, tmp_path: Pa
                                            record_property: Any) -> None:
     if not (BROWSER_DIR / "node_modules" / "playwright-core").exists() or not shutil.which("chromium"):
         pytest.fail("playwright-core or chromium missing: `make test` installs both")
-    pipeline = Pipeline(isolated, tmp_path).start()
+    pipeline = Pipeline(isolated, tmp_path, s3=True).start()
     try:
         # The test is the app's backend: it mints the listener token with its app key and opens the page with it.
         url = f"{pipeline.delivery_url}/#token={pipeline.token('browser-test')}&ingest={pipeline.ingest_url}"
+        decoded: dict[str, Any] = {}
+        ffmpeg = threading.Thread(target=decode_live_playlist, args=(pipeline, decoded), daemon=True)
+        ffmpeg.start()
         run = subprocess.run(["node", str(BROWSER_DIR / "listener_page.mjs"), url, "200"], cwd=BROWSER_DIR,
                              capture_output=True, text=True, timeout=300)
         assert run.stdout.strip(), run.stderr
         result = json.loads(run.stdout.strip().splitlines()[-1])
         assert result["ok"], (result, run.stderr[-2000:], pipeline.log("soundtrack")[-1500:])
+        assert {p["format"] for p in result["played"]} == {"aac"}, [p["format"] for p in result["played"]]
+        hls = result["hls"]
+        assert hls["supported"] and hls["played_s"] >= 20 and hls["fragments"] >= 5, hls
+        assert not [e for e in hls["errors"] if e["fatal"]], hls
+        ffmpeg.join(timeout=60)
+        assert decoded and not decoded["ended_early"] and not decoded["stderr"], decoded
+        assert decoded["seconds"] >= 20 and decoded["rms"] > 1e-3, decoded  # 20 s of music, not silence
         assert result["up"]["target_tempo"] >= result["rest_tempo"] * 1.05
         assert float(result["shown_tempo"]) == pytest.approx(result["last_played_tempo"], abs=0.05)  # shows what plays
-        figures = heard(pipeline, result)
+        figures = {**heard(pipeline, result), "hls_js_played_s": round(hls["played_s"], 1),
+                   "hls_js_fragments": hls["fragments"], "ffmpeg_decoded_s": round(decoded["seconds"], 1)}
         record_property("figures", figures)
         # the page played both steps (its metadata said so); the audio must say so too
         assert None not in (figures["audible_converged_up_s"], figures["audible_converged_down_s"]), figures
         check_export_and_erasure(pipeline)
     finally:
         pipeline.stop()
+
+
+def decode_live_playlist(pipeline: Pipeline, out: dict[str, Any]) -> None:
+    """Once the session has three segments: ffmpeg plays the live HLS playlist from its first
+    segment (the token in the request headers, as a player's backend would pass it) and decodes 20 s."""
+    token = pipeline.token("browser-test")
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        try:
+            if sum(1 for s in get(f"{pipeline.delivery_url}/v1/playlist", token)["segments"] if s["rendition"]) >= 3:
+                break
+        except urllib.error.URLError:
+            pass
+        time.sleep(1)
+    # Samples are counted, not timestamps (ffmpeg's -t): where the stream breaks (a fragment encoded
+    # after a replanned predecessor, EXT-X-DISCONTINUITY) the media timeline may jump.
+    want = 20 * 44_100 * 2 * 4
+    player = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-headers", f"Authorization: Bearer {token}\r\n",
+                               "-live_start_index", "0", "-i", f"{pipeline.delivery_url}/v1/playlist.m3u8",
+                               "-f", "f32le", "-ac", "2", "-ar", "44100", "-"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert player.stdout is not None and player.stderr is not None
+    data = bytearray()
+    deadline = time.monotonic() + 120
+    while len(data) < want and time.monotonic() < deadline:
+        chunk = player.stdout.read1(65536)
+        if not chunk:
+            break  # ffmpeg ended
+        data += chunk
+    player.terminate()
+    _, errors = player.communicate(timeout=30)
+    audio = np.frombuffer(bytes(data[:len(data) // 4 * 4]), np.float32)
+    out.update(ended_early=len(data) < want, stderr=errors.decode(errors="replace")[-2000:],
+               seconds=len(audio) / 2 / 44_100, rms=float(np.sqrt(np.mean(audio**2))) if len(audio) else 0.0)
 
 
 def heard(pipeline: Pipeline, result: dict[str, Any]) -> dict[str, Any]:
