@@ -31,7 +31,7 @@ from kit.settings import STATE_DIR
 
 
 class SegmentStore(Protocol):
-    def put(self, data: bytes, extension: str) -> tuple[str, str]: ...
+    def put(self, data: bytes, extension: str, refresh: bool = False) -> tuple[str, str]: ...
     def get(self, uri: str) -> bytes: ...
     def get_content(self, sha256: str, extension: str) -> bytes: ...
     def put_once(self, name: str, data: bytes) -> bytes: ...
@@ -66,11 +66,14 @@ class FileStore:
     def __init__(self, root: Path | None = None) -> None:
         self.root = (root or Path(os.environ.get("ENTRAIN_SEGMENT_STORE", STATE_DIR / "segments"))).resolve()
 
-    def put(self, data: bytes, extension: str) -> tuple[str, str]:
-        """Store bytes under their SHA-256; returns (uri, sha256). Idempotent."""
+    def put(self, data: bytes, extension: str, refresh: bool = False) -> tuple[str, str]:
+        """Store bytes under their SHA-256; returns (uri, sha256). Idempotent. ``refresh``: an object
+        already there is made new again (its age restarts, so a retention rule keeps it)."""
         digest = hashlib.sha256(data).hexdigest()
         path = self.root / content_key(digest, extension)
-        if not path.exists():
+        if path.exists() and refresh:
+            os.utime(path)
+        elif not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_bytes(data)
@@ -163,10 +166,15 @@ class S3Store:
         except FileNotFoundError:
             return None
 
-    def put(self, data: bytes, extension: str) -> tuple[str, str]:
+    def put(self, data: bytes, extension: str, refresh: bool = False) -> tuple[str, str]:
+        import obstore
+
         digest = hashlib.sha256(data).hexdigest()
         key = content_key(digest, extension)
-        self._create(key, data)  # already there: the same bytes (the key is their hash)
+        if refresh:  # rewritten: the same bytes, a new Last-Modified (a lifecycle rule counts from it)
+            obstore.put(self._store, key, data, mode="overwrite")
+        else:
+            self._create(key, data)  # already there: the same bytes (the key is their hash)
         return self._uri(key), digest
 
     def get(self, uri: str) -> bytes:

@@ -35,6 +35,10 @@ DISCONTINUITIES = Counter("entrain_watermark_rendition_discontinuities_total",
                           "(its predecessor has no rendition).")
 TAIL = 2 * media.WINDOW  # predecessor samples kept: more than media.context_samples can ask for
 KEEP = 1024  # recent placements and tails in memory (about 32 KiB each)
+# Every rendition names the one initialisation segment, written once; it is rewritten this often so
+# that a retention rule on the store (objects expire some days after they were written) never
+# removes it while renditions still name it (docs/media.md).
+INIT_REFRESH_S = 24 * 3600
 
 
 def record_name(segment_id: str) -> str:
@@ -46,6 +50,7 @@ class Renditions:
         self.store, self.keep = store, keep
         self._recent: OrderedDict[str, tuple[media.Placement, np.ndarray]] = OrderedDict()
         self._init: tuple[str, str] | None = None
+        self._init_written = 0.0
 
     def make(self, segment: dict[str, Any], master: np.ndarray, master_sha256: str) -> dict[str, Any]:
         """The rendition of a segment whose marked master (frames x 2, as stored) is ``master``."""
@@ -92,6 +97,7 @@ class Renditions:
             self._recent.popitem(last=False)
 
     def _init_segment(self) -> tuple[str, str]:
-        if self._init is None:
-            self._init = self.store.put(media.init_segment(), "mp4")
+        if self._init is None or time.monotonic() - self._init_written > INIT_REFRESH_S:
+            self._init = self.store.put(media.init_segment(), "mp4", refresh=self._init is not None)
+            self._init_written = time.monotonic()
         return self._init

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+import time
 from typing import Any
 
 import obstore
@@ -37,6 +38,20 @@ def test_objects_are_content_addressed_checked_and_written_once(env: dict[str, s
     obstore.put(store._store, f"{digest[:2]}/{digest}.m4s", b"something else")
     with pytest.raises(StoreError, match="do not hash to their name"):
         store.get_content(digest, "m4s")
+
+
+def test_a_refreshing_put_restarts_an_objects_age(env: dict[str, str]) -> None:
+    store = store_from_env(env)
+    assert isinstance(store, S3Store)
+    _, digest = store.put(b"init segment", "mp4")
+    key = f"{digest[:2]}/{digest}.mp4"
+    first = obstore.head(store._store, key)["last_modified"]
+    time.sleep(1.1)  # Last-Modified has one-second resolution
+    store.put(b"init segment", "mp4")
+    assert obstore.head(store._store, key)["last_modified"] == first  # idempotent: not rewritten
+    store.put(b"init segment", "mp4", refresh=True)
+    assert obstore.head(store._store, key)["last_modified"] > first
+    assert store.get_content(digest, "mp4") == b"init segment"
 
 
 def test_the_first_write_of_a_name_wins_among_concurrent_writers(env: dict[str, str]) -> None:
