@@ -12,6 +12,12 @@ users.yaml      Strimzi KafkaUser per principal: SCRAM-SHA-512 and the least-pri
 registry.yaml   Apicurio Registry 3.3.3 (Deployment + Service; SQL storage on your PostgreSQL,
                 from the Secret ``registry-db``) and the Job that registers every committed schema
 
+The services that read or write segment audio (delivery, inference, retrainer, watermark) find the
+S3 bucket in the ConfigMap ``segment-store`` (in services.yaml: ``url`` s3://bucket/prefix,
+``region``, and an optional ``endpoint`` for S3-compatible servers) and its keys in the optional
+Secret ``segment-store-credentials`` (``access-key-id``, ``secret-access-key``); without that
+Secret the S3 client uses the pod's own identity (docs/media.md).
+
 Every service reaches the cluster over SASL_SSL (SCRAM-SHA-512) trusting Strimzi's cluster CA,
 creates what it creates with replication factor 3 and min.insync.replicas 2, and finds its
 schemas at the registry (basic auth from the optional Secret ``registry-client``, key user-info).
@@ -76,6 +82,24 @@ CA_MOUNT = [{"name": "kafka-ca", "mountPath": "/kafka-ca", "readOnly": True}]
 CA_VOLUME = [{"name": "kafka-ca", "secret": {"secretName": f"{CLUSTER}-cluster-ca-cert"}}]  # Strimzi's cluster CA
 
 
+STORE_USERS = ("delivery", "inference", "retrainer", "watermark")
+STORE_CONFIG = {"url": "s3://entrain-segments/segments", "region": "us-east-1"}
+
+
+def store_env() -> list[dict[str, Any]]:
+    """Where segment audio lives (kit.store): the bucket from a ConfigMap, keys from an optional Secret."""
+    def config(name: str, key: str, optional: bool = False) -> dict[str, Any]:
+        ref: dict[str, Any] = {"name": "segment-store", "key": key, **({"optional": True} if optional else {})}
+        return {"name": name, "valueFrom": {"configMapKeyRef": ref}}
+
+    def secret(name: str, key: str) -> dict[str, Any]:
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": "segment-store-credentials", "key": key,
+                                                              "optional": True}}}
+    return [config("ENTRAIN_SEGMENT_STORE", "url"), config("AWS_REGION", "region"),
+            config("AWS_ENDPOINT_URL", "endpoint", optional=True),
+            secret("AWS_ACCESS_KEY_ID", "access-key-id"), secret("AWS_SECRET_ACCESS_KEY", "secret-access-key")]
+
+
 def client_env(user: str) -> list[dict[str, Any]]:
     """How a pod reaches Kafka (as ``user``, its KafkaUser) and the schema registry."""
     return [{"name": "KAFKA_BOOTSTRAP_SERVERS", "value": f"{CLUSTER}-kafka-bootstrap:9093"},
@@ -126,7 +150,9 @@ def registry() -> list[dict[str, Any]]:
 
 
 def workloads() -> list[dict[str, Any]]:
-    docs = []
+    docs: list[dict[str, Any]] = [{
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "segment-store", "namespace": NAMESPACE},
+        "data": dict(STORE_CONFIG)}]  # add `endpoint` for an S3-compatible server other than AWS
     for name, spec in SERVICES.items():
         labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "entrain"}
         env = client_env(name) + [
@@ -145,6 +171,8 @@ def workloads() -> list[dict[str, Any]]:
         if name == "watermark":
             env += [{"name": "ENTRAIN_WATERMARK_KEYS_FILE", "value": "/secrets/watermark-keys.json"},
                     {"name": "ENTRAIN_API_KEYS_FILE", "value": "/secrets/api-keys.json"}]  # the detection API
+        if name in STORE_USERS:
+            env += store_env()
         if name == "royalty":  # a stable transactional id per replica
             env.append({"name": "ENTRAIN_ROYALTY_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
         container: dict[str, Any] = {

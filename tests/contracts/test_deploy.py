@@ -29,10 +29,20 @@ def test_the_compose_file_is_valid_and_builds_existing_targets() -> None:
     tool = shutil.which("docker-compose")
     assert tool, "docker-compose is missing: `make venv` installs Debian's docker-compose package"
     env = {**os.environ, "ENTRAIN_API_KEYS": "[]", "ENTRAIN_PSEUDONYM_SECRET": "x", "ENTRAIN_WATERMARK_KEYS": "k=00",
-           "ENTRAIN_TOKEN_SIGNING_KEYS": "{}", "ENTRAIN_TOKEN_PUBLIC_KEYS": "{}"}
-    result = subprocess.run([tool, "-p", "entrain", "-f", "compose.yaml", "config", "-q"], cwd=DEPLOY, env=env,
+           "ENTRAIN_TOKEN_SIGNING_KEYS": "{}", "ENTRAIN_TOKEN_PUBLIC_KEYS": "{}",
+           "SEGMENT_STORE_ACCESS_KEY_ID": "id", "SEGMENT_STORE_SECRET_ACCESS_KEY": "secret"}
+    result = subprocess.run([tool, "-p", "entrain", "-f", "compose.yaml", "config"], cwd=DEPLOY, env=env,
                             capture_output=True, check=False)
     assert result.returncode == 0, result.stderr.decode()
+    resolved = yaml.safe_load(result.stdout)["services"]
+    for name, service in resolved.items():  # segment audio: in the S3 server, only for those that use it
+        environment = service.get("environment") or {}
+        uses_store = name in ("delivery", "inference", "retrainer", "watermark")
+        assert (environment.get("ENTRAIN_SEGMENT_STORE") == "s3://entrain-segments/segments") == uses_store, name
+        assert ("AWS_SECRET_ACCESS_KEY" in environment) == uses_store, name
+        if uses_store:
+            assert environment["AWS_ENDPOINT_URL"] == "http://s3:80" and not service.get("volumes"), name
+    assert resolved["s3"]["environment"]["S3PROXY_CREDENTIAL"] == "secret"
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     targets = set(re.findall(r"^FROM \S+ AS (\S+)$", (DEPLOY / "Dockerfile").read_text(), re.MULTILINE))
     for name, service in compose["services"].items():
@@ -48,9 +58,21 @@ def test_the_generated_kubernetes_manifests_are_current() -> None:
 
 def test_core_resources_pass_the_kubernetes_schemas() -> None:
     docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "generated" / "services.yaml").read_text()))
-    assert {d["kind"] for d in docs} == {"Deployment", "StatefulSet", "Service"}
+    assert {d["kind"] for d in docs} == {"Deployment", "StatefulSet", "Service", "ConfigMap"}
     for doc in docs:
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    # segment audio: the bucket for the services that use it (and only them), its keys from a Secret
+    env = {d["metadata"]["name"]: {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+           for d in docs if d["kind"] in ("Deployment", "StatefulSet")}
+    (store,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert store["data"]["url"].startswith("s3://")
+    for name, variables in env.items():
+        uses = name in ("delivery", "inference", "retrainer", "watermark")
+        assert ("ENTRAIN_SEGMENT_STORE" in variables) == uses == ("AWS_SECRET_ACCESS_KEY" in variables), name
+        if uses:
+            assert variables["ENTRAIN_SEGMENT_STORE"]["valueFrom"]["configMapKeyRef"]["name"] == "segment-store"
+            secret = variables["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]
+            assert secret["name"] == "segment-store-credentials"
 
 
 def test_custom_resources_follow_the_contracts() -> None:
