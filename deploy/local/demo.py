@@ -216,6 +216,39 @@ def demo_segments(listeners: list[Listener]) -> list[dict[str, Any]]:
     return out
 
 
+def delivered(own: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What an HLS player of the session plays: the first version of each position, in order
+    (``own``: the session's segments by position, versions in the order they were written)."""
+    first: dict[int, dict[str, Any]] = {}
+    for segment in own:
+        first.setdefault(int(segment["sequence"]), segment)
+    return [first[k] for k in sorted(first)]
+
+
+def rendition_audio(store: Any, heard: list[dict[str, Any]], folder: Path) -> np.ndarray:
+    """The session's AAC rendition as an HLS player downloads it, written to ``folder`` (the
+    playlist delivery writes, with every segment and an end, and the objects it names: play it with
+    ``ffplay folder/index.m3u8``), decoded in order by one decoder from its first sample."""
+    from delivery.playlists import Entry, hls_media_playlist
+    from kit import media
+
+    with_rendition = [s for s in heard if s.get("rendition")]
+    if not with_rendition:
+        return np.zeros((1, 2), np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    init = store.get(with_rendition[0]["rendition"]["init_uri"])
+    (folder / f"{with_rendition[0]['rendition']['init_sha256']}.mp4").write_bytes(init)
+    fragments = []
+    for segment in with_rendition:
+        fragments.append(store.get(segment["rendition"]["uri"]))
+        (folder / f"{segment['rendition']['sha256']}.m4s").write_bytes(fragments[-1])
+    (folder / "index.m3u8").write_text(hls_media_playlist([Entry(s, 0) for s in with_rendition],
+                                                          lambda sha, ext: f"{sha}.{ext}", ended=True,
+                                                          window=len(with_rendition)))
+    audio, _ = media.decode(init, fragments)
+    return audio
+
+
 def write_artifacts(listeners: list[Listener], segments: list[dict[str, Any]], out: Path, started: float) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -232,14 +265,22 @@ def write_artifacts(listeners: list[Listener], segments: list[dict[str, Any]], o
     registry.wait(60)
     first = listeners[0]
     own = sorted((s for s in segments if s["session_id"] == first.session_id), key=lambda s: s["sequence"])
-    audio = np.concatenate([decode_bytes(store.get(s["audio"]["uri"]))[0] for s in own]) if own else np.zeros((1, 2))
+    heard = delivered(own)
+    hls = out / f"{first.user_id}-hls"
+    audio = rendition_audio(store, heard, hls)
     wav = out / f"{first.user_id}.wav"
     wav.write_bytes(encode_wav(audio, 44_100, "PCM_16"))
+    masters = [decode_bytes(store.get(s["audio"]["uri"]))[0] for s in heard]
+    master = np.concatenate(masters) if masters else np.zeros((1, 2))
+    (out / f"{first.user_id}-master.wav").write_bytes(encode_wav(master, 44_100, "PCM_16"))
     mp3 = out / f"{first.user_id}.mp3"
     mp3.write_bytes(ffmpeg(["-f", "wav", "-i", "pipe:0", "-c:a", "libmp3lame", "-b:a", "128k", "-f", "mp3",
                             "pipe:1"], wav.read_bytes()).stdout)
-    print(f"  soundtrack of {first.user_id}: {wav.relative_to(REPO_ROOT)} ({len(audio) / 44_100:.0f} s, "
-          f"{len(own)} segments; MP3 copy {mp3.name})")
+    received = sum(p.stat().st_size for p in hls.iterdir() if p.suffix in (".mp4", ".m4s"))
+    print(f"  soundtrack of {first.user_id} as a player received it: {hls.relative_to(REPO_ROOT)}/index.m3u8 (AAC, "
+          f"{8 * received / max(len(audio) / 44_100, 1e-9) / 1000:.0f} kbit/s), decoded to {wav.name} "
+          f"({len(audio) / 44_100:.0f} s, {len(heard)} segments); the WAV masters joined: "
+          f"{first.user_id}-master.wav; MP3 copy {mp3.name}")
 
     # Plot: the body against the music (segments drawn at their playback time, ~ their deadline).
     fig, (ax, cohort_ax) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
@@ -272,7 +313,8 @@ def write_artifacts(listeners: list[Listener], segments: list[dict[str, Any]], o
     checks: dict[str, Any] = {}
     if len(audio) >= 10 * 44_100:
         window = audio[len(audio) // 3: len(audio) // 3 + 10 * 44_100]
-        checks["wav_10s_window"] = report(encode_wav(window, 44_100), keys, registry)
+        checks["rendition_10s_window"] = report(encode_wav(window, 44_100), keys, registry)
+        checks["rendition_whole_soundtrack"] = report(wav.read_bytes(), keys, registry)
         checks["mp3_128k_whole_soundtrack"] = report(mp3.read_bytes(), keys, registry)
     summary = {"segments": len(segments), "verified_by_service": verified,
                "min_verification_score": min((s["watermark"]["verification_score"] for s in segments), default=None),
@@ -280,7 +322,7 @@ def write_artifacts(listeners: list[Listener], segments: list[dict[str, Any]], o
     (out / "watermark-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"  watermark: {verified}/{len(segments)} segments verified by the service "
           f"(min score {summary['min_verification_score']})")
-    own_ids = {s["segment_id"] for s in own}
+    own_ids = {s["segment_id"] for s in heard}
     for name, check in checks.items():
         named = {h["segment_id"] for h in check["segments"]} & own_ids
         print(f"    detector on {name} ({check['duration_s']:.0f} s): detected={check['detected']}, "

@@ -32,6 +32,7 @@ import io
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import cast
 
 import av
 import numpy as np
@@ -206,15 +207,26 @@ def _retime(media: bytes, decode_time: int, sequence: int) -> bytes:
 
 
 def decode(init: bytes, fragments: list[bytes]) -> tuple[np.ndarray, int]:
-    """Decode an init segment and fragments as a player does (one decoder, in order); returns the
-    audio (frames x 2, float32) and the media time of its first sample."""
-    with av.open(io.BytesIO(init + b"".join(fragments)), "r", format="mp4") as container:
-        stream = container.streams.audio[0]
-        chunks, first = [], None
-        for frame in container.decode(stream):
-            if first is None:
-                first = int(frame.pts or 0)
-            chunks.append(frame.to_ndarray().T)
+    """Decode an init segment and fragments as a player does: one decoder, fragments in the order
+    given, whatever their timestamps (across a discontinuity the media time may jump back or ahead,
+    and a demuxer reading them as one file would drop what overlaps). Returns the audio (frames x 2,
+    float32) and the media time of its first sample."""
+    decoder: av.AudioCodecContext | None = None
+    chunks, first = [], None
+    for fragment in fragments:
+        with av.open(io.BytesIO(init + fragment), "r", format="mp4") as container:
+            stream = container.streams.audio[0]
+            if decoder is None:
+                decoder = cast(av.AudioCodecContext, av.CodecContext.create(stream.codec_context.name, "r"))
+                decoder.extradata = stream.codec_context.extradata
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's end-of-stream marker
+                if first is None:
+                    first = int(packet.pts or 0)
+                chunks += [frame.to_ndarray().T for frame in decoder.decode(packet)]
+    if decoder is not None:
+        chunks += [frame.to_ndarray().T for frame in decoder.decode(None)]
     if not chunks:
         raise MediaError("nothing decoded")
     return np.concatenate(chunks).astype(np.float32), int(first or 0)

@@ -79,3 +79,14 @@ def test_audio_that_cannot_be_a_rendition_is_refused() -> None:
     after = media.place(44_100, placement)
     with pytest.raises(media.MediaError, match="tail"):
         media.encode_fragment(np.zeros((44_100, 2), np.float32), after, np.zeros((100, 2), np.float32), 2)
+
+
+def test_a_stream_with_a_new_timeline_decodes_every_fragment() -> None:
+    # the third segment's predecessor has no rendition: it opens a new timeline (its media time
+    # starts again at 0), which a demuxer reading the fragments as one file would overlap and drop
+    parts = masters([30_000, 30_000, 30_000, 30_000])
+    fragments, placements = encode_session(parts[:2])
+    restarted, restarted_placements = encode_session(parts[2:])
+    audio, first = media.decode(media.init_segment(), fragments + restarted)
+    assert first == 0
+    assert len(audio) == sum(p.frames for p in placements + restarted_placements) * media.FRAME
