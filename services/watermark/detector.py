@@ -1,7 +1,7 @@
 """Detection for everyone: any audio file in, a verdict with payload and provenance out.
 
 CLI:  python -m watermark.detector FILE [FILE ...]   (JSON per file; exit 0 all read, 2 on a bad file)
-      A file longer than 12 s is scanned in 4 s windows: every segment in it is listed.
+      Every file is scanned in 4 s windows (and read whole too up to 12 s): every segment in it is listed.
 HTTP: POST /v1/detect with the file as the body and any Entrain API key (Authorization:
       Bearer <key>; served by the watermark service, port ENTRAIN_WATERMARK_DETECT_PORT,
       default 8084). 401 without a valid key, 429 over DETECTIONS_PER_S per key (a detection
@@ -36,8 +36,26 @@ DETECTIONS_PER_S, DETECTION_BURST = 5.0, 20.0  # per API key: detection costs CP
 AUDIO_S_PER_TOKEN = 12.0
 
 
-WINDOW_S, WINDOW_HOP_S = 4.0, 2.0  # long files: segments restart the mark's block, so scan windows
-LONG_FILE_S = 12.0
+WINDOW_S, WINDOW_HOP_S = 4.0, 2.0  # segments restart the mark's block, so a stream is scanned in windows
+LONG_FILE_S = 12.0  # up to this a file is also read as one window (a single clip: all its blocks)
+
+
+def windows_of(audio: Any, rate: int) -> list[tuple[float, Any]]:
+    """The analysis windows of a file, as (offset in s, audio): the whole file when it is at most
+    LONG_FILE_S, and WINDOW_S windows every WINDOW_HOP_S (the last one ending with the file) when it
+    is longer than WINDOW_S. A stream's segments are 2-4.3 s long and each restarts the mark, so a
+    window holding several of them reads none well; a 4 s window every 2 s holds every 2 s of the
+    file whole, whatever the offset of the cut."""
+    windows = []
+    size, step = int(WINDOW_S * rate), int(WINDOW_HOP_S * rate)
+    if len(audio) > size:
+        starts = list(range(0, len(audio) - size + 1, step))
+        if starts[-1] + size < len(audio):
+            starts.append(len(audio) - size)
+        windows += [(i / rate, audio[i:i + size]) for i in starts]
+    if len(audio) <= LONG_FILE_S * rate:  # last: a segment's first_seen_s comes from a window that holds it
+        windows.append((0.0, audio))
+    return windows
 
 
 def report(data: bytes, keys: KeyRing, registry: RegistryIndex | None,
@@ -45,20 +63,14 @@ def report(data: bytes, keys: KeyRing, registry: RegistryIndex | None,
     """Decode and detect; raises AudioError for files that are not usable audio. ``charge`` is
     called with the decoded duration before detection starts (it may raise to refuse).
 
-    Up to LONG_FILE_S seconds the file is one analysis window. A longer file (a stream of
-    segments, each marked from its own start) is scanned in WINDOW_S windows every
-    WINDOW_HOP_S; every segment found is listed, and the designed false-positive rate is
-    per window, so the file's is that times the number of windows."""
+    The file is read in the windows of ``windows_of``; every segment found is listed, and the
+    designed false-positive rate is per window, so the file's is that times the number of windows."""
     audio, rate = decode_bytes(data)
     started = time.perf_counter()
     duration = len(audio) / rate
     if charge is not None:
         charge(duration)
-    if duration <= LONG_FILE_S:
-        windows = [(0.0, audio)]
-    else:
-        step, size = int(WINDOW_HOP_S * rate), int(WINDOW_S * rate)
-        windows = [(i / rate, audio[i:i + size]) for i in range(0, len(audio) - size + 1, step)]
+    windows = windows_of(audio, rate)
     found: dict[tuple[str, int], dict[str, Any]] = {}
     best = None
     for offset_s, window in windows:

@@ -27,6 +27,8 @@ import pytest
 from tests.hearing import Played, audible, track_beats
 from tests.pipeline import Pipeline
 
+from kit import media
+from kit.audio import encode_wav
 from kit.settings import REPO_ROOT, KafkaSettings
 
 BROWSER_DIR = REPO_ROOT / "tests" / "browser"
@@ -59,9 +61,10 @@ def test_the_page_follows_a_run_and_a_walk(isolated: KafkaSettings, tmp_path: Pa
         assert float(result["shown_tempo"]) == pytest.approx(result["last_played_tempo"], abs=0.05)  # shows what plays
         figures = {**heard(pipeline, result), "hls_js_played_s": round(hls["played_s"], 1),
                    "hls_js_fragments": hls["fragments"], "ffmpeg_decoded_s": round(decoded["seconds"], 1)}
-        record_property("figures", figures)
         # the page played both steps (its metadata said so); the audio must say so too
         assert None not in (figures["audible_converged_up_s"], figures["audible_converged_down_s"]), figures
+        figures["rendition_segments_named"] = check_the_delivered_rendition_names_every_segment(pipeline)
+        record_property("figures", figures)
         check_export_and_erasure(pipeline)
     finally:
         pipeline.stop()
@@ -126,6 +129,31 @@ def get(url: str, token: str) -> dict[str, Any]:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=120) as response:
         return dict(json.loads(response.read()))
+
+
+def check_the_delivered_rendition_names_every_segment(pipeline: Pipeline) -> int:
+    """The watermark on what a listener receives: the session's AAC fragments as HLS lists them,
+    downloaded by their signed URLs, joined as a player decodes them, sent to the public detector
+    (any Entrain key): every segment is named, with its provenance."""
+    token = pipeline.token("browser-test")
+    listed = [s for s in get(f"{pipeline.delivery_url}/v1/playlist", token)["segments"] if s["rendition"]]
+    assert len(listed) >= 5, listed
+
+    def fetch(url: str) -> bytes:
+        with urllib.request.urlopen(f"{pipeline.delivery_url}{url}", timeout=30) as response:
+            return bytes(response.read())
+
+    audio, _ = media.decode(fetch(listed[0]["rendition"]["init_url"]), [fetch(s["rendition"]["url"]) for s in listed])
+    request = urllib.request.Request(f"http://127.0.0.1:{pipeline.ports['detect']}/v1/detect",
+                                     data=encode_wav(audio, media.SAMPLE_RATE, "PCM_16"),
+                                     headers={"Authorization": f"Bearer {pipeline.app_key}"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        found = json.loads(response.read())
+    named = {h["segment_id"]: h for h in found["segments"] if h["segment_id"]}
+    missing = [s["segment_id"] for s in listed if s["segment_id"] not in named]
+    assert not missing, (missing, len(listed), found["segments"])
+    assert all(named[s["segment_id"]]["provenance"]["segment_id"] == s["segment_id"] for s in listed)
+    return len(listed)
 
 
 def check_export_and_erasure(pipeline: Pipeline) -> None:
