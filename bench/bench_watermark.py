@@ -8,6 +8,10 @@
   false pos.   detection on 10 s windows of unmarked audio: the clean clips at many offsets,
                white and pink noise, and unmarked music x10 with clipping (which the detector
                also reads in the clip domain), with every window counted
+  stream       excerpts of 5-30 s cut anywhere from multi-segment sessions (bench/watermark_streams.py),
+               from the marked masters (stream_excerpt) and from the delivered AAC rendition
+               decoded as a player does (delivered_rendition): detected and named, per length
+               and tempo band
   speed        embed, detect and verify (the service's check of a segment it marked, at the
                known alignment) as x real time on one core (single-threaded numpy/BLAS),
                against a baseline in the same run: one STFT+ISTFT round trip of the same
@@ -28,12 +32,15 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import argparse
 import json
 import time
+from typing import Any
 
 import numpy as np
+import watermark_streams
 from tests.watermark_clips import music_clips
 
 from watermark.attacks import ATTACKS
-from watermark.scheme import SAMPLE_RATE, Key, _istft, _stft, detect, embed, verify, word_bits
+from watermark.keys import KeyRing
+from watermark.scheme import SAMPLE_RATE, _istft, _stft, detect, embed, verify, word_bits
 
 
 def main() -> None:
@@ -41,8 +48,12 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=50)
     parser.add_argument("--fp-windows", type=int, default=10_000)
     parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--excerpts", type=int, default=1000, help="stream excerpts of the masters (0: none)")
+    parser.add_argument("--rendition-excerpts", type=int, default=250, help="... of the delivered rendition")
+    parser.add_argument("--session-s", type=float, default=60.0, help="length of each session excerpts come from")
     args = parser.parse_args()
-    key = Key("wk-bench", bytes.fromhex("5a" * 32))
+    ring = KeyRing.from_mapping({"wk-bench": "5a" * 32}, "wk-bench")
+    key = ring.active
     rng = np.random.default_rng(2026)
     clips = music_clips(args.clips, 10.0, seed=42)
     seconds = 10.0 * len(clips)
@@ -115,7 +126,21 @@ def main() -> None:
         if windows % 1000 == 0:
             print(f"  false-positive windows {windows}: {false_positives} detected, max score {max(fp_scores):.2f}")
 
+    streams: dict[str, Any] = {}
+    if args.excerpts or args.rendition_excerpts:
+        masters = watermark_streams.sessions(ring, args.session_s)
+        for name, count, source in (("stream_excerpt", args.excerpts, masters),
+                                    ("delivered_rendition", args.rendition_excerpts,
+                                     [watermark_streams.delivered(s) for s in masters] if args.rendition_excerpts
+                                     else [])):
+            if count:
+                streams[name] = watermark_streams.excerpts(source, ring, count)
+                print(f"  {name}: {json.dumps(streams[name])}")
+
     result = {
+        **{f"{name}_detected": figures["all"]["detected"] for name, figures in streams.items()},
+        **{f"{name}_named": figures["all"]["named"] for name, figures in streams.items()},
+        "streams": streams,
         "clips": len(clips), "snr_db": round(float(np.mean(snrs)), 2), "snr_db_min": round(float(np.min(snrs)), 2),
         "bit_acc": bit_acc, "detect_rate": detect_rate,
         "false_positives": false_positives, "windows_checked": windows,
