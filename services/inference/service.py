@@ -156,6 +156,25 @@ class DeliveredSlack:
         return out
 
 
+def request_params(request: dict[str, Any]) -> Params:
+    """A request's generation parameters (ValueError: outside what the engine accepts)."""
+    p = request["params"]
+    glide = p.get("tempo_from_bpm")
+    return Params(float(p["tempo_bpm"]), float(p["energy"]), p["mode"], int(p["key_tonic"]), int(p["bars"]),
+                  None if glide is None else float(glide))
+
+
+def invalid_request(record: Record) -> str | None:
+    """Why a request cannot be generated (the consumer loop checks it before holding it), or None."""
+    if record.value is None:
+        return "request is a tombstone"
+    try:
+        request_params(record.value)
+    except ValueError as exc:
+        return f"invalid params: {exc}"
+    return None
+
+
 def segment_id_for(request_id: str) -> str:
     return "seg-" + hashlib.sha256(request_id.encode()).hexdigest()[:24]
 
@@ -240,18 +259,11 @@ class InferenceService:
         reasons: list[str | None] = [None] * len(records)
         pending: list[tuple[int, dict[str, Any], Params]] = []
         for i, record in enumerate(records):
+            reasons[i] = invalid_request(record)
+            if reasons[i] is not None:
+                continue
             request = record.value
-            if request is None:
-                reasons[i] = "request is a tombstone"
-                continue
-            try:
-                p = request["params"]
-                glide = p.get("tempo_from_bpm")
-                params = Params(float(p["tempo_bpm"]), float(p["energy"]), p["mode"], int(p["key_tonic"]),
-                                int(p["bars"]), None if glide is None else float(glide))
-            except ValueError as exc:
-                reasons[i] = f"invalid params: {exc}"
-                continue
+            params = request_params(request)
             logged = self.log.record(segment_id_for(request["request_id"]))
             if logged is not None:
                 REPLAYED.inc()
@@ -439,7 +451,7 @@ def main() -> None:
     loop = ConsumerLoop(kafka, SERVICE, os.environ.get("ENTRAIN_INFERENCE_GROUP", kafka.group("inference")),
                         ["soundtrack.requests.v1"], lambda r: None, producer, batch_handler=service.handle,
                         batch_size=16, deadline_of=soundtrack_deadline, version_of=soundtrack_position,
-                        replacement_delay_ms=REPLACEMENT_DELAY_MS)
+                        replacement_delay_ms=REPLACEMENT_DELAY_MS, check=invalid_request)
     health = HealthServer.for_service(ServiceSettings.from_env("inference", 9103)).start()
     health.add_ready_check("kafka", lambda: producer.reachable(2.0))
     signal.signal(signal.SIGTERM, loop.stop)

@@ -23,6 +23,9 @@ poll -> decode -> handle -> (periodically) flush the producer, then commit.
 * With ``deadline_of`` the loop holds up to ``hold`` decoded records across polls and serves
   them earliest deadline first (``kit.deadlines``: late work last, superseded versions skipped
   with ``version_of``), committing per partition only below the lowest offset still held.
+  ``check`` judges a record's content before it is held: an invalid record is dead-lettered at
+  once, so it can neither replace a valid version of its position nor be skipped unreported
+  when a newer version replaces it.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ class ConsumerLoop:
     version_of: Callable[[Record], tuple[Hashable, Any] | None] | None = None
     deadline_grace_ms: int = 0  # late only this long after the deadline (kit.deadlines)
     replacement_delay_ms: int = 0  # a new version of a position served before yields this much (kit.deadlines)
+    check: Callable[[Record], str | None] | None = None  # with deadline_of: why a record is invalid, or None
     hold: int = 256
 
     def __post_init__(self) -> None:
@@ -330,7 +334,11 @@ class ConsumerLoop:
             if (topic, partition) not in self._owned:
                 continue  # returned by the poll that revoked it: its new owner consumes it
             record = self._decode(msg)
-            if record is None:
+            reason = None if record is None or self.check is None else self.check(record)
+            if reason is not None:
+                self._dead_letter(msg, "invalid", reason)
+                self._metrics[topic][0].inc()
+            if record is None or reason is not None:
                 queue.taken(topic, partition, offset)
                 continue
             superseded = queue.push(topic, partition, offset, (record, msg))

@@ -392,7 +392,9 @@ def _out_of_range(logical: str, example: dict[str, Any], n: int) -> dict[str, An
         return {**example, "request_id": f"req-chaos-bad-{n}", "params": {**example["params"], "tempo_bpm": 999.0},
                 "deadline": now + 600_000}
     if logical == "soundtrack.segments.generated.v1":  # its audio is not in the store
-        return {**example, "segment_id": f"seg-chaos-bad-{n}"}
+        # a position of its own: watermark checks the audio when it serves a record, so a newer
+        # bad version of the same position would replace this one unserved (by design)
+        return {**example, "segment_id": f"seg-chaos-bad-{n}", "sequence": 100_000 + n}
     if logical == "soundtrack.segments.v1":
         influences = [{"work_id": load_catalog()[0].work_id, "weight_ppm": 999_999}]
         return {**example, "segment_id": f"seg-chaos-bad-{n}",

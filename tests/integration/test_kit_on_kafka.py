@@ -241,6 +241,47 @@ def test_held_records_are_served_earliest_deadline_first_and_commits_stop_below_
     assert superseded == superseded_before + 2  # once in each run
 
 
+def test_a_held_record_that_fails_the_check_is_dead_lettered_before_it_can_replace_or_be_replaced(
+        isolated: KafkaSettings) -> None:
+    """Position 0: a valid request, then a newer invalid version (it must not replace the valid one);
+    position 1: two invalid versions (the older must not vanish as superseded). Both invalid
+    versions of 1 and the invalid one of 0 are dead-lettered with the check's reason; the valid
+    request is served."""
+    producer = Producer(isolated, "test")
+    serde = TopicSerde.for_topic(REQUESTS, isolated)
+    listener = uuid.uuid4().hex * 2
+    soon = int(time.time() * 1000) + 600_000
+
+    def bad(value: dict[str, Any]) -> dict[str, Any]:
+        return {**value, "params": {**value["params"], "tempo_bpm": 999.0}}
+
+    sent = [request_value(listener, 0, soon, soon - 10_000), bad(request_value(listener, 0, soon, soon - 5_000)),
+            bad(request_value(listener, 1, soon, soon - 10_000)), bad(request_value(listener, 1, soon, soon - 5_000))]
+    for value in sent:
+        producer.produce(serde, {"listener_id": listener}, value)
+    assert producer.flush(30) == 0
+    served: list[str] = []
+
+    def check(record: Record) -> str | None:
+        assert record.value is not None
+        tempo = record.value["params"]["tempo_bpm"]
+        return f"tempo_bpm {tempo} outside 40-240" if tempo > 240 else None
+
+    def handler(record: Record) -> None:
+        assert record.value is not None
+        served.append(record.value["request_id"])
+
+    stats = ConsumerLoop(isolated, "test", f"check-{uuid.uuid4().hex}", [REQUESTS], handler, producer,
+                         deadline_of=soundtrack_deadline, version_of=soundtrack_position,
+                         check=check).run(idle_timeout_s=10)
+    assert served == [sent[0]["request_id"]]
+    assert stats.dead_lettered == 3
+    dlq = [m for m in read_all(isolated, isolated.topic(REQUESTS + ".dlq"), 3)
+           if m.key() == serde.encode_key({"listener_id": listener})]
+    assert sorted(m.value() for m in dlq) == sorted(serde.encode_value(v) for v in sent[1:])
+    assert {dict(m.headers())["dlq.reason"] for m in dlq} == {b"tempo_bpm 999.0 outside 40-240"}
+
+
 def test_a_fenced_static_member_joins_again_and_keeps_consuming(isolated: KafkaSettings) -> None:
     """Another consumer joins with the loop's group.instance.id (what librdkafka #3437 does to a
     static member after a broker restart): the broker fences the loop's consumer for good, and the
