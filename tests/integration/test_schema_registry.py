@@ -30,7 +30,8 @@ STOCK_TOPICS = ("listener.telemetry.v1", "soundtrack.segments.v1", "royalty.even
 
 # A consumer that knows the bootstrap servers and the registry URL, and nothing of Entrain.
 STOCK_CLIENT = textwrap.dedent("""
-    import json, sys
+    import faulthandler, json, sys
+    faulthandler.dump_traceback_later(100, exit=True)  # a hang shows where it hangs (the test waits 120 s)
     from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.avro import AvroDeserializer
