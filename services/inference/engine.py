@@ -58,18 +58,20 @@ class Context:
     tokens: tuple[int, ...]  # the last CONTEXT_TOKENS melody tokens
     tail: np.ndarray  # float32 (samples, 2): what rings on past the segment's end
     degree: int  # the last chord
+    lufs: float | None = None  # the level it ended at (None: logged before levels followed energy)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
+        levels = {} if self.lufs is None else {"lufs": np.asarray(self.lufs, dtype=np.float64)}
         np.savez(buffer, tokens=np.asarray(self.tokens, dtype=np.int32), tail=self.tail.astype(np.float32),
-                 degree=np.asarray(self.degree, dtype=np.int32))
+                 degree=np.asarray(self.degree, dtype=np.int32), **levels)
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Context:
         with np.load(io.BytesIO(data), allow_pickle=False) as saved:
             return cls(tuple(int(t) for t in saved["tokens"]), saved["tail"].astype(np.float32),
-                       int(saved["degree"]))
+                       int(saved["degree"]), float(saved["lufs"]) if "lufs" in saved.files else None)
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ class Segment:
 
     @property
     def context(self) -> Context:
-        return Context(tuple(self.tokens[-CONTEXT_TOKENS:]), self.rendered.tail, self.degrees[-1])
+        return Context(tuple(self.tokens[-CONTEXT_TOKENS:]), self.rendered.tail, self.degrees[-1], self.rendered.lufs)
 
 
 class Engine:
@@ -130,7 +132,8 @@ class Engine:
             events = arrange(notes, degrees, params.mode, params.key_tonic, params.energy, params.bars,
                              np.random.default_rng(job.seed))
             raw, length = synthesize(events, params.tempo_bpm, params.bars, params.energy, params.tempo_from_bpm)
-            rendered = finish(raw, length, context.tail if context is not None else None)
+            rendered = finish(raw, length, context.tail if context is not None else None, params.energy,
+                              context.lufs if context is not None else None)
             segments.append(Segment(rendered, tokens, influences(notes, self.profiles, allowed), degrees))
         return segments
 

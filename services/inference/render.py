@@ -5,8 +5,19 @@ sixteenths on the segment's beat grid (``kit.tempo``: a constant tempo, or a gli
 previous segment's tempo that moves every beat), rounded from the exact running sum, so there
 is no drift. The segment is exactly ``bars`` bars long. Sound still ringing at the end (releases,
 reverb) is returned as a ``tail`` that the next segment of the same session mixes
-into its start, so joins are continuous. Loudness is normalised to TARGET_LUFS
-(ITU-R BS.1770 via pyloudnorm) and the peak kept below PEAK_CEILING_DBFS.
+into its start, so joins are continuous.
+
+The arrangement and the level follow energy, so a cool-down is quieter and sparser than a sprint:
+below SLEEP a pad, the melody and a soft bass note on every beat (no percussion); up to REST a
+shaker after beats 2 and 4 joins; from REST a kick on beats 1 and 3, hats on the off-beats and an
+arpeggio instead of the pad; from MOVING a snare on 2 and 4 with a hat before the next beat; from
+DRIVING four on the floor, a bass in eighths and one more sixteenth a bar; from 0.8 sixteenth hats.
+The onsets a beat grow with every step (``make bench-music`` measures it from the audio). The bass
+marks every beat at every energy, so the beat stays audible (and
+measurable) without a kick. Loudness (ITU-R BS.1770 via pyloudnorm) is normalised to
+``target_lufs(energy)``, QUIET_LUFS at energy 0 to LOUD_LUFS at 1, gliding within a segment from
+the level its predecessor ended at (neighbours of the same energy join level); the peak stays
+below PEAK_CEILING_DBFS.
 """
 
 from __future__ import annotations
@@ -24,7 +35,8 @@ from inference.music import Note, scale, triad
 from kit.tempo import beat_edges, step_sample
 
 SAMPLE_RATE = 44_100
-TARGET_LUFS = -16.0
+QUIET_LUFS, LOUD_LUFS = -27.0, -16.0  # energy 0 and 1 (louder than -16 would meet the peak ceiling)
+SLEEP, REST, MOVING, DRIVING = 0.15, 0.34, 0.5, 0.67  # energy thresholds of the arrangement
 PEAK_CEILING_DBFS = -1.0
 TAIL_SECONDS = 1.5
 DRUMS = 9
@@ -51,6 +63,11 @@ class Rendered:
     audio: np.ndarray  # float32, (samples, 2), exactly the segment's length
     tail: np.ndarray  # float32, (samples, 2), what rings on past the end
     gain: float
+    lufs: float  # the level it ends at (target_lufs of its energy): where the next one starts
+
+
+def target_lufs(energy: float) -> float:
+    return QUIET_LUFS + (LOUD_LUFS - QUIET_LUFS) * energy
 
 
 def tonic_reference(key_tonic: int) -> int:
@@ -59,7 +76,7 @@ def tonic_reference(key_tonic: int) -> int:
 
 def arrange(notes: list[Note], degrees: list[int], mode: str, key_tonic: int, energy: float, bars: int,
             rng: np.random.Generator) -> list[Event]:
-    """Melody, harmony, bass and drums as note events, their density and loudness set by energy."""
+    """Melody, harmony, bass and drums as note events, their layers, density and velocity set by energy."""
     root = tonic_reference(key_tonic)
     events: list[Event] = []
     melody_velocity = int(70 + 40 * energy)
@@ -74,33 +91,39 @@ def arrange(notes: list[Note], degrees: list[int], mode: str, key_tonic: int, en
     for half, degree in enumerate(degrees):
         start = half * 8
         chord = [root - 12 + x for x in triad(mode, degree)]
-        bass = root - 24 + scale(mode)[degree]
-        if energy < 0.34:  # sustained pad and a bass note per half bar
+        bass = 36 + (key_tonic + scale(mode)[degree]) % 12  # C2-B2: a bass's register, below 160 Hz
+        if energy < REST:  # sustained pad
             for k in chord:
                 note(start, 8, 1, k, int(45 + 20 * energy))
-            note(start, 8, 2, bass, 70)
-        else:  # arpeggiated eighths, bass on beats (eighths when intense)
+        else:  # arpeggiated eighths
             for i in range(4):
                 note(start + 2 * i, 2, 1, chord[(0, 1, 2, 1)[i]] + (12 if i == 2 else 0), int(45 + 35 * energy))
-            step = 2 if energy >= 0.67 else 4
-            for i in range(0, 8, step):
-                note(start + i, step * 0.9, 2, bass + (12 if energy >= 0.67 and i % 4 else 0), int(75 + 30 * energy))
-    for beat in range(bars * 4):  # the beat is always audible; the kit grows with energy
+        step = 2 if energy >= DRIVING else 4  # the bass on every beat (eighths when driving)
+        for i in range(0, 8, step):
+            velocity = int(75 + 30 * energy) if energy >= REST else int(62 + 30 * energy)
+            note(start + i, step * 0.9, 2, bass + (12 if energy >= DRIVING and i % 4 else 0), velocity)
+    for beat in range(bars * 4):  # the kit grows with energy, onsets a beat with it: none below SLEEP
         step = beat * 4
-        note(step, 1, DRUMS, KICK, int(88 + 30 * energy) if beat % 2 == 0 else int(78 + 30 * energy))
-        if energy >= 0.34:
+        if energy >= DRIVING or (energy >= REST and beat % 2 == 0):
+            note(step, 1, DRUMS, KICK, int(88 + 30 * energy) if beat % 2 == 0 else int(78 + 30 * energy))
+        if energy >= REST:
             note(step + 2, 1, DRUMS, CLOSED_HAT, int(40 + 40 * energy))
-        else:
-            note(step + 2, 1, DRUMS, SHAKER, 40)
-        if energy >= 0.5 and beat % 2 == 1:
+        elif energy >= SLEEP and beat % 2 == 1:
+            note(step + 2, 1, DRUMS, SHAKER, int(25 + 40 * energy))
+        if energy >= MOVING and beat % 2 == 1:
             note(step, 1, DRUMS, SNARE, int(60 + 45 * energy))
+            note(step + 3, 0.5, DRUMS, CLOSED_HAT, int(30 + 25 * energy))
+        if energy >= DRIVING and beat % 4 == 3:
+            note(step + 1, 0.5, DRUMS, CLOSED_HAT, int(30 + 25 * energy))
         if energy >= 0.8:
             note(step + 1, 0.5, DRUMS, CLOSED_HAT, 45)
             note(step + 3, 0.5, DRUMS, CLOSED_HAT, 45)
     return events
 
 
-PROGRAMS = {"low": (73, 48, 32), "mid": (0, 0, 33), "high": (81, 4, 38)}  # melody, harmony, bass
+# melody, harmony, bass: darker at rest, brighter with energy (the spectral centroid rises with it,
+# ``make bench-music``); a fingered bass from rest to moving, whose attack carries the beat without drums
+PROGRAMS = {"low": (0, 48, 33), "mid": (11, 4, 33), "high": (81, 5, 38)}
 
 
 _synths = threading.local()
@@ -130,7 +153,7 @@ def synthesize(events: list[Event], bpm: float, bars: int, energy: float,
     """Stereo float32 of the segment plus TAIL_SECONDS, and the segment's length in samples; with
     ``tempo_from`` the beats glide from that tempo to ``bpm`` (``kit.tempo``)."""
     synth, sfid = _synth()
-    melody, harmony, bass = PROGRAMS["low" if energy < 0.34 else "mid" if energy < 0.67 else "high"]
+    melody, harmony, bass = PROGRAMS["low" if energy < REST else "mid" if energy < DRIVING else "high"]
     for channel, program in ((0, melody), (1, harmony), (2, bass)):
         synth.program_select(channel, sfid, 0, program)
     synth.program_select(DRUMS, sfid, 128, 0, True)
@@ -163,11 +186,17 @@ def loudness(audio: np.ndarray) -> float:
     return float(_METER.integrated_loudness(audio.astype(np.float64)))
 
 
-def finish(raw: np.ndarray, length: int, previous_tail: np.ndarray | None) -> Rendered:
-    """Normalise loudness, cap the peak, add the previous segment's tail, split off this one's."""
+def finish(raw: np.ndarray, length: int, previous_tail: np.ndarray | None, energy: float,
+           previous_lufs: float | None = None) -> Rendered:
+    """Normalise loudness to the energy's level (gliding from ``previous_lufs``, the level the previous
+    segment ended at, over the segment), cap the peak, add the previous segment's tail, split off this one's."""
+    level = target_lufs(energy)
     measured = loudness(raw[:length])
-    gain = 10 ** ((TARGET_LUFS - measured) / 20) if np.isfinite(measured) else 1.0
+    gain = 10 ** ((level - measured) / 20) if np.isfinite(measured) else 1.0
     audio = raw * gain
+    if previous_lufs is not None and previous_lufs != level and length:
+        left = np.clip(1 - np.arange(len(raw)) / length, 0, 1)  # 1 at the start, 0 from the end on
+        audio *= (10 ** ((previous_lufs - level) * left / 20)).astype(np.float32)[:, None]
     if previous_tail is not None:
         n = min(len(previous_tail), length)
         audio[:n] += previous_tail[:n]
@@ -176,5 +205,6 @@ def finish(raw: np.ndarray, length: int, previous_tail: np.ndarray | None) -> Re
     if peak > ceiling:  # rare: lower this segment only as much as needed
         audio *= ceiling / peak
         gain *= ceiling / peak
-    return Rendered(audio=audio[:length].astype(np.float32), tail=audio[length:].astype(np.float32), gain=gain)
+    return Rendered(audio=audio[:length].astype(np.float32), tail=audio[length:].astype(np.float32), gain=gain,
+                    lufs=level)
 

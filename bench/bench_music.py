@@ -1,0 +1,240 @@
+"""The music a listener hears, measured from the audio, against the engine of BASELINE in the same run.
+
+The baseline is the engine as it was at BASELINE (its ``inference/render.py`` read from git and put
+in place of today's for the baseline rows; the model and everything else are shared), so every
+figure has a before and an after from one process.
+
+  session           a warm-up (walk at 100 BPM), a run (165) and a cool-down (70, at rest), the
+                    energy and tempo moving per bar as soundtrack.policy moves them (energy at most
+                    0.1 a bar; tempo gliding, 1-bar segments up to 110 BPM and 2 bars above,
+                    soundtrack.schedule.bars_for), each segment continuing its predecessor
+  loudness_range_lu EBU Tech 3342 loudness range of the joined session (short-term 3 s loudness
+                    every second, absolute gate -70 LUFS, relative gate -20 LU, 95th minus 10th
+                    percentile); goal >= 6
+  max_join_jump_lu  at every join whose two segments have the same energy: the difference of their
+                    integrated loudness; goal <= 1
+  energy_spearman   Spearman rank correlation of energy (11 levels x SEEDS seeds, 120 BPM, 2 bars)
+                    with the audio's onset density (onsets a second, ``onset_density``) and
+                    with its spectral centroid; the lower of the two; goal >= 0.9
+  tempo_error_max   the largest |measured / asked - 1| of inference.analysis.estimate_tempo over
+                    60-200 BPM x three energies; goal <= 0.01
+  render_x_realtime seconds of audio per CPU second (one thread) rendering the session's segments
+                    (production lengths); goal >= 60
+Last line: RESULT {json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+import torch
+from scipy.stats import spearmanr
+
+import inference.engine as engine_module
+import inference.render as render
+from inference.analysis import estimate_tempo
+from inference.engine import Engine, Job, Params
+from soundtrack.policy import MAX_RAMP, big_step
+from soundtrack.schedule import bars_for
+
+BASELINE = "e808b989c5d3f780f84c4c323fa07bad5dec300f"  # the engine before energy shaped loudness and drums
+ROOT = Path(__file__).resolve().parents[1]
+SR = render.SAMPLE_RATE
+SEEDS = 4
+
+
+def baseline_render() -> types.ModuleType:
+    """inference.render as it was at BASELINE, as a module of its own."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{BASELINE}:services/inference/render.py"],
+                            check=True, capture_output=True, text=True).stdout
+    module = sys.modules["inference.render_baseline"] = types.ModuleType("inference.render_baseline")
+    exec(compile(source, "render_baseline.py", "exec"), module.__dict__)  # our own code at a commit
+    return module
+
+
+@contextlib.contextmanager
+def rendering_with(module: types.ModuleType) -> Iterator[None]:
+    """The engine arranges, synthesizes and finishes with ``module`` meanwhile."""
+    names = ("arrange", "synthesize", "finish")
+    saved = {name: getattr(engine_module, name) for name in names}
+    engine_module.arrange, engine_module.synthesize = module.arrange, module.synthesize
+
+    def finish(raw: np.ndarray, length: int, tail: np.ndarray | None, energy: float,
+               previous_lufs: float | None = None) -> render.Rendered:  # the baseline had one level for all
+        done = module.finish(raw, length, tail)
+        return render.Rendered(done.audio, done.tail, done.gain, lufs=float("nan"))
+
+    engine_module.finish = finish
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(engine_module, name, value)
+
+
+def plan(walk_s: float = 40, run_s: float = 90, rest_s: float = 50) -> list[Params]:
+    """The session's segments: each phase's wanted (tempo, energy) approached per bar as the policy does."""
+    phases = [(100.0, 0.3, walk_s), (165.0, 0.85, run_s), (70.0, 0.2, rest_s)]
+    tempo, energy, out = 100.0, 0.3, []
+    for goal_tempo, goal_energy, seconds in phases:
+        spent = 0.0
+        while spent < seconds:
+            bars = bars_for(tempo)
+            start = tempo
+            for _ in range(bars):
+                step = big_step(tempo) if abs(goal_tempo / tempo - 1) > 0.06 else MAX_RAMP
+                up, down = min(goal_tempo, tempo * (1 + step)), max(goal_tempo, tempo * (1 - step))
+                tempo = up if goal_tempo > tempo else down
+            energy = round(energy + max(-0.1 * bars, min(0.1 * bars, goal_energy - energy)), 3)
+            out.append(Params(round(tempo, 2), energy, "MAJOR", 7, bars, None if start == tempo else round(start, 2)))
+            spent += bars * 240 / ((start + tempo) / 2)
+    return out
+
+
+def render_session(engine: Engine, params: list[Params]) -> tuple[list[np.ndarray], float]:
+    """The session's segment audio and the CPU seconds its rendering took (after a warm-up segment)."""
+    engine.generate_batch([Job(params[0], seed=999)])
+    out, context, cpu = [], None, 0.0
+    for i, p in enumerate(params):
+        started = time.process_time()
+        (segment,) = engine.generate_batch([Job(p, seed=1000 + i, context=context)])
+        cpu += time.process_time() - started
+        context = segment.context
+        out.append(segment.rendered.audio)
+    return out, cpu
+
+
+METER = pyloudnorm.Meter(SR)
+
+
+def _weighted(audio: np.ndarray) -> np.ndarray:
+    """K-weighted audio (pyloudnorm's BS.1770 filters)."""
+    out = audio.astype(np.float64)
+    for f in METER._filters.values():  # the meter's own K-weighting stages
+        out = f.apply_filter(out)
+    return out
+
+
+def loudness_range(audio: np.ndarray) -> float:
+    """EBU Tech 3342 LRA: short-term (3 s) loudness every second, gated, P95 - P10."""
+    weighted = _weighted(audio)
+    values = []
+    for start in range(0, len(audio) - 3 * SR + 1, SR):
+        power = float(np.mean(np.sum(weighted[start:start + 3 * SR] ** 2, axis=1)))
+        if power > 0:
+            values.append(-0.691 + 10 * np.log10(power))
+    v = np.array([x for x in values if x > -70])
+    v = v[v > 10 * np.log10(np.mean(10 ** (v / 10))) - 20]
+    return float(np.percentile(v, 95) - np.percentile(v, 10))
+
+
+def join_jumps(segments: list[np.ndarray], params: list[Params]) -> list[float]:
+    """|integrated loudness of a segment - of the next| for neighbours of the same energy."""
+    out = []
+    for i in range(len(segments) - 1):
+        if params[i].energy == params[i + 1].energy:
+            out.append(abs(METER.integrated_loudness(segments[i].astype(np.float64))
+                           - METER.integrated_loudness(segments[i + 1].astype(np.float64))))
+    return out
+
+
+def onset_density(audio: np.ndarray, hop: int = 512, n_fft: int = 2048, bands: int = 40) -> float:
+    """Onsets a second: the spectral flux of 40 log-spaced bands in dB (30 Hz-16 kHz, 80 dB floor),
+    normalised to 0-1 and peak-picked as Boeck, Krebs & Schedl (ISMIR 2012) do (a local maximum
+    over 30 ms, 0.07 above the mean of the 100 ms either side, 30 ms apart)."""
+    mono = audio.mean(axis=1)
+    frames = 1 + (len(mono) - n_fft) // hop
+    index = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
+    power = np.abs(np.fft.rfft(mono[index] * np.hanning(n_fft), axis=1)) ** 2
+    freqs, edges = np.fft.rfftfreq(n_fft, 1 / SR), np.geomspace(30, 16_000, bands + 1)
+    banded = np.stack([power[:, (freqs >= lo) & (freqs < hi)].sum(axis=1) for lo, hi in itertools.pairwise(edges)],
+                      axis=1)
+    db = 10 * np.log10(np.maximum(banded, 1e-10 * banded.max()))
+    flux = np.maximum(0.0, np.diff(np.maximum(db, db.max() - 80), axis=0)).mean(axis=1)
+    flux = (flux - flux.min()) / max(1e-12, float(flux.max() - flux.min()))
+    fps = SR / hop
+    near, around = int(0.03 * fps), int(0.1 * fps)
+    onsets, last = 0, -len(flux)
+    for i, value in enumerate(flux):
+        peak = value >= flux[max(0, i - near): i + 1].max()
+        if not peak or value < flux[max(0, i - around): i + around + 1].mean() + 0.07:
+            continue
+        if i - last > near:
+            onsets, last = onsets + 1, i
+    return onsets / (len(audio) / SR)
+
+
+def centroid(audio: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(audio.mean(axis=1)))
+    freqs = np.fft.rfftfreq(len(audio), 1 / SR)
+    return float(np.sum(freqs * spectrum) / np.sum(spectrum))
+
+
+def energy_correlation(engine: Engine) -> dict[str, float]:
+    energies = [e / 10 for e in range(11) for _ in range(SEEDS)]
+    audio = [engine.generate(Params(120, e, "MAJOR", 7, 2), seed=s).rendered.audio
+             for e, s in zip(energies, [s for _ in range(11) for s in range(SEEDS)], strict=True)]
+    return {"onsets": float(spearmanr(energies, [onset_density(a) for a in audio]).statistic),
+            "centroid": float(spearmanr(energies, [centroid(a) for a in audio]).statistic)}
+
+
+def tempo_error(engine: Engine) -> float:
+    worst = 0.0
+    for bpm in (60, 72, 90, 110, 128, 150, 172, 200):
+        for energy in (0.1, 0.5, 0.9):
+            audio = engine.generate(Params(bpm, energy, "MAJOR", bpm % 12, 8), seed=bpm).rendered.audio
+            worst = max(worst, abs(estimate_tempo(audio) / bpm - 1))
+    return worst
+
+
+def measure(engine: Engine, params: list[Params], label: str) -> dict[str, float]:
+    segments, cpu = render_session(engine, params)
+    audio = np.concatenate(segments)
+    seconds = len(audio) / SR
+    jumps = join_jumps(segments, params)
+    energy = energy_correlation(engine)
+    out = {"loudness_range_lu": round(loudness_range(audio), 2),
+           "max_join_jump_lu": round(max(jumps), 2), "joins_at_constant_energy": len(jumps),
+           "energy_spearman": round(min(energy.values()), 3),
+           "energy_spearman_onsets": round(energy["onsets"], 3),
+           "energy_spearman_centroid": round(energy["centroid"], 3),
+           "tempo_error_max": round(tempo_error(engine), 5),
+           "render_x_realtime": round(seconds / cpu, 1), "session_s": round(seconds, 1)}
+    print(f"{label:9s} " + "  ".join(f"{k} {v}" for k, v in out.items()), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--session-scale", type=float, default=1.0, help="phase lengths x this (short runs)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    engine = Engine()
+    params = plan(40 * args.session_scale, 90 * args.session_scale, 50 * args.session_scale)
+    print(f"session: {len(params)} segments, energy {min(p.energy for p in params)}-{max(p.energy for p in params)}, "
+          f"tempo {min(p.tempo_bpm for p in params)}-{max(p.tempo_bpm for p in params)} BPM", flush=True)
+    with rendering_with(baseline_render()):
+        before = measure(engine, params, "baseline")
+    render.reset_synthesizer()
+    after = measure(engine, params, "engine")
+    goals = {"loudness_range_lu": after["loudness_range_lu"] >= 6, "max_join_jump_lu": after["max_join_jump_lu"] <= 1,
+             "energy_spearman": after["energy_spearman"] >= 0.9, "tempo_error_max": after["tempo_error_max"] <= 0.01,
+             "render_x_realtime": after["render_x_realtime"] >= 60}
+    met = {k: bool(v) for k, v in goals.items()}
+    print("RESULT " + json.dumps({**after, "baseline": before, "baseline_commit": BASELINE[:12], "goals_met": met,
+                                  "render_ratio": round(after["render_x_realtime"] / before["render_x_realtime"], 3)}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
