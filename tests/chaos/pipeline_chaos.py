@@ -665,8 +665,8 @@ def check_dlqs(kafka: KafkaSettings, injected: Injected) -> dict[str, Any]:
 
 
 def late_segments(kafka: KafkaSettings, listeners: set[str], until_ms: int,
-                  excused: dict[str, int] | None = None) -> tuple[int, list[tuple[float, bool]]]:
-    """(positions due, [(deadline in s, never made)] of every position of a session whose segment
+                  excused: dict[str, int] | None = None) -> tuple[int, list[tuple[float, bool, int | None]]]:
+    """(positions due, [(deadline in s, never made, ms late or None)] of every position of a session whose segment
     was not on soundtrack.segments.v1 by its deadline in any version), for the cohort's requests
     due by ``until_ms``. A position the scheduler replanned has several requests (versions);
     inference and watermark skip a version superseded while it waited, and a player plays
@@ -714,7 +714,8 @@ def late_segments(kafka: KafkaSettings, listeners: set[str], until_ms: int,
             continue
         due += 1
         if not any(at is not None and at <= d for d, at in ready):
-            late.append((deadline / 1000, not made))
+            made_at = [at - d for d, at in ready if at is not None]
+            late.append((deadline / 1000, not made, min(made_at) if made_at else None))
     return due, late
 
 
@@ -730,7 +731,8 @@ def check_underruns(kafka: KafkaSettings, listeners: set[str], faults: list[Faul
                            "underruns_near_service_kill": 0, "underruns_elsewhere": 0}
     per_10s: Counter[int] = Counter()
     missing = 0
-    for at, never_made in late:
+    elsewhere = []
+    for at, never_made, late_ms in late:
         per_10s[int((at - began) // 10) * 10] += 1
         missing += never_made
         near = [f for f in faults if f.started - 1 <= at <= (f.over or f.started + 120) + RECOVERY_S]
@@ -740,11 +742,14 @@ def check_underruns(kafka: KafkaSettings, listeners: set[str], faults: list[Faul
             out["underruns_near_service_kill"] += 1
         else:
             out["underruns_elsewhere"] += 1
-    return out | {"underruns_never_made": missing, "underruns_by_10s": dict(sorted(per_10s.items())),
+            elsewhere.append({"at_s": round(at - began, 1), "late_ms": late_ms})  # None: never made
+    return out | {"underruns_elsewhere_detail": elsewhere, "underruns_never_made": missing,
+                  "underruns_by_10s": dict(sorted(per_10s.items())),
                   "playback_recovery": playback_recovery(late, faults, began)}
 
 
-def playback_recovery(late: list[tuple[float, bool]], faults: list[Fault], began: float) -> list[dict[str, Any]]:
+def playback_recovery(late: list[tuple[float, bool, int | None]], faults: list[Fault],
+                      began: float) -> list[dict[str, Any]]:
     """Per fault: how long after the faulted part was ready again the last late segment was due
     (before the next fault), and how many were late from the fault on: issue #16 wants playback on
     time again within two segments of the part being ready."""
@@ -752,7 +757,7 @@ def playback_recovery(late: list[tuple[float, bool]], faults: list[Fault], began
     ordered = sorted(faults, key=lambda f: f.started)
     for f, after in zip(ordered, [*ordered[1:], None], strict=True):
         until = after.started - 1 if after is not None else float("inf")
-        due = [at for at, _ in late if f.started - 1 <= at < until]
+        due = [at for at, _, _ in late if f.started - 1 <= at < until]
         out.append({"what": f.what, "at_s": round(f.started - began, 1), "late": len(due),
                     "playback_recovered_s": round(max(0.0, max(due) - f.over), 1) if due else 0.0})
     return out

@@ -122,11 +122,11 @@ def rebalances(pipe: Pipeline) -> int:
                if (pipe.workdir / f"{name}.log").exists())
 
 
-def outside_windows(faults: list[Fault], late: list[tuple[float, bool]]) -> int:
+def outside_windows(faults: list[Fault], late: list[tuple[float, bool, int | None]]) -> int:
     """Late segments not within the window of a fault that can delay one."""
     windows = [(f.started - 1, (f.over or f.started + 120) + WINDOW_AFTER_S) for f in faults
                if f.what.rstrip("+") in MUSIC_PATH]
-    return sum(1 for at, _ in late if not any(lo <= at <= hi for lo, hi in windows))
+    return sum(1 for at, _, _ in late if not any(lo <= at <= hi for lo, hi in windows))
 
 
 def run(listeners_n: int, generating: int, seconds: float, broker_down_s: float, seed: int = 1,
@@ -174,7 +174,7 @@ def run(listeners_n: int, generating: int, seconds: float, broker_down_s: float,
         warm = [item for item in late if item[0] < began]
         late = [item for item in late if item[0] >= began]
         per_10s: dict[int, int] = {}
-        for at, _ in late:
+        for at, _, _ in late:
             per_10s[int((at - began) // 10) * 10] = per_10s.get(int((at - began) // 10) * 10, 0) + 1
         result |= {
             "acked_events": ingested["telemetry_acked"] + ingested["plays_acked"],
@@ -189,7 +189,7 @@ def run(listeners_n: int, generating: int, seconds: float, broker_down_s: float,
             "requests_due": due, "positions_refused_at_capacity": excused["refused"],
             "positions_before_session_start": excused["before_start"],
             "underruns_during_warmup": len(warm), "underruns": len(late),
-            "underruns_never_made": sum(1 for _, m in late if m),
+            "underruns_never_made": sum(1 for _, m, _ in late if m),
             "underruns_outside_fault_windows": outside_windows(faults, late),
             "underruns_by_10s": dict(sorted(per_10s.items())),
             "rebalances": rebalances(pipe), "broker_kills": sum(1 for f in faults if f.what == "broker"),
