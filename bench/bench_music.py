@@ -1,8 +1,8 @@
 """The music a listener hears, measured from the audio, against the engine of BASELINE in the same run.
 
-The baseline is the engine as it was at BASELINE (its ``inference/render.py`` read from git and put
-in place of today's for the baseline rows; the model and everything else are shared), so every
-figure has a before and an after from one process.
+The baseline is the engine as it was at BASELINE: that commit's ``services/`` tree (``git archive``)
+runs the same measurements in a subprocess, one after the other with today's, so every figure has a
+before and an after from one run.
 
   session           a warm-up (walk at 100 BPM), a run (165) and a cool-down (70, at rest), the
                     energy and tempo moving per bar as soundtrack.policy moves them (energy at most
@@ -20,67 +20,45 @@ figure has a before and an after from one process.
                     60-200 BPM x three energies; goal <= 0.01
   render_x_realtime seconds of audio per CPU second (one thread) rendering the session's segments
                     (production lengths); goal >= 60
+  phrase_repetition the share of the session's bars (after the first) whose melody repeats or
+                    varies an earlier bar's (the same onsets and pitches, Jaccard >= 0.75), beside
+                    the same figure over the soprano lines of CORPUS_WORKS chorales of the catalog
+                    (corpus_phrase_repetition)
 Last line: RESULT {json}.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import io
 import itertools
 import json
+import os
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
-import types
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyloudnorm
 import torch
 from scipy.stats import spearmanr
 
-import inference.engine as engine_module
-import inference.render as render
 from inference.analysis import estimate_tempo
 from inference.engine import Engine, Job, Params
+from inference.music import STEPS_PER_BAR, tokens_to_notes
+from inference.render import SAMPLE_RATE
 from soundtrack.policy import MAX_RAMP, big_step
 from soundtrack.schedule import bars_for
 
 BASELINE = "e808b989c5d3f780f84c4c323fa07bad5dec300f"  # the engine before energy shaped loudness and drums
 ROOT = Path(__file__).resolve().parents[1]
-SR = render.SAMPLE_RATE
+SR = SAMPLE_RATE
 SEEDS = 4
-
-
-def baseline_render() -> types.ModuleType:
-    """inference.render as it was at BASELINE, as a module of its own."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{BASELINE}:services/inference/render.py"],
-                            check=True, capture_output=True, text=True).stdout
-    module = sys.modules["inference.render_baseline"] = types.ModuleType("inference.render_baseline")
-    exec(compile(source, "render_baseline.py", "exec"), module.__dict__)  # our own code at a commit
-    return module
-
-
-@contextlib.contextmanager
-def rendering_with(module: types.ModuleType) -> Iterator[None]:
-    """The engine arranges, synthesizes and finishes with ``module`` meanwhile."""
-    names = ("arrange", "synthesize", "finish")
-    saved = {name: getattr(engine_module, name) for name in names}
-    engine_module.arrange, engine_module.synthesize = module.arrange, module.synthesize
-
-    def finish(raw: np.ndarray, length: int, tail: np.ndarray | None, energy: float,
-               previous_lufs: float | None = None) -> render.Rendered:  # the baseline had one level for all
-        done = module.finish(raw, length, tail)
-        return render.Rendered(done.audio, done.tail, done.gain, lufs=float("nan"))
-
-    engine_module.finish = finish
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(engine_module, name, value)
+CORPUS_WORKS = 60
 
 
 def plan(walk_s: float = 40, run_s: float = 90, rest_s: float = 50) -> list[Params]:
@@ -102,17 +80,48 @@ def plan(walk_s: float = 40, run_s: float = 90, rest_s: float = 50) -> list[Para
     return out
 
 
-def render_session(engine: Engine, params: list[Params]) -> tuple[list[np.ndarray], float]:
-    """The session's segment audio and the CPU seconds its rendering took (after a warm-up segment)."""
+def render_session(engine: Engine, params: list[Params]) -> tuple[list[np.ndarray], list[list[tuple]], float]:
+    """The session's segment audio, each segment's melody bars, and the CPU seconds its rendering
+    took (after a warm-up segment)."""
     engine.generate_batch([Job(params[0], seed=999)])
-    out, context, cpu = [], None, 0.0
+    out, bars, context, cpu = [], [], None, 0.0
     for i, p in enumerate(params):
         started = time.process_time()
         (segment,) = engine.generate_batch([Job(p, seed=1000 + i, context=context)])
         cpu += time.process_time() - started
         context = segment.context
         out.append(segment.rendered.audio)
-    return out, cpu
+        notes = tokens_to_notes(segment.tokens)
+        bars.extend([(n.start % STEPS_PER_BAR, n.rel) for n in notes
+                     if k * STEPS_PER_BAR <= n.start < (k + 1) * STEPS_PER_BAR] for k in range(p.bars))
+    return out, bars, cpu
+
+
+def repetition(bars: list[list[tuple]]) -> float:
+    """The share of bars after the first whose (onset, pitch) set has Jaccard >= 0.75 with an earlier bar's."""
+    sets = [frozenset(b) for b in bars]
+    hits = sum(1 for i in range(1, len(sets)) if sets[i] and any(
+        len(sets[i] & sets[j]) / len(sets[i] | sets[j]) >= 0.75 for j in range(i)))
+    return hits / max(1, len(sets) - 1)
+
+
+def corpus_repetition() -> float:
+    """``repetition`` over the soprano lines of the first CORPUS_WORKS usable chorales, per work."""
+    from inference.catalog import load_catalog
+    from inference.train import extract
+
+    shares = []
+    for work in load_catalog():
+        extracted = extract(work)
+        if extracted is None:
+            continue
+        notes = tokens_to_notes(extracted["tokens"])
+        count = max(1, (notes[-1].start + notes[-1].length) // STEPS_PER_BAR)
+        shares.append(repetition([[(n.start % STEPS_PER_BAR, n.rel) for n in notes
+                                   if k * STEPS_PER_BAR <= n.start < (k + 1) * STEPS_PER_BAR] for k in range(count)]))
+        if len(shares) == CORPUS_WORKS:
+            break
+    return float(np.mean(shares))
 
 
 METER = pyloudnorm.Meter(SR)
@@ -198,41 +207,68 @@ def tempo_error(engine: Engine) -> float:
     return worst
 
 
-def measure(engine: Engine, params: list[Params], label: str) -> dict[str, float]:
-    segments, cpu = render_session(engine, params)
+def measure(session_scale: float) -> dict[str, Any]:
+    """Every figure of the engine on the import path (today's, or BASELINE's in the subprocess)."""
+    torch.set_num_threads(1)
+    engine = Engine()
+    params = plan(40 * session_scale, 90 * session_scale, 50 * session_scale)
+    segments, bars, cpu = render_session(engine, params)
     audio = np.concatenate(segments)
     seconds = len(audio) / SR
     jumps = join_jumps(segments, params)
     energy = energy_correlation(engine)
-    out = {"loudness_range_lu": round(loudness_range(audio), 2),
-           "max_join_jump_lu": round(max(jumps), 2), "joins_at_constant_energy": len(jumps),
-           "energy_spearman": round(min(energy.values()), 3),
-           "energy_spearman_onsets": round(energy["onsets"], 3),
-           "energy_spearman_centroid": round(energy["centroid"], 3),
-           "tempo_error_max": round(tempo_error(engine), 5),
-           "render_x_realtime": round(seconds / cpu, 1), "session_s": round(seconds, 1)}
-    print(f"{label:9s} " + "  ".join(f"{k} {v}" for k, v in out.items()), flush=True)
-    return out
+    return {"loudness_range_lu": round(loudness_range(audio), 2),
+            "max_join_jump_lu": round(max(jumps), 2), "joins_at_constant_energy": len(jumps),
+            "energy_spearman": round(min(energy.values()), 3),
+            "energy_spearman_onsets": round(energy["onsets"], 3),
+            "energy_spearman_centroid": round(energy["centroid"], 3),
+            "tempo_error_max": round(tempo_error(engine), 5),
+            "phrase_repetition": round(repetition(bars), 3),
+            "render_x_realtime": round(seconds / cpu, 1), "session_s": round(seconds, 1), "segments": len(params),
+            "engine_file": str(Path(sys.modules[Engine.__module__].__file__ or ""))}
+
+
+def measured_at(commit: str, session_scale: float) -> dict[str, Any]:
+    """``measure`` with the services tree of ``commit``, in a subprocess (this file, --only)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "services"], check=True,
+                                 capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        env = {**os.environ, "PYTHONPATH": f"{tmp}/services:{ROOT}"}
+        done = subprocess.run([sys.executable, __file__, "--only", "--session-scale", str(session_scale)],
+                              check=True, capture_output=True, text=True, env=env, cwd=ROOT)
+        figures = json.loads(done.stdout.strip().splitlines()[-1].removeprefix("FIGURES "))
+        if not figures.pop("engine_file").startswith(tmp):
+            raise RuntimeError(f"the subprocess did not run the engine of {commit}")
+    return figures
+
+
+def show(label: str, figures: dict[str, Any]) -> None:
+    print(f"{label:9s} " + "  ".join(f"{k} {v}" for k, v in figures.items()), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--session-scale", type=float, default=1.0, help="phase lengths x this (short runs)")
+    parser.add_argument("--only", action="store_true", help="print this engine's FIGURES {json} and stop")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    engine = Engine()
-    params = plan(40 * args.session_scale, 90 * args.session_scale, 50 * args.session_scale)
-    print(f"session: {len(params)} segments, energy {min(p.energy for p in params)}-{max(p.energy for p in params)}, "
-          f"tempo {min(p.tempo_bpm for p in params)}-{max(p.tempo_bpm for p in params)} BPM", flush=True)
-    with rendering_with(baseline_render()):
-        before = measure(engine, params, "baseline")
-    render.reset_synthesizer()
-    after = measure(engine, params, "engine")
+    if args.only:
+        print("FIGURES " + json.dumps(measure(args.session_scale)))
+        return
+    before = measured_at(BASELINE, args.session_scale)
+    show("baseline", before)
+    after = measure(args.session_scale)
+    after.pop("engine_file")
+    show("engine", after)
+    corpus = round(corpus_repetition(), 3)
+    print(f"corpus    phrase_repetition {corpus} ({CORPUS_WORKS} chorales)", flush=True)
     goals = {"loudness_range_lu": after["loudness_range_lu"] >= 6, "max_join_jump_lu": after["max_join_jump_lu"] <= 1,
              "energy_spearman": after["energy_spearman"] >= 0.9, "tempo_error_max": after["tempo_error_max"] <= 0.01,
              "render_x_realtime": after["render_x_realtime"] >= 60}
     met = {k: bool(v) for k, v in goals.items()}
-    print("RESULT " + json.dumps({**after, "baseline": before, "baseline_commit": BASELINE[:12], "goals_met": met,
+    print("RESULT " + json.dumps({**after, "corpus_phrase_repetition": corpus, "baseline": before,
+                                  "baseline_commit": BASELINE[:12], "goals_met": met,
                                   "render_ratio": round(after["render_x_realtime"] / before["render_x_realtime"], 3)}))
 
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inference import form
+from inference.form import Theme
 from inference.model import MelodyModel, sample_batch
-from inference.music import BOS, MAJOR, MINOR, STEPS_PER_BAR, energy_token, harmonize, tokens_to_notes
+from inference.music import BOS, MAJOR, MINOR, STEPS_PER_BAR, energy_token, harmonize, notes_to_tokens, tokens_to_notes
 from inference.provenance import influences
 from inference.render import SAMPLE_RATE, Rendered, arrange, finish, synthesize
 from inference.train import MODEL_DIR
@@ -59,19 +61,33 @@ class Context:
     tail: np.ndarray  # float32 (samples, 2): what rings on past the segment's end
     degree: int  # the last chord
     lufs: float | None = None  # the level it ended at (None: logged before levels followed energy)
+    bar: int = 0  # the session bar the next segment starts at (inference.form)
+    theme: Theme | None = None  # the melody of the form cycle's first A so far
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        levels = {} if self.lufs is None else {"lufs": np.asarray(self.lufs, dtype=np.float64)}
+        extra: dict[str, np.ndarray] = {"bar": np.asarray(self.bar, dtype=np.int64)}
+        if self.lufs is not None:
+            extra["lufs"] = np.asarray(self.lufs, dtype=np.float64)
+        if self.theme is not None:
+            extra["theme_notes"] = np.asarray(self.theme.notes, dtype=np.int32).reshape(-1, 3)
+            extra["theme_key"] = np.asarray([self.theme.mode == "MAJOR", self.theme.energy], dtype=np.int32)
         np.savez(buffer, tokens=np.asarray(self.tokens, dtype=np.int32), tail=self.tail.astype(np.float32),
-                 degree=np.asarray(self.degree, dtype=np.int32), **levels)
+                 degree=np.asarray(self.degree, dtype=np.int32), **extra)
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Context:
+        """A logged context (one logged before levels or the form existed has neither)."""
         with np.load(io.BytesIO(data), allow_pickle=False) as saved:
+            theme = None
+            if "theme_key" in saved.files:
+                major, energy = (int(x) for x in saved["theme_key"])
+                theme = Theme("MAJOR" if major else "MINOR", energy,
+                              tuple((int(a), int(b), int(c)) for a, b, c in saved["theme_notes"]))
             return cls(tuple(int(t) for t in saved["tokens"]), saved["tail"].astype(np.float32),
-                       int(saved["degree"]), float(saved["lufs"]) if "lufs" in saved.files else None)
+                       int(saved["degree"]), float(saved["lufs"]) if "lufs" in saved.files else None,
+                       int(saved["bar"]) if "bar" in saved.files else 0, theme)
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,8 @@ class Segment:
     tokens: list[int]
     influences: list[tuple[str, int]]
     degrees: list[int]
+    bar: int = 0  # the session bar after it
+    theme: Theme | None = None
 
     @property
     def duration_ms(self) -> int:
@@ -87,7 +105,8 @@ class Segment:
 
     @property
     def context(self) -> Context:
-        return Context(tuple(self.tokens[-CONTEXT_TOKENS:]), self.rendered.tail, self.degrees[-1], self.rendered.lufs)
+        return Context(tuple(self.tokens[-CONTEXT_TOKENS:]), self.rendered.tail, self.degrees[-1], self.rendered.lufs,
+                       self.bar, self.theme)
 
 
 class Engine:
@@ -127,14 +146,24 @@ class Engine:
         segments = []
         for job, context, tokens in zip(jobs, contexts, melodies, strict=True):
             params = job.params
-            notes = tokens_to_notes(tokens)
-            degrees = harmonize(notes, params.mode, params.bars, context.degree if context else 0)
+            bar = context.bar if context is not None else 0
+            notes, theme, repeated = form.apply_form(tokens_to_notes(tokens), bar, params.bars,
+                                                     context.theme if context is not None else None,
+                                                     params.mode, energy_token(params.energy))
+            if repeated:  # the melody as heard is the model's context for what follows
+                end = max((n.start + n.length for n in notes), default=0)
+                steps = params.bars * STEPS_PER_BAR
+                tokens = notes_to_tokens([(n.start, n.length, n.rel) for n in notes]
+                                         + ([(end, steps - end, None)] if end < steps else []))
+            cadences = {2 * k + 1: c for k in range(params.bars) if (c := form.cadence(bar + k)) is not None}
+            degrees = harmonize(notes, params.mode, params.bars, context.degree if context else 0, cadences)
             events = arrange(notes, degrees, params.mode, params.key_tonic, params.energy, params.bars,
                              np.random.default_rng(job.seed))
             raw, length = synthesize(events, params.tempo_bpm, params.bars, params.energy, params.tempo_from_bpm)
             rendered = finish(raw, length, context.tail if context is not None else None, params.energy,
                               context.lufs if context is not None else None)
-            segments.append(Segment(rendered, tokens, influences(notes, self.profiles, allowed), degrees))
+            segments.append(Segment(rendered, tokens, influences(notes, self.profiles, allowed), degrees,
+                                    bar + params.bars, theme))
         return segments
 
 

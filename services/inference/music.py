@@ -110,10 +110,12 @@ def triad(mode: str, degree: int) -> tuple[int, int, int]:
     return tuple(s[(degree + k) % 7] + 12 * ((degree + k) // 7) for k in (0, 2, 4))  # type: ignore[return-value]
 
 
-def harmonize(notes: list[Note], mode: str, bars: int, previous_degree: int = 0) -> list[int]:
+def harmonize(notes: list[Note], mode: str, bars: int, previous_degree: int = 0,
+              cadences: dict[int, tuple[int, ...]] | None = None) -> list[int]:
     """A chord root degree per half bar: a triad containing the melody note sounding at
-    the half bar's start, preferring the tonic, subdominant and dominant; the last half
-    bar of a segment returns to the tonic or dominant for a cadence."""
+    the half bar's start, preferring the tonic, subdominant and dominant; a half bar in
+    ``cadences`` (half bar -> the degrees it may take: a phrase's end, ``inference.form``)
+    takes one of those when the melody allows."""
     degrees = []
     for half in range(bars * 2):
         at = half * 8
@@ -121,8 +123,8 @@ def harmonize(notes: list[Note], mode: str, bars: int, previous_degree: int = 0)
                    [n for n in notes if at <= n.start < at + 8]
         pc = sounding[0].rel % 12 if sounding else None
         choices = [d for d in TRIADS[mode] if pc is None or pc in {x % 12 for x in triad(mode, d)}]
-        if half == bars * 2 - 1:
-            choices = [d for d in choices if d in (0, 4)] or choices
+        if cadences and half in cadences:
+            choices = [d for d in choices if d in cadences[half]] or choices
         if not choices:
             choices = [previous_degree]
         # Prefer moving (not repeating a chord for long) but stay with the functional order.
