@@ -30,6 +30,7 @@ Last line: RESULT {json}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import itertools
 import json
@@ -49,10 +50,8 @@ from scipy.stats import spearmanr
 
 from inference.analysis import estimate_tempo
 from inference.engine import Engine, Job, Params
-from inference.music import STEPS_PER_BAR, tokens_to_notes
+from inference.music import STEPS_PER_BAR, Note, tokens_to_notes
 from inference.render import SAMPLE_RATE
-from soundtrack.policy import MAX_RAMP, big_step
-from soundtrack.schedule import bars_for
 
 BASELINE = "e808b989c5d3f780f84c4c323fa07bad5dec300f"  # the engine before energy shaped loudness and drums
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,25 +61,25 @@ CORPUS_WORKS = 60
 
 
 def plan(walk_s: float = 40, run_s: float = 90, rest_s: float = 50) -> list[Params]:
-    """The session's segments: each phase's wanted (tempo, energy) approached per bar as the policy does."""
+    """The session's segments: each phase's wanted (tempo, energy) approached per bar as the policy does
+    (made here, passed to the baseline's subprocess: its policy module may differ)."""
+    from soundtrack.policy import ramp
+    from soundtrack.schedule import bars_for
+
     phases = [(100.0, 0.3, walk_s), (165.0, 0.85, run_s), (70.0, 0.2, rest_s)]
     tempo, energy, out = 100.0, 0.3, []
     for goal_tempo, goal_energy, seconds in phases:
         spent = 0.0
         while spent < seconds:
             bars = bars_for(tempo)
-            start = tempo
-            for _ in range(bars):
-                step = big_step(tempo) if abs(goal_tempo / tempo - 1) > 0.06 else MAX_RAMP
-                up, down = min(goal_tempo, tempo * (1 + step)), max(goal_tempo, tempo * (1 - step))
-                tempo = up if goal_tempo > tempo else down
+            start, tempo = tempo, ramp(tempo, goal_tempo, bars, fast=True)
             energy = round(energy + max(-0.1 * bars, min(0.1 * bars, goal_energy - energy)), 3)
             out.append(Params(round(tempo, 2), energy, "MAJOR", 7, bars, None if start == tempo else round(start, 2)))
             spent += bars * 240 / ((start + tempo) / 2)
     return out
 
 
-def render_session(engine: Engine, params: list[Params]) -> tuple[list[np.ndarray], list[list[tuple]], float]:
+def render_session(engine: Engine, params: list[Params]) -> tuple[list[np.ndarray], list[list[tuple[int, int]]], float]:
     """The session's segment audio, each segment's melody bars, and the CPU seconds its rendering
     took (after a warm-up segment)."""
     engine.generate_batch([Job(params[0], seed=999)])
@@ -91,13 +90,17 @@ def render_session(engine: Engine, params: list[Params]) -> tuple[list[np.ndarra
         cpu += time.process_time() - started
         context = segment.context
         out.append(segment.rendered.audio)
-        notes = tokens_to_notes(segment.tokens)
-        bars.extend([(n.start % STEPS_PER_BAR, n.rel) for n in notes
-                     if k * STEPS_PER_BAR <= n.start < (k + 1) * STEPS_PER_BAR] for k in range(p.bars))
+        bars.extend(melody_bars(tokens_to_notes(segment.tokens), p.bars))
     return out, bars, cpu
 
 
-def repetition(bars: list[list[tuple]]) -> float:
+def melody_bars(notes: list[Note], count: int) -> list[list[tuple[int, int]]]:
+    """(onset in the bar, pitch) of the notes starting in each of ``count`` bars."""
+    return [[(n.start % STEPS_PER_BAR, n.rel) for n in notes if k * STEPS_PER_BAR <= n.start < (k + 1) * STEPS_PER_BAR]
+            for k in range(count)]
+
+
+def repetition(bars: list[list[tuple[int, int]]]) -> float:
     """The share of bars after the first whose (onset, pitch) set has Jaccard >= 0.75 with an earlier bar's."""
     sets = [frozenset(b) for b in bars]
     hits = sum(1 for i in range(1, len(sets)) if sets[i] and any(
@@ -116,9 +119,7 @@ def corpus_repetition() -> float:
         if extracted is None:
             continue
         notes = tokens_to_notes(extracted["tokens"])
-        count = max(1, (notes[-1].start + notes[-1].length) // STEPS_PER_BAR)
-        shares.append(repetition([[(n.start % STEPS_PER_BAR, n.rel) for n in notes
-                                   if k * STEPS_PER_BAR <= n.start < (k + 1) * STEPS_PER_BAR] for k in range(count)]))
+        shares.append(repetition(melody_bars(notes, max(1, (notes[-1].start + notes[-1].length) // STEPS_PER_BAR))))
         if len(shares) == CORPUS_WORKS:
             break
     return float(np.mean(shares))
@@ -207,11 +208,10 @@ def tempo_error(engine: Engine) -> float:
     return worst
 
 
-def measure(session_scale: float) -> dict[str, Any]:
+def measure(params: list[Params]) -> dict[str, Any]:
     """Every figure of the engine on the import path (today's, or BASELINE's in the subprocess)."""
     torch.set_num_threads(1)
     engine = Engine()
-    params = plan(40 * session_scale, 90 * session_scale, 50 * session_scale)
     segments, bars, cpu = render_session(engine, params)
     audio = np.concatenate(segments)
     seconds = len(audio) / SR
@@ -228,15 +228,20 @@ def measure(session_scale: float) -> dict[str, Any]:
             "engine_file": str(Path(sys.modules[Engine.__module__].__file__ or ""))}
 
 
-def measured_at(commit: str, session_scale: float) -> dict[str, Any]:
+def measured_at(commit: str, params: list[Params]) -> dict[str, Any]:
     """``measure`` with the services tree of ``commit``, in a subprocess (this file, --only)."""
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "services"], check=True,
-                                 capture_output=True).stdout
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        session = Path(tmp) / "session.json"
+        session.write_text(json.dumps([dataclasses.asdict(p) for p in params]))
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "services"], capture_output=True)
+        if archive.returncode != 0:
+            why = archive.stderr.decode().strip()
+            raise SystemExit(f"the baseline commit {commit[:12]} is not in this clone ({why}); "
+                             "a shallow clone needs `git fetch --unshallow`")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(tmp, filter="data")
         env = {**os.environ, "PYTHONPATH": f"{tmp}/services:{ROOT}"}
-        done = subprocess.run([sys.executable, __file__, "--only", "--session-scale", str(session_scale)],
+        done = subprocess.run([sys.executable, __file__, "--only", str(session)],
                               check=True, capture_output=True, text=True, env=env, cwd=ROOT)
         figures = json.loads(done.stdout.strip().splitlines()[-1].removeprefix("FIGURES "))
         if not figures.pop("engine_file").startswith(tmp):
@@ -251,14 +256,15 @@ def show(label: str, figures: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--session-scale", type=float, default=1.0, help="phase lengths x this (short runs)")
-    parser.add_argument("--only", action="store_true", help="print this engine's FIGURES {json} and stop")
+    parser.add_argument("--only", metavar="SESSION_JSON", help="this engine's FIGURES {json} for that session")
     args = parser.parse_args()
     if args.only:
-        print("FIGURES " + json.dumps(measure(args.session_scale)))
+        print("FIGURES " + json.dumps(measure([Params(**p) for p in json.loads(Path(args.only).read_text())])))
         return
-    before = measured_at(BASELINE, args.session_scale)
+    params = plan(40 * args.session_scale, 90 * args.session_scale, 50 * args.session_scale)
+    before = measured_at(BASELINE, params)
     show("baseline", before)
-    after = measure(args.session_scale)
+    after = measure(params)
     after.pop("engine_file")
     show("engine", after)
     corpus = round(corpus_repetition(), 3)

@@ -237,7 +237,7 @@ def advance(playing: Playing, wanted: Music, now_ms: int, bars: int = 1) -> Play
     ramping = 0
     if continuing or (held and abs(wanted.tempo_bpm - tempo) > DEAD_BAND * tempo):
         # Only the body's own changes of state move fast; a guide zone or the neutral drift stays gentle.
-        tempo = clamp_tempo(_ramp(tempo, goal, bars, fast=wanted.reason.startswith("match:")))
+        tempo = clamp_tempo(ramp(tempo, goal, bars, fast=wanted.reason.startswith("match:")))
         ramping = direction
     energy = current.energy
     if held:
@@ -257,7 +257,7 @@ def big_step(tempo: float) -> float:
     return float(min(MAX_BIG_STEP, (1 + BIG_RAMP_PER_S) ** (240.0 / tempo) - 1))
 
 
-def _ramp(tempo: float, goal: float, bars: int, fast: bool) -> float:
+def ramp(tempo: float, goal: float, bars: int, fast: bool) -> float:
     """The tempo after ``bars`` bars toward ``goal``: with ``fast``, ``big_step`` per bar while the goal
     is more than LARGE_CHANGE away; otherwise (and for the last 6%) MAX_RAMP per bar; never past it."""
     for _ in range(bars):
