@@ -24,7 +24,8 @@ from collections import deque
 
 from kit.deadlines import PLAYER_MARGIN_MS
 
-DEFAULT_MS = 4_000  # before anything is measured (the constant it replaces)
+DEFAULT_MS = 6_000  # before anything is measured: the first sessions of a cold pipeline (inference's
+# first model calls, every listener starting at once) took up to ~4.3 s, 234 ms past a 4 s default
 MIN_MS = 2_000  # the player's margin plus half a second, at least
 MAX_MS = 12_000  # a listener waiting longer is better told AT_CAPACITY (admission's job)
 WINDOW = 32  # recent first segments: a burst shows within a few, an old one is forgotten after 32

@@ -508,6 +508,24 @@ class Fault:
     over: float = 0.0  # when the service answered ready again / the broker answered
 
 
+def keep_up(pipe: Pipeline, stop: threading.Event) -> None:
+    """While the checks run, restart services that exit on their own, as an orchestrator would
+    (royalty's watchdog exits by design when librdkafka wedges after a broker restart)."""
+    while not stop.wait(1.0):
+        for name in pipe.supervise():
+            print(f"  {name} exited on its own during the checks; restarted", flush=True)
+
+
+def down_after(pipe: Pipeline, timeout_s: float) -> list[str]:
+    """The services not ready ``timeout_s`` after the checks: one restarted a moment ago gets the
+    time a restart takes, one that stays down is named."""
+    deadline = time.monotonic() + timeout_s
+    while (down := [n for n in pipe.procs if not pipe.ready(n)]) and time.monotonic() < deadline:
+        pipe.supervise()
+        time.sleep(1.0)
+    return down
+
+
 def run_faults(pipe: Pipeline, kafka: KafkaSettings, plan: list[tuple[float, str]], began: float,
                faults: list[Fault], stop: threading.Event) -> None:
     for at, what in plan:
@@ -853,6 +871,7 @@ def run(listeners_n: int, generating: int | None, seconds: float, seed: int = 1,
         driver.flush(timeout_s=60)
         load_over_ms = int(time.time() * 1000)
         print("load over; checking", flush=True)
+        threading.Thread(target=keep_up, args=(pipe, stop), daemon=True).start()  # the checks take minutes
         result |= {"faults": [{"what": f.what, "at_s": round(f.started - began, 1),
                                "recovered_s": round(f.over - f.started, 1)} for f in faults]}
         result |= {"kills": sum(1 for f in faults if f.what != "broker"),
@@ -869,8 +888,8 @@ def run(listeners_n: int, generating: int | None, seconds: float, seed: int = 1,
         result |= check_erasure(kafka, pipe, listeners[0])
         listener_ids = {driver_listener_id(pipe, lt) for lt in listeners if lt.music}
         result |= check_underruns(kafka, listener_ids, faults, began, load_over_ms - 5000)
-        pipe.supervise()
-        result["services_down_at_end"] = [n for n in pipe.procs if not pipe.ready(n)]
+        result["services_down_at_end"] = down_after(pipe, timeout_s=60)
+        result["unplanned_exits"] = dict(pipe.exits)  # the checks' exits too
         result |= check_secrets(kafka, pipe, listeners)
     finally:
         stop.set()
