@@ -24,6 +24,13 @@ before and an after from one run.
                     varies an earlier bar's (the same onsets and pitches, Jaccard >= 0.75), beside
                     the same figure over the soprano lines of CORPUS_WORKS chorales of the catalog
                     (corpus_phrase_repetition)
+  oa_generated      the mean overlapped area of Yang & Lerch's seven features (bench/melody_stats.py)
+                    between PIECES generated 16-bar melodies and the held-out chorales split by
+                    tune, beside oa_reference: as many training works against the same held-out set;
+                    goal oa_generated >= 0.9 x oa_reference and above the baseline's
+  memorization_*    the longest run of (interval, duration) pairs a generated melody shares with a
+                    training work, in pairs (_notes) and bars (_bars), beside the held-out chorales'
+                    (memorization_reference_*); goal no higher than the reference and <= 2 bars
 Last line: RESULT {json}.
 """
 
@@ -43,6 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import melody_stats
 import numpy as np
 import pyloudnorm
 import torch
@@ -58,6 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SR = SAMPLE_RATE
 SEEDS = 4
 CORPUS_WORKS = 60
+PIECES, PIECE_SEGMENTS = 24, 8  # generated melodies of 16 bars for the symbolic figures
 
 
 def plan(walk_s: float = 40, run_s: float = 90, rest_s: float = 50) -> list[Params]:
@@ -208,6 +217,51 @@ def tempo_error(engine: Engine) -> float:
     return worst
 
 
+def pieces(engine: Engine) -> list[list[tuple[int, int, int]]]:
+    """PIECES melodies of PIECE_SEGMENTS 2-bar segments each (a chorale's length), each segment
+    continuing the previous one, major and minor in turn, at three energies: (start, length, pitch)."""
+    out = []
+    for i in range(PIECES):
+        context, melody = None, []
+        for j in range(PIECE_SEGMENTS):
+            params = Params(120.0, (0.2, 0.5, 0.85)[i % 3], ("MAJOR", "MINOR")[i % 2], 0, 2)
+            (segment,) = engine.generate_batch([Job(params, seed=5000 + 100 * i + j, context=context)])
+            context = segment.context
+            melody += [(j * 2 * STEPS_PER_BAR + n.start, n.length, n.rel) for n in tokens_to_notes(segment.tokens)]
+        out.append(melody)
+    return out
+
+
+def corpus_sets() -> tuple[list[Any], list[Any], int]:
+    """The soprano lines the model was trained on, and the held-out works split by tune (no held-out
+    work that is a harmonisation of a training work's tune); how many held-out works that dropped."""
+    from inference.catalog import load_catalog
+    from inference.train import MODEL_DIR, extract
+
+    manifest = json.loads((MODEL_DIR / "training_manifest.json").read_text())
+    held, works = set(manifest["held_out_works"]), {w["work_id"] for w in manifest["works"]}
+    melodies = {}
+    for work in load_catalog():
+        if work.work_id in works and (extracted := extract(work)) is not None:
+            melodies[work.work_id] = [(n.start, n.length, n.rel) for n in tokens_to_notes(extracted["tokens"])]
+    trained = [m for k, m in sorted(melodies.items()) if k not in held]
+    held_out = [m for k, m in sorted(melodies.items()) if k in held]
+    by_tune = [m for m in held_out if not melody_stats.same_tune(m, trained)]
+    return trained, by_tune, len(held_out) - len(by_tune)
+
+
+def symbolic(generated: dict[str, list[Any]], trained: list[Any], held_out: list[Any]) -> dict[str, Any]:
+    """oa_* and memorization_* of each engine's pieces (``generated``: label -> melodies)."""
+    sample = trained[::max(1, len(trained) // PIECES)][:PIECES]  # as many training works as pieces
+    out: dict[str, Any] = {"oa_reference": round(melody_stats.mean_overlapped_area(sample, held_out), 4),
+                           "memorization_reference": melody_stats.longest_shared_run(held_out, trained)}
+    for label, melodies in generated.items():
+        out[label] = {"oa_generated": round(melody_stats.mean_overlapped_area(melodies, held_out), 4),
+                      "oa_generated_per_feature": melody_stats.overlapped_area(melodies, held_out),
+                      "memorization": melody_stats.longest_shared_run(melodies, trained)}
+    return out
+
+
 def measure(params: list[Params]) -> dict[str, Any]:
     """Every figure of the engine on the import path (today's, or BASELINE's in the subprocess)."""
     torch.set_num_threads(1)
@@ -225,7 +279,7 @@ def measure(params: list[Params]) -> dict[str, Any]:
             "tempo_error_max": round(tempo_error(engine), 5),
             "phrase_repetition": round(repetition(bars), 3),
             "render_x_realtime": round(seconds / cpu, 1), "session_s": round(seconds, 1), "segments": len(params),
-            "engine_file": str(Path(sys.modules[Engine.__module__].__file__ or ""))}
+            "engine_file": str(Path(sys.modules[Engine.__module__].__file__ or "")), "melodies": pieces(engine)}
 
 
 def measured_at(commit: str, params: list[Params]) -> dict[str, Any]:
@@ -263,15 +317,36 @@ def main() -> None:
         return
     params = plan(40 * args.session_scale, 90 * args.session_scale, 50 * args.session_scale)
     before = measured_at(BASELINE, params)
+    before_melodies = before.pop("melodies")
     show("baseline", before)
     after = measure(params)
     after.pop("engine_file")
+    after_melodies = after.pop("melodies")
     show("engine", after)
     corpus = round(corpus_repetition(), 3)
     print(f"corpus    phrase_repetition {corpus} ({CORPUS_WORKS} chorales)", flush=True)
+    trained, held_out, same_tune = corpus_sets()
+    sym = symbolic({"engine": after_melodies, "baseline": before_melodies}, trained, held_out)
+    print(f"symbolic  {len(after_melodies)} pieces of {2 * PIECE_SEGMENTS} bars against {len(held_out)} held-out "
+          f"chorales split by tune ({same_tune} held-out harmonisations of training tunes left out), "
+          f"{len(trained)} trained: {json.dumps(sym)}", flush=True)
+    after |= {"oa_generated": sym["engine"]["oa_generated"], "oa_reference": sym["oa_reference"],
+              "oa_generated_per_feature": sym["engine"]["oa_generated_per_feature"],
+              "memorization_max_shared_notes": sym["engine"]["memorization"]["pairs"],
+              "memorization_max_shared_bars": sym["engine"]["memorization"]["bars"],
+              "memorization_reference_max_shared_notes": sym["memorization_reference"]["pairs"],
+              "memorization_reference_max_shared_bars": sym["memorization_reference"]["bars"],
+              "held_out_by_tune": len(held_out)}
+    before |= {"oa_generated": sym["baseline"]["oa_generated"],
+               "memorization_max_shared_notes": sym["baseline"]["memorization"]["pairs"],
+               "memorization_max_shared_bars": sym["baseline"]["memorization"]["bars"]}
     goals = {"loudness_range_lu": after["loudness_range_lu"] >= 6, "max_join_jump_lu": after["max_join_jump_lu"] <= 1,
              "energy_spearman": after["energy_spearman"] >= 0.9, "tempo_error_max": after["tempo_error_max"] <= 0.01,
-             "render_x_realtime": after["render_x_realtime"] >= 60}
+             "render_x_realtime": after["render_x_realtime"] >= 60,
+             "oa_generated": after["oa_generated"] >= 0.9 * after["oa_reference"]
+             and after["oa_generated"] > before["oa_generated"],
+             "memorization": after["memorization_max_shared_notes"] <= after["memorization_reference_max_shared_notes"]
+             and after["memorization_max_shared_bars"] <= 2}
     met = {k: bool(v) for k, v in goals.items()}
     print("RESULT " + json.dumps({**after, "corpus_phrase_repetition": corpus, "baseline": before,
                                   "baseline_commit": BASELINE[:12], "goals_met": met,

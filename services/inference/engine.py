@@ -20,13 +20,25 @@ import torch
 
 from inference import form
 from inference.form import Theme
+from inference.memorization import CopyGuard
 from inference.model import MelodyModel, sample_batch
-from inference.music import BOS, MAJOR, MINOR, STEPS_PER_BAR, energy_token, harmonize, notes_to_tokens, tokens_to_notes
+from inference.music import (
+    BOS,
+    MAJOR,
+    MINOR,
+    STEPS_PER_BAR,
+    Note,
+    energy_token,
+    harmonize,
+    notes_to_tokens,
+    tokens_to_notes,
+)
 from inference.provenance import influences
 from inference.render import SAMPLE_RATE, Rendered, arrange, finish, synthesize
 from inference.train import MODEL_DIR
 
 CONTEXT_TOKENS = 48
+COPY_RESAMPLES = 8  # a melody copying a training work is sampled again up to this often
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,8 @@ class Segment:
     degrees: list[int]
     bar: int = 0  # the session bar after it
     theme: Theme | None = None
+    copy_resamples: int = 0  # how often its melody was sampled again for copying a training work
+    before: tuple[int, ...] = ()  # the context's tokens it continued (the melody before it)
 
     @property
     def duration_ms(self) -> int:
@@ -105,8 +119,10 @@ class Segment:
 
     @property
     def context(self) -> Context:
-        return Context(tuple(self.tokens[-CONTEXT_TOKENS:]), self.rendered.tail, self.degrees[-1], self.rendered.lufs,
-                       self.bar, self.theme)
+        # the melody so far, across segments: a 1-bar segment alone is too short a context for the model,
+        # and the copy guard reads on from it (two bars and more)
+        return Context((self.before + tuple(self.tokens))[-CONTEXT_TOKENS:], self.rendered.tail, self.degrees[-1],
+                       self.rendered.lufs, self.bar, self.theme)
 
 
 class Engine:
@@ -123,6 +139,8 @@ class Engine:
                          if work in taught}
         version = json.loads((model_dir / "version.json").read_text())
         self.model_id, self.model_version = version["model_id"], version["model_version"]
+        guard = model_dir / "copy_guard.json"  # versions trained before the guard have none
+        self.guard = CopyGuard.from_melodies(json.loads(guard.read_text())) if guard.exists() else None
         self.manifest_sha256 = version["training_manifest_sha256"]
 
     def generate(self, params: Params, seed: int, context: Context | None = None,
@@ -132,29 +150,27 @@ class Engine:
 
     def generate_batch(self, jobs: list[Job], allowed_works: set[str] | None = None) -> list[Segment]:
         """Render several segments; their melodies are sampled together (one batched model
-        step per token), each with its own seed, so results equal one-at-a-time generation."""
+        step per token), each with its own seed, so results equal one-at-a-time generation.
+        A melody that copies more than two bars of a training work (``memorization``) is sampled
+        again from seeds derived from the job's, up to COPY_RESAMPLES times."""
         contexts = [job.context for job in jobs]
         prefixes = []
         for job, context in zip(jobs, contexts, strict=True):
             prefix = [BOS, MAJOR if job.params.mode == "MAJOR" else MINOR, energy_token(job.params.energy)]
             prefixes.append(prefix + (list(context.tokens[-CONTEXT_TOKENS:]) if context is not None else []))
-        melodies = sample_batch(
-            self.model, prefixes, [job.params.bars * STEPS_PER_BAR for job in jobs], [job.params.mode for job in jobs],
-            [torch.Generator().manual_seed(job.seed) for job in jobs],
-            [1 if job.params.energy >= 0.67 else 2 if job.params.energy >= 0.34 else 4 for job in jobs])
+        melodies = self._sample(jobs, prefixes, [job.seed for job in jobs])
         allowed = set(self.profiles) if allowed_works is None else allowed_works & set(self.profiles)
         segments = []
-        for job, context, tokens in zip(jobs, contexts, melodies, strict=True):
+        for job, context, prefix, tokens in zip(jobs, contexts, prefixes, melodies, strict=True):
             params = job.params
             bar = context.bar if context is not None else 0
-            notes, theme, repeated = form.apply_form(tokens_to_notes(tokens), bar, params.bars,
-                                                     context.theme if context is not None else None,
-                                                     params.mode, energy_token(params.energy))
-            if repeated:  # the melody as heard is the model's context for what follows
-                end = max((n.start + n.length for n in notes), default=0)
-                steps = params.bars * STEPS_PER_BAR
-                tokens = notes_to_tokens([(n.start, n.length, n.rel) for n in notes]
-                                         + ([(end, steps - end, None)] if end < steps else []))
+            notes, theme, tokens = self._heard(job, context, tokens)
+            resampled = 0
+            while self.guard is not None and resampled < COPY_RESAMPLES and self.guard.copies(
+                    *_after(context, notes)):
+                resampled += 1
+                (tokens,) = self._sample([job], [prefix], [job.seed * 1_000_003 + resampled])
+                notes, theme, tokens = self._heard(job, context, tokens)
             cadences = {2 * k + 1: c for k in range(params.bars) if (c := form.cadence(bar + k)) is not None}
             degrees = harmonize(notes, params.mode, params.bars, context.degree if context else 0, cadences)
             events = arrange(notes, degrees, params.mode, params.key_tonic, params.energy, params.bars,
@@ -163,8 +179,38 @@ class Engine:
             rendered = finish(raw, length, context.tail if context is not None else None, params.energy,
                               context.lufs if context is not None else None)
             segments.append(Segment(rendered, tokens, influences(notes, self.profiles, allowed), degrees,
-                                    bar + params.bars, theme))
+                                    bar + params.bars, theme, resampled,
+                                    tuple(context.tokens) if context is not None else ()))
         return segments
+
+    def _sample(self, jobs: list[Job], prefixes: list[list[int]], seeds: list[int]) -> list[list[int]]:
+        return sample_batch(
+            self.model, prefixes, [job.params.bars * STEPS_PER_BAR for job in jobs], [job.params.mode for job in jobs],
+            [torch.Generator().manual_seed(seed % (1 << 63)) for seed in seeds],
+            [1 if job.params.energy >= 0.67 else 2 if job.params.energy >= 0.34 else 4 for job in jobs])
+
+    @staticmethod
+    def _heard(job: Job, context: Context | None, tokens: list[int]) -> tuple[list[Note], Theme | None, list[int]]:
+        """The melody as heard (the session's form applied) and its tokens (the next segment's context)."""
+        params = job.params
+        sampled = tokens_to_notes(tokens)
+        notes, theme, _ = form.apply_form(sampled, context.bar if context is not None else 0,
+                                          params.bars, context.theme if context is not None else None,
+                                          params.mode, energy_token(params.energy))
+        if notes != sampled:  # the melody as heard (a theme repeated, a cadence landed) is the context that follows
+            end = max((n.start + n.length for n in notes), default=0)
+            steps = params.bars * STEPS_PER_BAR
+            tokens = notes_to_tokens([(n.start, n.length, n.rel) for n in notes]
+                                     + ([(end, steps - end, None)] if end < steps else []))
+        return notes, theme, tokens
+
+
+def _after(context: Context | None, notes: list[Note]) -> tuple[list[Note], int]:
+    """The segment's melody read on from the notes before it (its context's), in time order, and
+    where its own notes begin."""
+    before = tokens_to_notes(list(context.tokens)) if context is not None else []
+    shift = max((n.start + n.length for n in before), default=0)
+    return [Note(n.start - shift, n.length, n.rel) for n in before] + notes, len(before)
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from kit.settings import KafkaSettings
 
 TOPIC = "inference.models.v1"
 ARTIFACT_FILES = ("weights.pt", "profiles.json", "training_manifest.json", "version.json", "consent_snapshot.json",
-                  "MODEL_CARD.md")
-REQUIRED_FILES = frozenset(ARTIFACT_FILES) - {"consent_snapshot.json", "MODEL_CARD.md"}
+                  "MODEL_CARD.md", "copy_guard.json")
+REQUIRED_FILES = frozenset(ARTIFACT_FILES) - {"consent_snapshot.json", "MODEL_CARD.md", "copy_guard.json"}
 MAX_ARTIFACT_BYTES = 256 * 1024 * 1024  # unpacked; the demo model is about 3 MB
 
 

@@ -65,6 +65,8 @@ GENERATION_SECONDS = Histogram("entrain_inference_generation_seconds", "Time to 
 REAL_TIME_FACTOR = Gauge("entrain_inference_real_time_factor", "Seconds of audio per second of compute, last batch.")
 DEADLINE_MISSES = Counter("entrain_inference_deadline_misses_total", "Requests dropped because their deadline passed.")
 SEGMENTS = Counter("entrain_inference_segments_total", "Segments generated.")
+COPY_RESAMPLES = Counter("entrain_inference_copy_resamples_total",
+                         "Melodies sampled again because they copied more than two bars of a training work.")
 REPLAYED = Counter("entrain_inference_segments_replayed_total",
                    "Requests answered from the generation log (the segment existed: not generated again).")
 QUEUE_DEPTH = Gauge("entrain_inference_batch_size", "Requests in the last micro-batch.")
@@ -357,6 +359,7 @@ class InferenceService:
         self.admission.measured(elapsed, audio_s)
         CAPACITY_SESSIONS.set(self.admission.capacity if self.admission.capacity is not None else -1)
         ACTIVE_SESSIONS.set(len(self.admission.active))
+        COPY_RESAMPLES.inc(sum(s.copy_resamples for s in segments))
         for (_, request, _), segment in zip(wave, segments, strict=True):
             uri, digest = self.store.put(wav_bytes(segment.rendered.audio), "wav")
             record = self.log.write(self._record(request, segment, uri, digest), segment.context)

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from inference.catalog import CatalogWork, ConsentSnapshot, load_catalog
+from inference.memorization import pairs
 from inference.model import DEFAULTS, MelodyModel
 from inference.music import BOS, MAJOR, MINOR, PAD, STEPS_PER_BAR, energy_token, notes_to_tokens, tokens_to_notes
 from inference.provenance import profile
@@ -138,6 +139,7 @@ def train(epochs: int, out: Path, limit: int | None = None, seed: int = SEED,
     # Attribution profiles of the works the model learned from: held-out works taught it nothing.
     profiles = {s["work_id"]: profile(tokens_to_notes(s["tokens"])) for s in trained}
     (out / "profiles.json").write_text(json.dumps(profiles, sort_keys=True, separators=(",", ":")) + "\n")
+    (out / "copy_guard.json").write_text(copy_guard_text(trained))
     by_id = {w.work_id: w for w in works}
     manifest = {
         "model_id": MODEL_ID,
@@ -161,6 +163,12 @@ def train(epochs: int, out: Path, limit: int | None = None, seed: int = SEED,
     _plot(losses, val_losses, out / "loss_curve.png")
     return {"losses": losses, "held_out_losses": val_losses, "works": len(sequences), "manifest_sha256": manifest_sha,
             "model_version": version_for(snapshot)}
+
+
+def copy_guard_text(trained: list[dict[str, Any]]) -> str:
+    """copy_guard.json: every trained work's melody as (interval, duration) pairs (inference.memorization)."""
+    melodies = {s["work_id"]: pairs(tokens_to_notes(s["tokens"])) for s in trained}
+    return json.dumps(melodies, sort_keys=True, separators=(",", ":")) + "\n"
 
 
 def _pad(windows: list[list[int]]) -> torch.Tensor:
