@@ -28,6 +28,9 @@ before and an after from one run.
                     between PIECES generated 16-bar melodies and the held-out chorales split by
                     tune, beside oa_reference: as many training works against the same held-out set;
                     goal oa_generated >= 0.9 x oa_reference and above the baseline's
+  harmony_agreement the share of the held-out chorales' half bars (split by tune) where the engine's
+                    harmony, given Bach's melody, picks Bach's own chord (inference.harmony.chords_of
+                    reads it from the four voices), beside the rule it replaced (_rule)
   memorization_*    the longest run of (interval, duration) pairs a generated melody shares with a
                     training work, in pairs (_notes) and bars (_bars), beside the held-out chorales'
                     (memorization_reference_*); goal no higher than the reference and <= 2 bars
@@ -232,22 +235,35 @@ def pieces(engine: Engine) -> list[list[tuple[int, int, int]]]:
     return out
 
 
-def corpus_sets() -> tuple[list[Any], list[Any], int]:
-    """The soprano lines the model was trained on, and the held-out works split by tune (no held-out
-    work that is a harmonisation of a training work's tune); how many held-out works that dropped."""
+def corpus_sets() -> tuple[list[Any], list[Any], int, list[Any]]:
+    """The soprano lines the model was trained on, the held-out works split by tune (no held-out
+    work that is a harmonisation of a training work's tune), how many held-out works that dropped,
+    and those held-out works as (mode, melody notes, Bach's chord per half bar)."""
     from inference.catalog import load_catalog
     from inference.train import MODEL_DIR, extract
 
     manifest = json.loads((MODEL_DIR / "training_manifest.json").read_text())
     held, works = set(manifest["held_out_works"]), {w["work_id"] for w in manifest["works"]}
-    melodies = {}
-    for work in load_catalog():
-        if work.work_id in works and (extracted := extract(work)) is not None:
-            melodies[work.work_id] = [(n.start, n.length, n.rel) for n in tokens_to_notes(extracted["tokens"])]
+    extracted = {w.work_id: e for w in load_catalog() if w.work_id in works and (e := extract(w)) is not None}
+    melodies = {k: [(n.start, n.length, n.rel) for n in tokens_to_notes(e["tokens"])] for k, e in extracted.items()}
     trained = [m for k, m in sorted(melodies.items()) if k not in held]
-    held_out = [m for k, m in sorted(melodies.items()) if k in held]
-    by_tune = [m for m in held_out if not melody_stats.same_tune(m, trained)]
-    return trained, by_tune, len(held_out) - len(by_tune)
+    held_out = {k: m for k, m in sorted(melodies.items()) if k in held}
+    by_tune = {k: m for k, m in held_out.items() if not melody_stats.same_tune(m, trained)}
+    chorales = [(extracted[k]["mode"], tokens_to_notes(extracted[k]["tokens"]), extracted[k]["harmony"])
+                for k in by_tune if extracted[k]["harmony"]]
+    return trained, list(by_tune.values()), len(held_out) - len(by_tune), chorales
+
+
+def harmony_agreement(harmonize: Any, chorales: list[Any]) -> float:
+    """The share of half bars with a named chord where ``harmonize(notes, mode, bars)`` picks Bach's."""
+    hits = total = 0
+    for mode, melody, halves in chorales:
+        chosen = harmonize(melody, mode, (len(halves) + 1) // 2)
+        for (_, degree), ours in zip(halves, chosen, strict=False):
+            if degree is not None:
+                total += 1
+                hits += degree == ours
+    return hits / max(1, total)
 
 
 def symbolic(generated: dict[str, list[Any]], trained: list[Any], held_out: list[Any]) -> dict[str, Any]:
@@ -325,7 +341,14 @@ def main() -> None:
     show("engine", after)
     corpus = round(corpus_repetition(), 3)
     print(f"corpus    phrase_repetition {corpus} ({CORPUS_WORKS} chorales)", flush=True)
-    trained, held_out, same_tune = corpus_sets()
+    trained, held_out, same_tune, chorales = corpus_sets()
+    from inference.music import harmonize
+
+    learned = Engine().harmony
+    harmony = {"harmony_agreement": round(harmony_agreement(learned.choose, chorales), 3) if learned else None,
+               "harmony_agreement_rule": round(harmony_agreement(harmonize, chorales), 3),
+               "harmony_half_bars": sum(1 for _, _, h in chorales for _, d in h if d is not None)}
+    print(f"harmony   Bach's own chord chosen under held-out chorale melodies: {json.dumps(harmony)}", flush=True)
     sym = symbolic({"engine": after_melodies, "baseline": before_melodies}, trained, held_out)
     print(f"symbolic  {len(after_melodies)} pieces of {2 * PIECE_SEGMENTS} bars against {len(held_out)} held-out "
           f"chorales split by tune ({same_tune} held-out harmonisations of training tunes left out), "
@@ -336,7 +359,7 @@ def main() -> None:
               "memorization_max_shared_bars": sym["engine"]["memorization"]["bars"],
               "memorization_reference_max_shared_notes": sym["memorization_reference"]["pairs"],
               "memorization_reference_max_shared_bars": sym["memorization_reference"]["bars"],
-              "held_out_by_tune": len(held_out)}
+              "held_out_by_tune": len(held_out), **harmony}
     before |= {"oa_generated": sym["baseline"]["oa_generated"],
                "memorization_max_shared_notes": sym["baseline"]["memorization"]["pairs"],
                "memorization_max_shared_bars": sym["baseline"]["memorization"]["bars"]}

@@ -20,6 +20,7 @@ import torch
 
 from inference import form
 from inference.form import Theme
+from inference.harmony import Harmony
 from inference.memorization import CopyGuard
 from inference.model import MelodyModel, sample_batch
 from inference.music import (
@@ -141,6 +142,8 @@ class Engine:
         self.model_id, self.model_version = version["model_id"], version["model_version"]
         guard = model_dir / "copy_guard.json"  # versions trained before the guard have none
         self.guard = CopyGuard.from_melodies(json.loads(guard.read_text())) if guard.exists() else None
+        learned = model_dir / "harmony.json"  # without it (older versions) the rule harmonises
+        self.harmony = Harmony(json.loads(learned.read_text())) if learned.exists() else None
         self.manifest_sha256 = version["training_manifest_sha256"]
 
     def generate(self, params: Params, seed: int, context: Context | None = None,
@@ -172,9 +175,14 @@ class Engine:
                 (tokens,) = self._sample([job], [prefix], [job.seed * 1_000_003 + resampled])
                 notes, theme, tokens = self._heard(job, context, tokens)
             cadences = {2 * k + 1: c for k in range(params.bars) if (c := form.cadence(bar + k)) is not None}
-            degrees = harmonize(notes, params.mode, params.bars, context.degree if context else 0, cadences)
+            previous = context.degree if context else 0
+            degrees = (self.harmony.choose(notes, params.mode, params.bars, previous, cadences) if self.harmony
+                       else harmonize(notes, params.mode, params.bars, previous, cadences))
             events = arrange(notes, degrees, params.mode, params.key_tonic, params.energy, params.bars,
-                             np.random.default_rng(job.seed))
+                             np.random.default_rng(job.seed),
+                             fills=frozenset(k for k in range(params.bars) if form.ends_section(bar + k)),
+                             downbeats=frozenset(k for k in range(params.bars)
+                                                 if bar + k > 0 and form.ends_section(bar + k - 1)))
             raw, length = synthesize(events, params.tempo_bpm, params.bars, params.energy, params.tempo_from_bpm)
             rendered = finish(raw, length, context.tail if context is not None else None, params.energy,
                               context.lufs if context is not None else None)

@@ -51,9 +51,13 @@ def theme_bar(bar: int) -> int | None:
     return None
 
 
+def ends_section(bar: int) -> bool:
+    return (bar + 1) % SECTION_BARS == 0
+
+
 def cadence(bar: int) -> tuple[int, ...] | None:
     """The chord degrees the bar's last half bar may take (a cadence), or None (no cadence there)."""
-    if (bar + 1) % SECTION_BARS == 0:
+    if ends_section(bar):
         return (TONIC,)
     if (bar + 1) % PHRASE_BARS == 0:
         return (DOMINANT,)

@@ -8,6 +8,7 @@ melody independent of key, and the key is applied when rendering.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 PAD, BOS, BAR, MAJOR, MINOR = 0, 1, 2, 3, 4
@@ -110,6 +111,14 @@ def triad(mode: str, degree: int) -> tuple[int, int, int]:
     return tuple(s[(degree + k) % 7] + 12 * ((degree + k) // 7) for k in (0, 2, 4))  # type: ignore[return-value]
 
 
+def melody_pc(notes: Sequence[Note], at: int) -> int | None:
+    """The pitch class a half bar starting at ``at`` is harmonised under: the melody note sounding
+    there, or else the first starting in that half bar."""
+    sounding = [n for n in notes if n.start <= at < n.start + n.length] or \
+               [n for n in notes if at <= n.start < at + 8]
+    return sounding[0].rel % 12 if sounding else None
+
+
 def harmonize(notes: list[Note], mode: str, bars: int, previous_degree: int = 0,
               cadences: dict[int, tuple[int, ...]] | None = None) -> list[int]:
     """A chord root degree per half bar: a triad containing the melody note sounding at
@@ -118,10 +127,7 @@ def harmonize(notes: list[Note], mode: str, bars: int, previous_degree: int = 0,
     takes one of those when the melody allows."""
     degrees = []
     for half in range(bars * 2):
-        at = half * 8
-        sounding = [n for n in notes if n.start <= at < n.start + n.length] or \
-                   [n for n in notes if at <= n.start < at + 8]
-        pc = sounding[0].rel % 12 if sounding else None
+        pc = melody_pc(notes, half * 8)
         choices = [d for d in TRIADS[mode] if pc is None or pc in {x % 12 for x in triad(mode, d)}]
         if cadences and half in cadences:
             choices = [d for d in choices if d in cadences[half]] or choices

@@ -41,6 +41,7 @@ PEAK_CEILING_DBFS = -1.0
 TAIL_SECONDS = 1.5
 DRUMS = 9
 KICK, SNARE, CLOSED_HAT, SHAKER = 36, 38, 42, 70
+LOW_TOM, MID_TOM, HIGH_TOM, CRASH = 45, 47, 50, 49
 
 
 @lru_cache(maxsize=1)
@@ -75,8 +76,11 @@ def tonic_reference(key_tonic: int) -> int:
 
 
 def arrange(notes: list[Note], degrees: list[int], mode: str, key_tonic: int, energy: float, bars: int,
-            rng: np.random.Generator) -> list[Event]:
-    """Melody, harmony, bass and drums as note events, their layers, density and velocity set by energy."""
+            rng: np.random.Generator, fills: frozenset[int] = frozenset(),
+            downbeats: frozenset[int] = frozenset()) -> list[Event]:
+    """Melody, harmony, bass and drums as note events, their layers, density and velocity set by energy.
+    ``fills``: bars (of the segment) that end a section: their last beat is a drum fill into the next;
+    ``downbeats``: bars that open a section after one: a crash on their first beat (with drums playing)."""
     root = tonic_reference(key_tonic)
     events: list[Event] = []
     melody_velocity = int(70 + 40 * energy)
@@ -92,9 +96,11 @@ def arrange(notes: list[Note], degrees: list[int], mode: str, key_tonic: int, en
         start = half * 8
         chord = [root - 12 + x for x in triad(mode, degree)]
         bass = 36 + (key_tonic + scale(mode)[degree]) % 12  # C2-B2: a bass's register, below 160 Hz
-        if energy < REST:  # sustained pad
-            for k in chord:
-                note(start, 8, 1, k, int(45 + 20 * energy))
+        if energy < REST:  # sustained pad, held (not struck again) while the chord stays
+            if half == 0 or degrees[half - 1] != degree:
+                held = next((j for j in range(half + 1, len(degrees)) if degrees[j] != degree), len(degrees)) - half
+                for k in chord:
+                    note(start, 8 * held, 1, k, int(45 + 20 * energy))
         else:  # arpeggiated eighths
             for i in range(4):
                 note(start + 2 * i, 2, 1, chord[(0, 1, 2, 1)[i]] + (12 if i == 2 else 0), int(45 + 35 * energy))
@@ -104,6 +110,13 @@ def arrange(notes: list[Note], degrees: list[int], mode: str, key_tonic: int, en
             note(start + i, step * 0.9, 2, bass + (12 if energy >= DRIVING and i % 4 else 0), velocity)
     for beat in range(bars * 4):  # the kit grows with energy, onsets a beat with it: none below SLEEP
         step = beat * 4
+        if energy >= REST and beat % 4 == 0 and beat // 4 in downbeats:
+            note(step, 4, DRUMS, CRASH, int(60 + 40 * energy))
+        if energy >= REST and beat % 4 == 3 and beat // 4 in fills:  # toms down to the snare, rising
+            for i, drum in enumerate((HIGH_TOM, MID_TOM, LOW_TOM, SNARE) if energy >= MOVING else (MID_TOM, LOW_TOM)):
+                spacing = 1 if energy >= MOVING else 2
+                note(step + spacing * i, spacing * 0.9, DRUMS, drum, int(55 + 35 * energy + 8 * i))
+            continue
         if energy >= DRIVING or (energy >= REST and beat % 2 == 0):
             note(step, 1, DRUMS, KICK, int(88 + 30 * energy) if beat % 2 == 0 else int(78 + 30 * energy))
         if energy >= REST:

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from inference.catalog import CatalogWork, ConsentSnapshot, load_catalog
+from inference.harmony import chords_of, learn
 from inference.memorization import pairs
 from inference.model import DEFAULTS, MelodyModel
 from inference.music import BOS, MAJOR, MINOR, PAD, STEPS_PER_BAR, energy_token, notes_to_tokens, tokens_to_notes
@@ -46,15 +47,19 @@ def extract(work: CatalogWork) -> dict[str, Any] | None:
     reference = 60 + tonic if tonic <= 7 else 48 + tonic  # tonic near middle C
     soprano = score.parts[0].flatten()
     pickup = soprano.notes[0].offset % 4 if soprano.notes else 0
-    events = []
-    for note in soprano.notes:
-        if not hasattr(note, "pitch"):
-            continue
-        start = round(float(note.offset - pickup) * 4)
-        length = max(1, round(float(note.quarterLength) * 4))
-        if start < 0:
-            continue
-        events.append((start, length, note.pitch.midi - reference))
+
+    def voice(part: Any) -> list[tuple[int, int, int]]:
+        events = []
+        for note in part.flatten().notes:
+            if not hasattr(note, "pitch"):
+                continue
+            start = round(float(note.offset - pickup) * 4)
+            length = max(1, round(float(note.quarterLength) * 4))
+            if start >= 0:
+                events.append((start, length, note.pitch.midi - reference))
+        return events
+
+    events = voice(score.parts[0])
     if len(events) < 8:
         return None
     bars = max(1, (events[-1][0] + events[-1][1]) // STEPS_PER_BAR)
@@ -62,7 +67,9 @@ def extract(work: CatalogWork) -> dict[str, Any] | None:
     energy = 0.2 if density < 3.5 else 0.5 if density < 4.5 else 0.85
     mode = "MAJOR" if key.mode == "major" else "MINOR"
     tokens = [BOS, MAJOR if mode == "MAJOR" else MINOR, energy_token(energy), *notes_to_tokens(events)]
-    return {"work_id": work.work_id, "mode": mode, "tokens": tokens}
+    four_part = len(score.parts) == 4
+    return {"work_id": work.work_id, "mode": mode, "tokens": tokens,
+            "harmony": chords_of([voice(p) for p in score.parts], mode) if four_part else []}
 
 
 WINDOW, STRIDE = 96, 64
@@ -140,6 +147,7 @@ def train(epochs: int, out: Path, limit: int | None = None, seed: int = SEED,
     profiles = {s["work_id"]: profile(tokens_to_notes(s["tokens"])) for s in trained}
     (out / "profiles.json").write_text(json.dumps(profiles, sort_keys=True, separators=(",", ":")) + "\n")
     (out / "copy_guard.json").write_text(copy_guard_text(trained))
+    (out / "harmony.json").write_text(harmony_text(trained))
     by_id = {w.work_id: w for w in works}
     manifest = {
         "model_id": MODEL_ID,
@@ -169,6 +177,12 @@ def copy_guard_text(trained: list[dict[str, Any]]) -> str:
     """copy_guard.json: every trained work's melody as (interval, duration) pairs (inference.memorization)."""
     melodies = {s["work_id"]: pairs(tokens_to_notes(s["tokens"])) for s in trained}
     return json.dumps(melodies, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def harmony_text(trained: list[dict[str, Any]]) -> str:
+    """harmony.json: the trained works' chord progressions counted (inference.harmony)."""
+    counts = learn([(s["mode"], s["harmony"]) for s in trained])
+    return json.dumps(counts, sort_keys=True, separators=(",", ":")) + "\n"
 
 
 def _pad(windows: list[list[int]]) -> torch.Tensor:
