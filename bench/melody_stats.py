@@ -27,8 +27,8 @@ Melody = Sequence[tuple[int, int, int]]  # (start, length, pitch): sixteenths, s
 STEPS_PER_BAR = 16
 LENGTH_BINS = (1, 2, 3, 4, 6, 8, 12, 16)  # note lengths in sixteenths; longer ones count in the last bin
 HISTOGRAMS = ("pitch_class_histogram", "note_length_histogram")
-TUNE_RUN = 14  # consecutive pitch intervals in common: one tune (held-out chorales share 6-13 with
-# some training work, or 15-45: a harmonisation of a tune the training set has)
+TUNE_RUN = 14  # consecutive pitch intervals in common: one tune (a held-out chorale shares either a
+# dozen or fewer with its closest training work, or fifteen and more: another harmonisation of its tune)
 
 
 def features(melody: Melody) -> dict[str, float | np.ndarray]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inference.music import STEPS_PER_BAR, Note, triad
+from inference.music import STEPS_PER_BAR, Note, sounding_at, triad
 
 PHRASE_BARS = 4
 SECTION_BARS = 8
@@ -111,22 +111,19 @@ def land_cadences(notes: list[Note], bar0: int, bars: int, mode: str) -> list[No
     """A phrase's melody lands on its cadence: where a bar ends a phrase, the note sounding at its last
     half bar (the half bar ``harmonize`` gives the cadence chord) moves to the nearest tone of the
     cadence's chord when no chord the cadence allows holds it (a step of one or two semitones; a
-    triad's tones are at most four apart). Otherwise the sampled melody would deny the cadence about
-    four times in ten."""
+    triad's tones are at most four apart). Otherwise the sampled melody often denies the cadence."""
     out = list(notes)
     for k in range(bars):
         allowed = cadence(bar0 + k)
         if allowed is None:
             continue
-        at = k * STEPS_PER_BAR + STEPS_PER_BAR // 2
-        sounding = [i for i, n in enumerate(out) if n.start <= at < n.start + n.length] or \
-                   [i for i, n in enumerate(out) if at <= n.start < at + STEPS_PER_BAR // 2]
-        if not sounding:
+        index = sounding_at(out, k * STEPS_PER_BAR + STEPS_PER_BAR // 2)
+        if index is None:
             continue
-        note = out[sounding[0]]
+        note = out[index]
         if any(note.rel % 12 in {x % 12 for x in triad(mode, d)} for d in allowed):
             continue
         tones = {x % 12 for x in triad(mode, allowed[0])}
         move = next(m for m in (-1, 1, -2, 2) if (note.rel + m) % 12 in tones)
-        out[sounding[0]] = Note(note.start, note.length, note.rel + move)
+        out[index] = Note(note.start, note.length, note.rel + move)
     return out

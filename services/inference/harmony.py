@@ -78,8 +78,7 @@ class Harmony:
         self._marginal: dict[tuple[str, int], dict[int, int]] = {}
         for mode, table in counts.items():
             for key, n in table.items():
-                previous, pc, degree = (None if part == "None" else int(part) for part in key.split(","))
-                assert previous is not None and degree is not None
+                previous, pc, degree = (int(part) for part in key.split(","))
                 joint = self._joint.setdefault((mode, previous, pc), {})
                 joint[degree] = joint.get(degree, 0) + n
                 marginal = self._marginal.setdefault((mode, previous), {})

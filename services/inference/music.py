@@ -111,12 +111,18 @@ def triad(mode: str, degree: int) -> tuple[int, int, int]:
     return tuple(s[(degree + k) % 7] + 12 * ((degree + k) // 7) for k in (0, 2, 4))  # type: ignore[return-value]
 
 
+def sounding_at(notes: Sequence[Note], at: int) -> int | None:
+    """The index of the note a half bar starting at ``at`` is harmonised under: the melody note
+    sounding there, or else the first starting in that half bar (None: a silent half bar)."""
+    sounding = [i for i, n in enumerate(notes) if n.start <= at < n.start + n.length] or \
+               [i for i, n in enumerate(notes) if at <= n.start < at + 8]
+    return sounding[0] if sounding else None
+
+
 def melody_pc(notes: Sequence[Note], at: int) -> int | None:
-    """The pitch class a half bar starting at ``at`` is harmonised under: the melody note sounding
-    there, or else the first starting in that half bar."""
-    sounding = [n for n in notes if n.start <= at < n.start + n.length] or \
-               [n for n in notes if at <= n.start < at + 8]
-    return sounding[0].rel % 12 if sounding else None
+    """The pitch class of ``sounding_at``."""
+    i = sounding_at(notes, at)
+    return None if i is None else notes[i].rel % 12
 
 
 def harmonize(notes: list[Note], mode: str, bars: int, previous_degree: int = 0,

@@ -47,8 +47,8 @@ def windows_of(audio: Any, rate: int) -> list[tuple[float, Any]]:
     (1.86 s), so a window holding several of them reads each less well. A 3.5 s window every 1.5 s
     holds every 2 s of the file whole, so every segment's first block lies in one window, and what
     else that window holds (1.64 s at most) is shorter than a block, so no neighbour's whole block
-    competes with it there. (4 s every 2 s, one window in two fewer, named 0.990-0.995 of a delivered
-    stream's segments against 1.000 in the same excerpts: `make bench-watermark`.)"""
+    competes with it there. (4 s every 2 s named 0.990 of a delivered stream's excerpted segments in
+    `make bench-watermark`, 3.5 s every 1.5 s 0.998.)"""
     windows = []
     size, step = int(WINDOW_S * rate), int(WINDOW_HOP_S * rate)
     if len(audio) > size:
