@@ -12,7 +12,7 @@ export PATH := $(PATH):$(HOME)/.cargo/bin
 NATIVE := native/entrain_avro
 
 .DEFAULT_GOAL := help
-.PHONY: s3-up s3-down bench-media bench-music test-cluster cluster-up cluster-down registry-up registry-down bench-ledger replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
+.PHONY: s3-up s3-down bench-media bench-music bench-attribution bench-soundfont test-cluster cluster-up cluster-down registry-up registry-down bench-ledger replay-plays chaos train generate bench-adapt bench-watermark bench-inference help venv dev-secrets bench-ingest bench-royalty crash-royalty statement up down kafka-up kafka-down kafka-status topics test test-unit test-integration lint bench-kafka demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -109,6 +109,12 @@ bench-media: venv s3-up ## the delivered AAC stream of a real session: bandwidth
 
 bench-music: venv ## the music from its audio against the engine before it: loudness range, joins, energy vs onsets and brightness, tempo, render speed
 	$(PY) bench/bench_music.py $(ARGS)
+
+bench-soundfont: venv ## render cost and spectrum of each General MIDI SoundFont on one session (the default's choice)
+	$(PY) bench/bench_soundfont.py $(ARGS)
+
+bench-attribution: venv ## influence weights against retraining: 12 groups of works left out x 3 seeds (~25 min)
+	$(PY) bench/bench_attribution.py $(ARGS)
 
 bench-inference: venv ## music engine real-time factor, latency and listeners per core (one core)
 	$(PY) bench/bench_inference.py

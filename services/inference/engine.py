@@ -35,7 +35,7 @@ from inference.music import (
     tokens_to_notes,
 )
 from inference.provenance import influences
-from inference.render import SAMPLE_RATE, Rendered, arrange, finish, synthesize
+from inference.render import SAMPLE_RATE, Rendered, arrange, energy_of, finish, synthesize
 from inference.train import MODEL_DIR
 
 CONTEXT_TOKENS = 48
@@ -76,10 +76,13 @@ class Context:
     lufs: float | None = None  # the level it ended at (None: logged before levels followed energy)
     bar: int = 0  # the session bar the next segment starts at (inference.form)
     theme: Theme | None = None  # the melody of the form cycle's first A so far
+    phrase: tuple[tuple[int, int, int], ...] = ()  # (start from its phrase's first bar line, length, rel):
+    # the notes of ``bar``'s phrase before ``bar`` (attribution reads the phrase so far)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        extra: dict[str, np.ndarray] = {"bar": np.asarray(self.bar, dtype=np.int64)}
+        extra: dict[str, np.ndarray] = {"bar": np.asarray(self.bar, dtype=np.int64),
+                                        "phrase": np.asarray(self.phrase, dtype=np.int32).reshape(-1, 3)}
         if self.lufs is not None:
             extra["lufs"] = np.asarray(self.lufs, dtype=np.float64)
         if self.theme is not None:
@@ -91,16 +94,17 @@ class Context:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Context:
-        """A logged context (one logged before levels or the form existed has neither)."""
+        """A logged context (one logged before levels, the form or phrase attribution has none)."""
         with np.load(io.BytesIO(data), allow_pickle=False) as saved:
             theme = None
             if "theme_key" in saved.files:
                 major, energy = (int(x) for x in saved["theme_key"])
                 theme = Theme("MAJOR" if major else "MINOR", energy,
                               tuple((int(a), int(b), int(c)) for a, b, c in saved["theme_notes"]))
+            phrase = tuple((int(a), int(b), int(c)) for a, b, c in saved["phrase"]) if "phrase" in saved.files else ()
             return cls(tuple(int(t) for t in saved["tokens"]), saved["tail"].astype(np.float32),
                        int(saved["degree"]), float(saved["lufs"]) if "lufs" in saved.files else None,
-                       int(saved["bar"]) if "bar" in saved.files else 0, theme)
+                       int(saved["bar"]) if "bar" in saved.files else 0, theme, phrase)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class Segment:
     theme: Theme | None = None
     copy_resamples: int = 0  # how often its melody was sampled again for copying a training work
     before: tuple[int, ...] = ()  # the context's tokens it continued (the melody before it)
+    phrase: tuple[tuple[int, int, int], ...] = ()  # the next segment's phrase so far (Context.phrase)
 
     @property
     def duration_ms(self) -> int:
@@ -123,7 +128,7 @@ class Segment:
         # the melody so far, across segments: a 1-bar segment alone is too short a context for the model,
         # and the copy guard reads on from it (two bars and more)
         return Context((self.before + tuple(self.tokens))[-CONTEXT_TOKENS:], self.rendered.tail, self.degrees[-1],
-                       self.rendered.lufs, self.bar, self.theme)
+                       self.rendered.lufs, self.bar, self.theme, self.phrase)
 
 
 class Engine:
@@ -182,13 +187,16 @@ class Engine:
                              np.random.default_rng(job.seed),
                              fills=frozenset(k for k in range(params.bars) if form.ends_section(bar + k)),
                              downbeats=frozenset(k for k in range(params.bars)
-                                                 if bar + k > 0 and form.ends_section(bar + k - 1)))
+                                                 if bar + k > 0 and form.ends_section(bar + k - 1)),
+                             previous=energy_of(context.lufs) if context is not None and context.lufs is not None
+                             else None)
             raw, length = synthesize(events, params.tempo_bpm, params.bars, params.energy, params.tempo_from_bpm)
             rendered = finish(raw, length, context.tail if context is not None else None, params.energy,
                               context.lufs if context is not None else None)
-            segments.append(Segment(rendered, tokens, influences(notes, self.profiles, allowed), degrees,
+            so_far, phrase = phrase_so_far(context, notes, params.bars)
+            segments.append(Segment(rendered, tokens, influences(so_far, self.profiles, allowed), degrees,
                                     bar + params.bars, theme, resampled,
-                                    tuple(context.tokens) if context is not None else ()))
+                                    tuple(context.tokens) if context is not None else (), phrase))
         return segments
 
     def _sample(self, jobs: list[Job], prefixes: list[list[int]], seeds: list[int]) -> list[list[int]]:
@@ -211,6 +219,21 @@ class Engine:
             tokens = notes_to_tokens([(n.start, n.length, n.rel) for n in notes]
                                      + ([(end, steps - end, None)] if end < steps else []))
         return notes, theme, tokens
+
+
+def phrase_so_far(context: Context | None, notes: list[Note],
+                  bars: int) -> tuple[list[Note], tuple[tuple[int, int, int], ...]]:
+    """The melody attribution reads for a segment — its phrase so far: the notes of the phrase its first
+    bar belongs to (``form.PHRASE_BARS``) from the phrase's first bar line to the segment's end, never a
+    note not yet generated — and what the next segment's phrase so far starts from (``Context.phrase``)."""
+    bar = context.bar if context is not None else 0
+    start = bar - bar % form.PHRASE_BARS
+    offset = (bar - start) * STEPS_PER_BAR
+    so_far = [Note(*n) for n in (context.phrase if context is not None else ())] + [
+        Note(n.start + offset, n.length, n.rel) for n in notes]
+    after = bar + bars
+    cut = (after - after % form.PHRASE_BARS - start) * STEPS_PER_BAR
+    return so_far, tuple((n.start - cut, n.length, n.rel) for n in so_far if n.start >= cut)
 
 
 def _after(context: Context | None, notes: list[Note]) -> tuple[list[Note], int]:

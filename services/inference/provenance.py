@@ -3,8 +3,9 @@
 Method: every work the model was trained on (the manifest's works minus its held-out
 works) is summarised by a profile of its melodic trigrams, (interval, interval,
 duration) counts; a segment's influence on each work is the cosine similarity of the
-two profiles. The top works with AI-generation consent get weights proportional to
-their similarity, in parts per million summing exactly to 1,000,000 (largest remainder).
+two profiles, the segment's taken over its phrase so far (``engine.phrase_so_far``). The
+top works with AI-generation consent get weights proportional to their similarity, in
+parts per million summing exactly to 1,000,000 (largest remainder).
 
 Short segments: a segment with fewer than three notes has no trigram. It is compared
 at the highest order it has — (interval, duration) pairs, then durations — against the
@@ -16,8 +17,9 @@ Ties (equal scores, equal remainders) are broken by a hash of the segment's note
 the work id, so no work is favoured by its id.
 
 Limits (also in the model card): this measures surface similarity of the output to
-each work, not the causal contribution of each work to the weights; works whose
-melodies are alike share influence; a segment resembling nothing strongly still
+each work, not the causal contribution of each work to the weights (`make
+bench-attribution` checks it against retraining without groups of works: it does not
+follow it yet); works whose melodies are alike share influence; a segment resembling nothing strongly still
 distributes its weight over its nearest works.
 """
 

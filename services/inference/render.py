@@ -1,4 +1,4 @@
-"""Render a segment to audio with a General MIDI SoundFont (TimGM6mb, shipped in pretty-midi).
+"""Render a segment to audio with a General MIDI SoundFont (``soundfont_path``).
 
 Tempo is exact: every event's sample position is computed from its position in
 sixteenths on the segment's beat grid (``kit.tempo``: a constant tempo, or a glide from the
@@ -12,7 +12,9 @@ below SLEEP a pad, the melody and a soft bass note on every beat (no percussion)
 shaker after beats 2 and 4 joins; from REST a kick on beats 1 and 3, hats on the off-beats and an
 arpeggio instead of the pad; from MOVING a snare on 2 and 4 with a hat before the next beat; from
 DRIVING four on the floor, a bass in eighths and one more sixteenth a bar; from 0.8 sixteenth hats.
-The onsets a beat grow with every step (``make bench-music`` measures it from the audio). The bass
+The onsets a beat grow with every step (``make bench-music`` measures it from the audio). While the
+energy rises from one segment to the next, each segment builds up into the next (a snare roll on its
+last beat) and a layer entering is marked by a crash; fills and a crash also mark section ends. The bass
 marks every beat at every energy, so the beat stays audible (and
 measurable) without a kick. Loudness (ITU-R BS.1770 via pyloudnorm) is normalised to
 ``target_lufs(energy)``, QUIET_LUFS at energy 0 to LOUD_LUFS at 1, gliding within a segment from
@@ -22,6 +24,7 @@ below PEAK_CEILING_DBFS.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,11 +47,23 @@ KICK, SNARE, CLOSED_HAT, SHAKER = 36, 38, 42, 70
 LOW_TOM, MID_TOM, HIGH_TOM, CRASH = 45, 47, 50, 49
 
 
-@lru_cache(maxsize=1)
-def soundfont_path() -> str:
+def fallback_soundfont() -> str:
+    """TimGM6mb (6 MB, shipped in pretty-midi): always there, and the default (``make bench-soundfont``:
+    FluidR3 renders as fast and brighter, but the arrangement's onsets no longer rise with energy in it)."""
     import pretty_midi
 
     return str(Path(pretty_midi.__file__).with_name("TimGM6mb.sf2"))
+
+
+@lru_cache(maxsize=1)
+def soundfont_path() -> str:
+    """``ENTRAIN_SOUNDFONT`` (a General MIDI .sf2 or .sf3), else TimGM6mb."""
+    chosen = os.environ.get("ENTRAIN_SOUNDFONT")
+    if chosen:
+        if not Path(chosen).is_file():
+            raise FileNotFoundError(f"ENTRAIN_SOUNDFONT={chosen}: no such file")
+        return chosen
+    return fallback_soundfont()
 
 
 @dataclass(frozen=True)
@@ -75,13 +90,29 @@ def tonic_reference(key_tonic: int) -> int:
     return 60 + key_tonic if key_tonic <= 7 else 48 + key_tonic
 
 
+def energy_of(lufs: float) -> float:
+    """The energy a segment ending at ``lufs`` was rendered at (``target_lufs`` inverted)."""
+    return round((lufs - QUIET_LUFS) / (LOUD_LUFS - QUIET_LUFS), 6)
+
+
+def tier(energy: float) -> int:
+    """The arrangement's layer set: how many of its thresholds the energy has reached."""
+    return sum(energy >= t for t in (SLEEP, REST, MOVING, DRIVING, 0.8))
+
+
 def arrange(notes: list[Note], degrees: list[int], mode: str, key_tonic: int, energy: float, bars: int,
             rng: np.random.Generator, fills: frozenset[int] = frozenset(),
-            downbeats: frozenset[int] = frozenset()) -> list[Event]:
+            downbeats: frozenset[int] = frozenset(), previous: float | None = None) -> list[Event]:
     """Melody, harmony, bass and drums as note events, their layers, density and velocity set by energy.
     ``fills``: bars (of the segment) that end a section: their last beat is a drum fill into the next;
-    ``downbeats``: bars that open a section after one: a crash on their first beat (with drums playing)."""
+    ``downbeats``: bars that open a section after one: a crash on their first beat (with drums playing).
+    ``previous``: the energy the session's previous segment had. Rising from it (with drums playing), the
+    segment builds up: its last beat is a snare roll in sixteenths, louder hit by hit, into the next; where
+    the rise brings in a layer (``tier``), a crash marks its first beat."""
     root = tonic_reference(key_tonic)
+    rising = previous is not None and energy > previous + 1e-6 and energy >= REST
+    if rising and previous is not None and tier(energy) > tier(previous):
+        downbeats = downbeats | {0}
     events: list[Event] = []
     melody_velocity = int(70 + 40 * energy)
 
@@ -116,6 +147,10 @@ def arrange(notes: list[Note], degrees: list[int], mode: str, key_tonic: int, en
             for i, drum in enumerate((HIGH_TOM, MID_TOM, LOW_TOM, SNARE) if energy >= MOVING else (MID_TOM, LOW_TOM)):
                 spacing = 1 if energy >= MOVING else 2
                 note(step + spacing * i, spacing * 0.9, DRUMS, drum, int(55 + 35 * energy + 8 * i))
+            continue
+        if rising and beat == bars * 4 - 1:  # the build-up's roll
+            for i in range(4):
+                note(step + i, 0.9, DRUMS, SNARE, int(50 + 30 * energy + 12 * i))
             continue
         if energy >= DRIVING or (energy >= REST and beat % 2 == 0):
             note(step, 1, DRUMS, KICK, int(88 + 30 * energy) if beat % 2 == 0 else int(78 + 30 * energy))

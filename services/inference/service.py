@@ -47,6 +47,7 @@ from inference.admission import DELIVERED_SLACK_MIN_MS, RETRY_MS, Admission
 from inference.catalog import load_catalog, training_withdrawals
 from inference.engine import Context, Engine, Job, Params
 from inference.registry import ModelRegistry, unpack
+from inference.render import soundfont_path
 from inference.train import MODEL_DIR
 from inference.wav import wav_bytes
 from kit.consent import ConsentHistory
@@ -448,6 +449,7 @@ def main() -> None:
     service = InferenceService(kafka, Engine(), store_from_env(), producer, registry, admission=admission,
                                delivered=DeliveredSlack(kafka))
     service.warm_up()
+    log.info("soundfont", path=soundfont_path())
     service.consent.catch_up()  # every withdrawal on the topic is seen before the first request
     service.refusal(int(time.time() * 1000))  # load the registry's current version before the first request
     log.info("catalog_published", works=service.publish_catalog())

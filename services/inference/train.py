@@ -93,53 +93,16 @@ def train(epochs: int, out: Path, limit: int | None = None, seed: int = SEED,
           snapshot: ConsentSnapshot | None = None, progress: bool = True) -> dict[str, Any]:
     """Train on the works ``snapshot`` (default: the committed consent snapshot) allows; write the
     version into ``out``, with the snapshot itself when it is not the committed one."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    torch.set_num_threads(2)
     if snapshot is None:
         snapshot = ConsentSnapshot.load()
     elif snapshot.raw:
         out.mkdir(parents=True, exist_ok=True)
         (out / "consent_snapshot.json").write_bytes(snapshot.raw)
-    works = [w for w in load_catalog() if snapshot.trainable(w)][:limit]
-    excluded = [w.work_id for w in load_catalog() if not snapshot.trainable(w)]
-    sequences = []
-    for work in tqdm(works, desc="parsing corpus", unit="work", disable=not progress):
-        item = extract(work)
-        if item is not None:
-            sequences.append(item)
-    model = MelodyModel(**DEFAULTS)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    loss_fn = nn.CrossEntropyLoss(ignore_index=PAD)
+    works, excluded, sequences = corpus(snapshot, limit, progress)
     held_out = sequences[::10]  # every tenth work: validation only, never trained on
     trained = [s for i, s in enumerate(sequences) if i % 10]
+    model, losses, val_losses = fit(trained, held_out, epochs, seed, progress)
     windows = [w for s in trained for w in windows_of(s["tokens"])]
-    batch = _pad([w for s in trained for w in windows_of(s["tokens"])])
-    validation = _pad([w for s in held_out for w in windows_of(s["tokens"])])
-    losses: list[float] = []
-    val_losses: list[float] = []
-    order = list(range(len(windows)))
-    bar = tqdm(range(epochs), desc="training", unit="epoch", disable=not progress)
-    for _ in bar:
-        model.train()
-        random.shuffle(order)
-        total, count = 0.0, 0
-        for start in range(0, len(order), 64):
-            rows = batch[order[start:start + 64]]
-            logits, _ = model(rows[:, :-1])
-            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
-            optimiser.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimiser.step()
-            total += float(loss.detach()) * len(rows)
-            count += len(rows)
-        losses.append(total / count)
-        model.eval()
-        with torch.no_grad():
-            logits, _ = model(validation[:, :-1])
-            val_losses.append(float(loss_fn(logits.reshape(-1, logits.shape[-1]), validation[:, 1:].reshape(-1))))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", held_out=f"{val_losses[-1]:.3f}")
 
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"config": model.config, "state": model.state_dict()}, out / "weights.pt")
@@ -171,6 +134,60 @@ def train(epochs: int, out: Path, limit: int | None = None, seed: int = SEED,
     _plot(losses, val_losses, out / "loss_curve.png")
     return {"losses": losses, "held_out_losses": val_losses, "works": len(sequences), "manifest_sha256": manifest_sha,
             "model_version": version_for(snapshot)}
+
+
+def corpus(snapshot: ConsentSnapshot, limit: int | None = None,
+           progress: bool = True) -> tuple[list[CatalogWork], list[str], list[dict[str, Any]]]:
+    """The works ``snapshot`` lets the model train on, the ids of those it excludes, and the usable
+    ones' melodies (``extract``)."""
+    works = [w for w in load_catalog() if snapshot.trainable(w)][:limit]
+    excluded = [w.work_id for w in load_catalog() if not snapshot.trainable(w)]
+    sequences = []
+    for work in tqdm(works, desc="parsing corpus", unit="work", disable=not progress):
+        item = extract(work)
+        if item is not None:
+            sequences.append(item)
+    return works, excluded, sequences
+
+
+def fit(trained: list[dict[str, Any]], held_out: list[dict[str, Any]], epochs: int, seed: int,
+        progress: bool = True) -> tuple[MelodyModel, list[float], list[float]]:
+    """The melody model trained on ``trained``'s windows from ``seed``, its training and held-out losses
+    per epoch (deterministic: the seed fixes the weights' initialisation and the windows' order)."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    torch.set_num_threads(2)
+    model = MelodyModel(**DEFAULTS)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=PAD)
+    batch = _pad([w for s in trained for w in windows_of(s["tokens"])])
+    validation = _pad([w for s in held_out for w in windows_of(s["tokens"])])
+    losses: list[float] = []
+    val_losses: list[float] = []
+    order = list(range(len(batch)))
+    bar = tqdm(range(epochs), desc="training", unit="epoch", disable=not progress)
+    for _ in bar:
+        model.train()
+        rng.shuffle(order)
+        total, count = 0.0, 0
+        for start in range(0, len(order), 64):
+            rows = batch[order[start:start + 64]]
+            logits, _ = model(rows[:, :-1])
+            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
+            optimiser.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            total += float(loss.detach()) * len(rows)
+            count += len(rows)
+        losses.append(total / count)
+        model.eval()
+        with torch.no_grad():
+            logits, _ = model(validation[:, :-1])
+            val_losses.append(float(loss_fn(logits.reshape(-1, logits.shape[-1]), validation[:, 1:].reshape(-1))))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", held_out=f"{val_losses[-1]:.3f}")
+    model.eval()
+    return model, losses, val_losses
 
 
 def copy_guard_text(trained: list[dict[str, Any]]) -> str:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from inference.engine import Context, Engine, Params
-from inference.render import DRUMS, KICK, REST, SLEEP, arrange, loudness, target_lufs
+from inference.render import CRASH, DRUMS, KICK, REST, SLEEP, SNARE, arrange, energy_of, loudness, target_lufs
 
 ENGINE = Engine()
 
@@ -53,3 +53,23 @@ def test_a_context_logged_before_levels_followed_energy_still_continues() -> Non
     segment = ENGINE.generate(Params(100, 0.4, "MAJOR", 0, 1), seed=2, context=again)
     assert abs(loudness(segment.rendered.audio) - target_lufs(0.4)) <= 1.0
     assert Context.from_bytes(first.context.to_bytes()).lufs == pytest.approx(target_lufs(0.4))
+
+
+def _drum_hits(events: list, key: int, since: float) -> list[int]:
+    return [e.velocity for e in sorted(events, key=lambda e: e.step)
+            if e.channel == DRUMS and e.key == key and e.velocity and e.step >= since]
+
+
+def test_rising_energy_builds_up_and_a_layer_entering_is_marked() -> None:
+    """A segment louder than its predecessor ends in a snare roll, louder hit by hit; one whose rise brings
+    in a layer opens with a crash; at constant energy neither (the join stays level)."""
+    def events(energy: float, previous: float | None) -> list:
+        return arrange([], [0, 4], "MAJOR", 0, energy, 1, np.random.default_rng(1), previous=previous)
+
+    roll = _drum_hits(events(0.45, 0.35), SNARE, since=12)
+    assert len(roll) == 4 and roll == sorted(roll) and roll[-1] - roll[0] >= 30
+    assert len(_drum_hits(events(0.45, 0.45), SNARE, since=12)) < 4
+    assert len(_drum_hits(events(0.45, 0.55), SNARE, since=12)) < 4  # falling: no build-up
+    assert _drum_hits(events(0.55, 0.45), CRASH, since=0)  # MOVING reached: the snare layer enters
+    assert not _drum_hits(events(0.45, 0.35), CRASH, since=0) and not _drum_hits(events(0.55, 0.55), CRASH, since=0)
+    assert energy_of(target_lufs(0.34)) == 0.34  # the previous energy is read back from the level it ended at

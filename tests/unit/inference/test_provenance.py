@@ -9,8 +9,9 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.engine import Engine, Params
-from inference.music import Note
+from inference.engine import Context, Engine, Params
+from inference.form import PHRASE_BARS
+from inference.music import STEPS_PER_BAR, Note, tokens_to_notes
 from inference.provenance import influences
 from inference.train import MODEL_DIR
 
@@ -61,3 +62,20 @@ def test_generated_segments_weigh_only_allowed_trained_works() -> None:
     allowed = set(sorted(TAUGHT)[::2])
     segment = ENGINE.generate(Params(120, 0.5, "MAJOR", 0, 1), seed=5, allowed_works=allowed)
     assert {w for w, _ in segment.influences} <= allowed
+
+
+def test_a_segment_is_attributed_over_its_phrase_so_far_and_never_ahead() -> None:
+    """1-bar segments of a session: each is weighed over the notes of its phrase (form.PHRASE_BARS
+    bars) from the phrase's first bar line to its own end; the phrase so far survives the generation log."""
+    context, heard = None, []
+    for bar in range(6):
+        segment = ENGINE.generate(Params(100, 0.5, "MINOR", 2, 1), seed=40 + bar, context=context)
+        heard.append(tokens_to_notes(list(segment.tokens)))
+        start = bar - bar % PHRASE_BARS
+        so_far = [Note(n.start + (b - start) * STEPS_PER_BAR, n.length, n.rel)
+                  for b in range(start, bar + 1) for n in heard[b]]
+        assert segment.influences == influences(so_far, ENGINE.profiles, TAUGHT)
+        context = Context.from_bytes(segment.context.to_bytes())
+        assert context.phrase == (() if (bar + 1) % PHRASE_BARS == 0
+                                  else tuple((n.start, n.length, n.rel) for n in so_far))
+    assert len(so_far) > len(heard[-1])  # the last segment's phrase holds an earlier bar too
