@@ -26,9 +26,11 @@ each part of the catalog causally shaped what the model generated?
               the causal influence measured with one seed against another (how far the check itself
               is from noise: weights can hardly agree with it better than it agrees with itself)
 
-About (1 + GROUPS) x SEEDS trainings of about 40 s each here: ~25 minutes. Each retrained model's
-log-likelihoods are kept in .state/bench-attribution, keyed by its works, seed, epochs and the outputs,
-so a run after a change to the weighting alone retrains nothing (``--fresh`` retrains anyway).
+About (1 + GROUPS) x SEEDS trainings of about 30-40 s each here: ~20-25 minutes. The retrained models
+are kept in .state/bench-attribution (2.7 MB each), keyed by their works, seed and epochs, so a later run
+retrains nothing: ``--outputs N`` scores another set of generated sessions (seeds from N) against the same
+models — the attribution was chosen looking at the default set, so another is its out-of-sample check;
+``--fresh`` retrains anyway.
 ``--groups``, ``--seeds``, ``--epochs`` make a quicker, weaker run. Last line: RESULT {json}.
 """
 
@@ -51,20 +53,20 @@ from scipy.stats import spearmanr
 
 from inference.catalog import ConsentSnapshot
 from inference.engine import Engine, Job, Params, phrase_so_far
-from inference.model import MelodyModel
+from inference.model import DEFAULTS, MelodyModel
 from inference.music import BOS, MAJOR, MINOR, PAD, energy_token, tokens_to_notes
 from inference.provenance import PPM, influences
 from inference.train import MODEL_DIR, SEED, corpus, fit
 from soundtrack.schedule import bars_for
 
 ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / ".state" / "bench-attribution"  # per retrained model: its log-likelihood of every output
+CACHE = ROOT / ".state" / "bench-attribution"  # every retrained model's weights
 GROUPS, SEEDS = 12, 3
 SESSIONS, SESSION_BARS = 24, 16
 TEMPOS = (80.0, 100.0, 130.0, 160.0)
 
 
-def outputs(engine: Engine) -> list[dict[str, Any]]:
+def outputs(engine: Engine, base: int = 7000) -> list[dict[str, Any]]:
     """Every generated segment: the tokens the model saw before it, its own, its shipped weights and
     the baseline's (its own notes only)."""
     out = []
@@ -73,7 +75,7 @@ def outputs(engine: Engine) -> list[dict[str, Any]]:
         context, bar = None, 0
         while bar < SESSION_BARS:
             params = Params(tempo, energy, mode, i % 12, bars_for(tempo))
-            (segment,) = engine.generate_batch([Job(params, seed=7000 + 100 * i + bar, context=context)])
+            (segment,) = engine.generate_batch([Job(params, seed=base + 100 * i + bar, context=context)])
             prefix = [BOS, MAJOR if mode == "MAJOR" else MINOR, energy_token(energy)]
             own = tokens_to_notes(segment.tokens)
             out.append({"before": prefix + list(segment.before), "tokens": list(segment.tokens),
@@ -158,24 +160,25 @@ def weights_per_group(rows: list[dict[str, Any]], groups: list[list[str]], key: 
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--groups", type=int, default=GROUPS)
-    parser.add_argument("--seeds", type=int, default=SEEDS)
-    parser.add_argument("--epochs", type=int, default=None, help="default: the shipped model's")
-    parser.add_argument("--fresh", action="store_true", help="retrain even where CACHE has the model's figures")
-    args = parser.parse_args()
+class NotTrained(Exception):
+    """``check(cached_only=True)`` met a model CACHE does not hold."""
+
+
+def check(args: argparse.Namespace, cached_only: bool = False) -> dict[str, Any]:
+    """The RESULT's figures (``args``: the command line's options). ``cached_only``: raise NotTrained
+    instead of training a model CACHE lacks (bench-music reports the check only when it is cheap)."""
     started = time.monotonic()
     engine = Engine()
     manifest = json.loads((MODEL_DIR / "training_manifest.json").read_text())
     epochs = args.epochs or manifest["epochs"]
-    rows = outputs(engine)
+    rows = outputs(engine, args.outputs)
     _, _, sequences = corpus(ConsentSnapshot.load(), progress=False)
     held_out, trained = sequences[::10], [s for i, s in enumerate(sequences) if i % 10]  # train's split
     assert sorted(s["work_id"] for s in held_out) == sorted(manifest["held_out_works"]), "not the shipped split"
     groups = groups_of(trained, engine.profiles, args.groups)
-    print(f"{len(rows)} segments; {len(groups)} groups of {sorted(len(g) for g in groups)} works; "
-          f"{(1 + len(groups)) * args.seeds} trainings of {epochs} epochs", flush=True)
+    say = (lambda line: None) if cached_only else (lambda line: print(line, flush=True))
+    say(f"{len(rows)} segments; {len(groups)} groups of {sorted(len(g) for g in groups)} works; "
+          f"{(1 + len(groups)) * args.seeds} trainings of {epochs} epochs")
     seeds = [SEED + 1 + k for k in range(args.seeds)]
     fit_s: list[float] = []
 
@@ -183,18 +186,21 @@ def main() -> None:
         """seeds x segments: every output's log-likelihood under each seed's model trained on ``works``."""
         totals = []
         for seed in seeds:
-            key = hashlib.sha256(json.dumps([[s["work_id"] for s in works], seed, epochs,
-                                             [r["before"] + r["tokens"] for r in rows]]).encode()).hexdigest()
-            cached = CACHE / f"{key[:24]}.npy"
+            key = hashlib.sha256(json.dumps([[s["work_id"] for s in works], seed, epochs]).encode()).hexdigest()
+            cached = CACHE / f"{key[:24]}.pt"
             if cached.exists() and not args.fresh:
-                totals.append(np.load(cached))
-                continue
-            begun = time.monotonic()
-            model, _, _ = fit(works, held_out, epochs, seed, progress=False)
-            fit_s.append(time.monotonic() - begun)
+                model = MelodyModel(**DEFAULTS)
+                model.load_state_dict(torch.load(cached, weights_only=True))
+            elif cached_only:
+                raise NotTrained(f"{cached} (make bench-attribution trains it)")
+            else:
+                begun = time.monotonic()
+                model, _, _ = fit(works, held_out, epochs, seed, progress=False)
+                fit_s.append(time.monotonic() - begun)
+                CACHE.mkdir(parents=True, exist_ok=True)
+                torch.save(model.state_dict(), cached)
+            model.eval()
             totals.append(log_likelihoods(model, rows))
-            CACHE.mkdir(parents=True, exist_ok=True)
-            np.save(cached, totals[-1])
         return np.array(totals)
 
     full = per_seed(trained)
@@ -206,8 +212,8 @@ def main() -> None:
         without = per_seed([s for s in trained if s["work_id"] not in left])
         causal[g] = float((full.mean(axis=0) - without.mean(axis=0)).sum())
         by_seed[g] = full.sum(axis=1) - without.sum(axis=1)
-        print(f"group {g:2d}: {len(works):3d} works, causal {causal[g]:8.1f} nats "
-              f"(floor {floor:.1f}), shipped weight {weights_per_group(rows, groups, 'shipped')[g]:6.2f}", flush=True)
+        say(f"group {g:2d}: {len(works):3d} works, causal {causal[g]:8.1f} nats "
+            f"(floor {floor:.1f}), shipped weight {weights_per_group(rows, groups, 'shipped')[g]:6.2f}")
     net = causal - floor
     sizes = np.array([len(g) for g in groups], dtype=float)
     shipped, baseline = weights_per_group(rows, groups, "shipped"), weights_per_group(rows, groups, "baseline")
@@ -215,7 +221,7 @@ def main() -> None:
     def rho(a: np.ndarray, b: np.ndarray) -> float:
         return round(float(spearmanr(a, b).statistic), 3)
 
-    result = {
+    return {
         "attribution_rank_corr": rho(shipped, net), "attribution_rank_corr_baseline": rho(baseline, net),
         "attribution_rank_corr_per_work": rho(shipped / sizes, net / sizes),
         "attribution_rank_corr_per_work_baseline": rho(baseline / sizes, net / sizes),
@@ -225,14 +231,28 @@ def main() -> None:
                                                        in combinations(range(args.seeds), 2)])), 3)
         if args.seeds > 1 else None, "groups_above_noise_floor": int((causal > floor).sum()),
         "groups": len(groups), "group_sizes": [len(g) for g in groups], "seeds": args.seeds, "epochs": epochs,
-        "segments": len(rows), "trainings": len(fit_s), "trainings_cached": (1 + len(groups)) * args.seeds - len(fit_s),
+        "segments": len(rows), "outputs_seed": args.outputs, "trainings": len(fit_s),
+        "trainings_cached": (1 + len(groups)) * args.seeds - len(fit_s),
         "fit_s_mean": round(float(np.mean(fit_s)), 1) if fit_s else None,
         "causal_nats": [round(float(c), 1) for c in causal],
         "shipped_weight_segments": [round(float(w), 2) for w in shipped],
         "baseline_weight_segments": [round(float(w), 2) for w in baseline],
         "wall_s": round(time.monotonic() - started),
     }
-    print("RESULT " + json.dumps(result))
+
+
+def options(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--groups", type=int, default=GROUPS)
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the shipped model's")
+    parser.add_argument("--outputs", type=int, default=7000, help="the generated sessions' first seed")
+    parser.add_argument("--fresh", action="store_true", help="retrain even the models CACHE holds")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    print("RESULT " + json.dumps(check(options())))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ before and an after from one run.
   memorization_*    the longest run of (interval, duration) pairs a generated melody shares with a
                     training work, in pairs (_notes) and bars (_bars), beside the held-out chorales'
                     (memorization_reference_*); goal no higher than the reference and <= 2 bars
+  attribution_rank_corr  make bench-attribution's check of the influence weights against retraining,
+                    from the models it trained (kept in .state/bench-attribution); null before it ran
+                    (it trains 39 models: ~25 minutes); goal >= 0.7
 Last line: RESULT {json}.
 """
 
@@ -370,6 +373,16 @@ def main() -> None:
              and after["oa_generated"] > before["oa_generated"],
              "memorization": after["memorization_max_shared_notes"] <= after["memorization_reference_max_shared_notes"]
              and after["memorization_max_shared_bars"] <= 2}
+    import bench_attribution  # here: the baseline's subprocess runs this file on an engine without it
+
+    try:  # the check against retraining, when make bench-attribution has trained its models
+        attribution = bench_attribution.check(bench_attribution.options([]), cached_only=True)
+        after |= {k: attribution[k] for k in ("attribution_rank_corr", "attribution_rank_corr_baseline",
+                                              "causal_seed_agreement")}
+        goals["attribution_rank_corr"] = attribution["attribution_rank_corr"] >= 0.7
+    except bench_attribution.NotTrained as missing:
+        after["attribution_rank_corr"] = None
+        print(f"attribution: not measured, no retrained model {missing}", flush=True)
     met = {k: bool(v) for k, v in goals.items()}
     print("RESULT " + json.dumps({**after, "corpus_phrase_repetition": corpus, "baseline": before,
                                   "baseline_commit": BASELINE[:12], "goals_met": met,

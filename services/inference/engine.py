@@ -147,6 +147,9 @@ class Engine:
         self.model_id, self.model_version = version["model_id"], version["model_version"]
         guard = model_dir / "copy_guard.json"  # versions trained before the guard have none
         self.guard = CopyGuard.from_melodies(json.loads(guard.read_text())) if guard.exists() else None
+        labels = model_dir / "conditioning.json"  # older versions: attribution over every work
+        self.conditioning = ({work: tuple(tokens) for work, tokens in json.loads(labels.read_text()).items()}
+                             if labels.exists() else None)
         learned = model_dir / "harmony.json"  # without it (older versions) the rule harmonises
         self.harmony = Harmony(json.loads(learned.read_text())) if learned.exists() else None
         self.manifest_sha256 = version["training_manifest_sha256"]
@@ -194,10 +197,19 @@ class Engine:
             rendered = finish(raw, length, context.tail if context is not None else None, params.energy,
                               context.lufs if context is not None else None)
             so_far, phrase = phrase_so_far(context, notes, params.bars)
-            segments.append(Segment(rendered, tokens, influences(so_far, self.profiles, allowed), degrees,
+            segments.append(Segment(rendered, tokens, influences(so_far, self.profiles, self._alike(allowed, prefix)),
+                                    degrees,
                                     bar + params.bars, theme, resampled,
                                     tuple(context.tokens) if context is not None else (), phrase))
         return segments
+
+    def _alike(self, allowed: set[str], prefix: list[int]) -> set[str]:
+        """The allowed works trained under the segment's own conditioning (mode and energy tokens): what the
+        model plays under them it learned from those (``make bench-attribution``); all allowed when none is."""
+        if self.conditioning is None:
+            return allowed
+        alike = {w for w in allowed if self.conditioning.get(w) == (prefix[1], prefix[2])}
+        return alike or allowed
 
     def _sample(self, jobs: list[Job], prefixes: list[list[int]], seeds: list[int]) -> list[list[int]]:
         return sample_batch(

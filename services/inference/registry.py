@@ -26,8 +26,9 @@ from kit.settings import KafkaSettings
 
 TOPIC = "inference.models.v1"
 ARTIFACT_FILES = ("weights.pt", "profiles.json", "training_manifest.json", "version.json", "consent_snapshot.json",
-                  "MODEL_CARD.md", "copy_guard.json", "harmony.json")
-OPTIONAL_FILES = {"consent_snapshot.json", "MODEL_CARD.md", "copy_guard.json", "harmony.json"}  # old versions lack
+                  "MODEL_CARD.md", "copy_guard.json", "harmony.json", "conditioning.json")
+OPTIONAL_FILES = {"consent_snapshot.json", "MODEL_CARD.md", "copy_guard.json", "harmony.json",  # old versions lack
+                  "conditioning.json"}
 REQUIRED_FILES = frozenset(ARTIFACT_FILES) - OPTIONAL_FILES
 MAX_ARTIFACT_BYTES = 256 * 1024 * 1024  # unpacked; the demo model is about 3 MB
 

@@ -111,6 +111,7 @@ def train(epochs: int, out: Path, limit: int | None = None, seed: int = SEED,
     (out / "profiles.json").write_text(json.dumps(profiles, sort_keys=True, separators=(",", ":")) + "\n")
     (out / "copy_guard.json").write_text(copy_guard_text(trained))
     (out / "harmony.json").write_text(harmony_text(trained))
+    (out / "conditioning.json").write_text(conditioning_text(trained))
     by_id = {w.work_id: w for w in works}
     manifest = {
         "model_id": MODEL_ID,
@@ -194,6 +195,12 @@ def copy_guard_text(trained: list[dict[str, Any]]) -> str:
     """copy_guard.json: every trained work's melody as (interval, duration) pairs (inference.memorization)."""
     melodies = {s["work_id"]: pairs(tokens_to_notes(s["tokens"])) for s in trained}
     return json.dumps(melodies, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def conditioning_text(trained: list[dict[str, Any]]) -> str:
+    """conditioning.json: every trained work's conditioning tokens (mode, energy): what it taught the model
+    to play under them (attribution reads it)."""
+    return json.dumps({s["work_id"]: s["tokens"][1:3] for s in trained}, sort_keys=True, separators=(",", ":")) + "\n"
 
 
 def harmony_text(trained: list[dict[str, Any]]) -> str:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from inference.engine import Context, Engine, Params
 from inference.form import PHRASE_BARS
-from inference.music import STEPS_PER_BAR, Note, tokens_to_notes
+from inference.music import STEPS_PER_BAR, Note, energy_token, tokens_to_notes
 from inference.provenance import influences
 from inference.train import MODEL_DIR
 
@@ -67,6 +67,8 @@ def test_generated_segments_weigh_only_allowed_trained_works() -> None:
 def test_a_segment_is_attributed_over_its_phrase_so_far_and_never_ahead() -> None:
     """1-bar segments of a session: each is weighed over the notes of its phrase (form.PHRASE_BARS
     bars) from the phrase's first bar line to its own end; the phrase so far survives the generation log."""
+    labels = json.loads((MODEL_DIR / "conditioning.json").read_text())
+    alike = {w for w in TAUGHT if labels[w] == [4, energy_token(0.5)]}  # trained under MINOR at energy 0.5
     context, heard = None, []
     for bar in range(6):
         segment = ENGINE.generate(Params(100, 0.5, "MINOR", 2, 1), seed=40 + bar, context=context)
@@ -74,8 +76,20 @@ def test_a_segment_is_attributed_over_its_phrase_so_far_and_never_ahead() -> Non
         start = bar - bar % PHRASE_BARS
         so_far = [Note(n.start + (b - start) * STEPS_PER_BAR, n.length, n.rel)
                   for b in range(start, bar + 1) for n in heard[b]]
-        assert segment.influences == influences(so_far, ENGINE.profiles, TAUGHT)
+        assert segment.influences == influences(so_far, ENGINE.profiles, alike)
         context = Context.from_bytes(segment.context.to_bytes())
         assert context.phrase == (() if (bar + 1) % PHRASE_BARS == 0
                                   else tuple((n.start, n.length, n.rel) for n in so_far))
     assert len(so_far) > len(heard[-1])  # the last segment's phrase holds an earlier bar too
+
+
+def test_a_segment_is_attributed_to_works_trained_under_its_own_mode_and_energy() -> None:
+    labels = json.loads((MODEL_DIR / "conditioning.json").read_text())
+    assert set(labels) == TAUGHT
+    for mode, energy in (("MAJOR", 0.9), ("MINOR", 0.2), ("MINOR", 0.5)):
+        segment = ENGINE.generate(Params(140, energy, mode, 0, 2), seed=3)
+        want = [3 if mode == "MAJOR" else 4, energy_token(energy)]
+        assert segment.influences and all(labels[w] == want for w, _ in segment.influences)
+    only = {w for w, label in labels.items() if label != [3, 7]}  # none of the label consents: any allowed work
+    segment = ENGINE.generate(Params(140, 0.9, "MAJOR", 0, 2), seed=3, allowed_works=only)
+    assert {w for w, _ in segment.influences} <= only

@@ -22,7 +22,7 @@ def test_a_packed_model_unpacks_to_the_same_files(tmp_path: Path) -> None:
     assert pack(MODEL_DIR) == data  # deterministic: the same version packs to the same bytes
     folder = unpack(data, sha(data), tmp_path / "model")
     for name in ("weights.pt", "profiles.json", "training_manifest.json", "version.json", "MODEL_CARD.md",
-                 "copy_guard.json", "harmony.json"):
+                 "copy_guard.json", "harmony.json", "conditioning.json"):
         assert (folder / name).read_bytes() == (MODEL_DIR / name).read_bytes()
     record = record_for(folder, "CURRENT", "test", None, changed_at=0)
     assert record["trained_works"] == 294 and record["model_version"] == "1.0.0+consent.7446e691"
